@@ -1,0 +1,10 @@
+"""fusedopt: PyTorch optimizers whose step runs as one fused multi-tensor kernel per group."""
+from .algorithms import ALGORITHMS
+from .backends import available_backends
+from .lookahead import Lookahead
+from .optim import SGD, Adadelta, Adagrad, Adam, AdamW, RAdam, RMSprop, Yogi
+
+__version__ = "0.1.0"
+
+__all__ = ["SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "Yogi", "RAdam", "Lookahead",
+           "available_backends", "ALGORITHMS", "__version__"]

@@ -1,0 +1,14 @@
+"""The single definition, in Python, of every algorithm's math and per-step scalars."""
+from .adadelta import ADADELTA
+from .adagrad import ADAGRAD
+from .adam import ADAM
+from .base import Algorithm
+from .radam import RADAM, rectification
+from .rmsprop import RMSPROP
+from .sgd import SGD
+from .yogi import YOGI
+
+ALGORITHMS = {a.name: a for a in (SGD, ADAGRAD, ADADELTA, RMSPROP, ADAM, YOGI, RADAM)}
+
+__all__ = ["Algorithm", "ALGORITHMS", "SGD", "ADAGRAD", "ADADELTA", "RMSPROP", "ADAM", "YOGI", "RADAM",
+           "rectification"]

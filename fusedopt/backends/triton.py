@@ -1,0 +1,42 @@
+"""The Triton backend: every algorithm in one multi-tensor launch per call.
+
+Kernels, tables and the launcher live in :mod:`fusedopt.triton`. On CUDA the kernels compile
+with Triton; on the CPU they run only in Triton's interpreter (``TRITON_INTERPRET=1`` set before
+fusedopt's Triton kernels are first imported), which is how the CI machine tests them.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .. import triton as _kernels  # ImportError when triton is missing: the registry reports it
+
+
+class Backend:
+    name = "triton"
+
+    def available(self, device: torch.device) -> tuple[bool, str]:
+        device = torch.device(device)
+        if device.type == "cuda":
+            if _kernels.INTERPRETED:
+                return False, ("fusedopt's Triton kernels were imported with TRITON_INTERPRET=1 "
+                               "and run in the interpreter on CPU tensors only")
+            if not torch.cuda.is_available():
+                return False, "CUDA is not available"
+            return True, ""
+        if device.type == "cpu":
+            if os.environ.get("TRITON_INTERPRET") != "1":
+                return False, "Triton runs on CPU tensors only in its interpreter (set TRITON_INTERPRET=1)"
+            if not _kernels.INTERPRETED:
+                return False, ("TRITON_INTERPRET=1 was set after fusedopt's Triton kernels were imported; "
+                               "set it before importing fusedopt")
+            return True, ""
+        return False, f"Triton does not run on {device.type} tensors"
+
+    def step(self, algo, params, grads, states, scalars, flags, grad_scale=None, found_inf=None):
+        _kernels.multi_tensor_step(algo, params, grads, states, scalars, flags,
+                                   grad_scale=grad_scale, found_inf=found_inf)
+
+    def lookahead(self, params, slow, alpha):
+        _kernels.multi_tensor_lookahead(params, slow, alpha)

@@ -1,0 +1,227 @@
+"""The Triton kernels: one multi-tensor traversal, one math function per algorithm.
+
+The traversal (:func:`multi_tensor_kernel`) walks a device-resident table: every program takes
+one work item ``(tensor index, chunk start)``, looks the tensor's addresses and size up, loads
+its chunk of the parameter, the gradient and the active state slots, upcasts to float32, calls
+the algorithm's math function and stores the results, cast back to each tensor's dtype.
+
+The math functions mirror ``docs/kernel-interface.md`` line by line. Their scalars are the
+interface's, except that constants the reference computes on the host in double precision
+(``1 - beta``, ``1 - lr * wd``) are computed on the host here too and passed in, so that the
+float32 rounding matches the reference's. Everything that selects code (algorithm, variants,
+which slots are present, dtypes) is ``tl.constexpr``: dead branches compile away.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+# Algorithm ids (the ``ALGO`` constexpr of the traversal).
+SGD = 0
+ADAGRAD = 1
+ADADELTA = 2
+RMSPROP = 3
+ADAM = 4
+YOGI = 5
+RADAM = 6
+LOOKAHEAD = 7
+
+ALGO_IDS = {"sgd": SGD, "adagrad": ADAGRAD, "adadelta": ADADELTA, "rmsprop": RMSPROP,
+            "adam": ADAM, "yogi": YOGI, "radam": RADAM, "lookahead": LOOKAHEAD}
+
+
+# --------------------------------------------------------------------------------------------
+# Per-algorithm math. Inputs and outputs are float32 blocks; ``s0..s2`` are the state slots in
+# the algorithm's SLOTS order (an absent slot is a dummy block whose result is not stored).
+# Each returns (p, s0, s1, s2).
+# --------------------------------------------------------------------------------------------
+
+@triton.jit
+def _sgd_math(p, g, buf, s1, s2, lr, momentum, one_minus_dampening,
+              NESTEROV: tl.constexpr, FIRST_STEP: tl.constexpr, HAS_BUF: tl.constexpr):
+    if HAS_BUF:
+        if FIRST_STEP:
+            buf = g
+        else:
+            buf = buf * momentum + one_minus_dampening * g
+        if NESTEROV:
+            g = g + momentum * buf
+        else:
+            g = buf
+    p = p - lr * g
+    return p, buf, s1, s2
+
+
+@triton.jit
+def _adagrad_math(p, g, acc, s1, s2, lr, eps):
+    acc = acc + g * g
+    p = p - lr * (g / (tl.sqrt(acc) + eps))
+    return p, acc, s1, s2
+
+
+@triton.jit
+def _adadelta_math(p, g, sq, acc, s2, lr, rho, one_minus_rho, eps):
+    sq = sq * rho + one_minus_rho * (g * g)
+    std = tl.sqrt(sq + eps)
+    delta = tl.sqrt(acc + eps) / std * g
+    acc = acc * rho + one_minus_rho * (delta * delta)
+    p = p - lr * delta
+    return p, sq, acc, s2
+
+
+@triton.jit
+def _rmsprop_math(p, g, sq, buf, ga, lr, alpha, one_minus_alpha, eps, momentum,
+                  CENTERED: tl.constexpr, HAS_BUF: tl.constexpr):
+    sq = sq * alpha + one_minus_alpha * (g * g)
+    if CENTERED:
+        ga = ga + one_minus_alpha * (g - ga)
+        avg = tl.sqrt(sq - ga * ga) + eps
+    else:
+        avg = tl.sqrt(sq) + eps
+    if HAS_BUF:
+        buf = buf * momentum + g / avg
+        p = p - lr * buf
+    else:
+        p = p - lr * (g / avg)
+    return p, sq, buf, ga
+
+
+@triton.jit
+def _adam_math(p, g, m, v, vmax, one_minus_beta1, beta2, one_minus_beta2, eps, step_size, bc2_sqrt,
+               AMSGRAD: tl.constexpr):
+    m = m + one_minus_beta1 * (g - m)
+    v = v * beta2 + one_minus_beta2 * (g * g)
+    if AMSGRAD:
+        vmax = tl.maximum(vmax, v)
+        denom = tl.sqrt(vmax) / bc2_sqrt + eps
+    else:
+        denom = tl.sqrt(v) / bc2_sqrt + eps
+    p = p - step_size * (m / denom)
+    return p, m, v, vmax
+
+
+@triton.jit
+def _yogi_math(p, g, m, v, s2, beta1, one_minus_beta1, one_minus_beta2, eps, step_size, bc2_sqrt):
+    m = m * beta1 + one_minus_beta1 * g
+    g2 = g * g
+    d = v - g2
+    # sign(d) with sign(0) = 0 and NaN propagated, as torch.sign.
+    sign = tl.where(d > 0, 1.0, tl.where(d < 0, -1.0, d * 0.0))
+    v = v - one_minus_beta2 * (g2 * sign)
+    p = p - step_size * (m / (tl.sqrt(v) / bc2_sqrt + eps))
+    return p, m, v, s2
+
+
+@triton.jit
+def _radam_math(p, g, m, v, s2, lr, one_minus_beta1, beta2, one_minus_beta2, eps, bias_correction1,
+                bc2_sqrt, rect, RECTIFY: tl.constexpr):
+    m = m + one_minus_beta1 * (g - m)
+    v = v * beta2 + one_minus_beta2 * (g * g)
+    corrected = m / bias_correction1
+    if RECTIFY:
+        adaptive = bc2_sqrt / (tl.sqrt(v) + eps)
+        p = p - corrected * lr * adaptive * rect
+    else:
+        p = p - corrected * lr
+    return p, m, v, s2
+
+
+@triton.jit
+def _lookahead_math(p, slow, alpha):
+    slow = slow + alpha * (p - slow)
+    return slow, slow
+
+
+# --------------------------------------------------------------------------------------------
+# The one traversal.
+# --------------------------------------------------------------------------------------------
+
+@triton.jit
+def _ptr(row, col: tl.constexpr, DT: tl.constexpr):
+    return tl.load(row + col).to(tl.pointer_type(DT))
+
+
+@triton.jit
+def multi_tensor_kernel(
+    addrs,          # int64 [n_tensors, NCOL]: param, grad (Lookahead: slow), then each slot
+    sizes,          # int64 [n_tensors]: elements per tensor
+    work,           # int64 [n_programs, 2]: (tensor index, chunk start)
+    grad_scale_ptr,  # float32 0-dim, read when HAS_GRAD_SCALE
+    found_inf_ptr,   # float32 0-dim, read when HAS_FOUND_INF: != 0 means write nothing
+    grad_scale, lr, wd,  # wd is 1 - lr * weight_decay when DECOUPLED, else weight_decay
+    a0, a1, a2, a3, a4, a5, a6,  # the algorithm's scalars (see launcher.py)
+    ALGO: tl.constexpr, NCOL: tl.constexpr,
+    P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,
+    HAS_S0: tl.constexpr, HAS_S1: tl.constexpr, HAS_S2: tl.constexpr,
+    MAXIMIZE: tl.constexpr, SCALE: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr, WEIGHT_DECAY: tl.constexpr, DECOUPLED: tl.constexpr,
+    F0: tl.constexpr, F1: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    tensor = tl.load(work + 2 * pid)
+    start = tl.load(work + 2 * pid + 1)
+    n = tl.load(sizes + tensor)
+    # 64-bit offsets: start and n are int64, so tensors of 2**31 elements or more are fine.
+    offs = start + tl.arange(0, BLOCK)
+    mask = offs < n
+    if HAS_FOUND_INF:
+        # An overflowed step writes nothing; masking the loads too keeps it from reading.
+        mask = mask & (tl.load(found_inf_ptr) == 0)
+    row = addrs + tensor * NCOL
+
+    p_ptr = _ptr(row, 0, P_DTYPE)
+    p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+    if ALGO == 7:  # LOOKAHEAD: column 1 is the slow weights
+        slow_ptr = _ptr(row, 1, G_DTYPE)
+        slow = tl.load(slow_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        p, slow = _lookahead_math(p, slow, a0)
+        tl.store(slow_ptr + offs, slow.to(G_DTYPE), mask=mask)
+    else:
+        g = tl.load(_ptr(row, 1, G_DTYPE) + offs, mask=mask, other=0.0).to(tl.float32)
+        # Common preamble, in the reference's order.
+        if HAS_GRAD_SCALE:
+            g = g * tl.load(grad_scale_ptr)
+        if MAXIMIZE:
+            g = -g
+        if SCALE:
+            g = g * grad_scale
+        if WEIGHT_DECAY:
+            if DECOUPLED:
+                p = p * wd
+            else:
+                g = g + wd * p
+
+        s0 = p
+        s1 = p
+        s2 = p
+        if HAS_S0:
+            s0 = tl.load(_ptr(row, 2, tl.float32) + offs, mask=mask, other=0.0)
+        if HAS_S1:
+            s1 = tl.load(_ptr(row, 3, tl.float32) + offs, mask=mask, other=0.0)
+        if HAS_S2:
+            s2 = tl.load(_ptr(row, 4, tl.float32) + offs, mask=mask, other=0.0)
+
+        if ALGO == 0:
+            p, s0, s1, s2 = _sgd_math(p, g, s0, s1, s2, lr, a0, a1, F0, F1, HAS_S0)
+        elif ALGO == 1:
+            p, s0, s1, s2 = _adagrad_math(p, g, s0, s1, s2, lr, a0)
+        elif ALGO == 2:
+            p, s0, s1, s2 = _adadelta_math(p, g, s0, s1, s2, lr, a0, a1, a2)
+        elif ALGO == 3:
+            p, s0, s1, s2 = _rmsprop_math(p, g, s0, s1, s2, lr, a0, a1, a2, a3, F0, HAS_S1)
+        elif ALGO == 4:
+            p, s0, s1, s2 = _adam_math(p, g, s0, s1, s2, a0, a1, a2, a3, a4, a5, F0)
+        elif ALGO == 5:
+            p, s0, s1, s2 = _yogi_math(p, g, s0, s1, s2, a0, a1, a2, a3, a4, a5)
+        elif ALGO == 6:
+            p, s0, s1, s2 = _radam_math(p, g, s0, s1, s2, lr, a0, a1, a2, a3, a4, a5, a6, F0)
+
+        if HAS_S0:
+            tl.store(_ptr(row, 2, tl.float32) + offs, s0, mask=mask)
+        if HAS_S1:
+            tl.store(_ptr(row, 3, tl.float32) + offs, s1, mask=mask)
+        if HAS_S2:
+            tl.store(_ptr(row, 4, tl.float32) + offs, s2, mask=mask)
+    tl.store(p_ptr + offs, p.to(P_DTYPE), mask=mask)

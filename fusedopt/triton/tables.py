@@ -1,0 +1,133 @@
+"""Device-resident multi-tensor tables, cached across steps.
+
+A table describes one call's tensors to the traversal kernel in one int64 device tensor with
+three sections (each starting on a 16-byte boundary, so the kernel's pointer arguments keep
+one alignment and the kernel one specialisation):
+
+- ``addrs`` ``[n, ncol]``: the data pointer of every tensor of the call, one row per
+  parameter: param, grad, then each state slot (0 for an absent slot);
+- ``sizes`` ``[n]``: elements per parameter;
+- ``work`` ``[w, 2]``: one row per program: (tensor index, chunk start), chunks of ``block``.
+
+Tables are cached, keyed on the addresses and sizes: an optimizer's tensors keep their storage
+from step to step, so after the first step a call costs one lookup and one launch. A table is
+rebuilt when an address changes (a grad set to None and reallocated, a param group added), and
+that is the only time tensors are inspected (dtype, layout). Building happens on the host; on
+CUDA the table is uploaded from pinned memory with a non-blocking copy, so neither building nor
+using a table synchronises with the device.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+# Tables kept per process. Each optimizer param group and (device, dtype) group uses one; an
+# evicted table is only rebuilt, so the cap only bounds memory.
+MAX_CACHED = 128
+
+
+@dataclass
+class Table:
+    data: torch.Tensor      # int64, on the tensors' device
+    addrs: torch.Tensor     # views into ``data``
+    sizes: torch.Tensor
+    work: torch.Tensor
+    n_programs: int
+    host: torch.Tensor      # the (pinned) host copy; kept alive until the upload has completed
+
+
+def _align2(n: int) -> int:
+    return (n + 1) & ~1
+
+
+def _dense_like(t: torch.Tensor, ref: torch.Tensor) -> bool:
+    """Whether ``t`` can be walked as a flat span alongside ``ref`` (element i of one is
+    element i of the other): both contiguous, or same sizes and strides and ``t`` covers its
+    span with no gaps or overlaps (e.g. channels-last, or a transposed parameter)."""
+    if t.is_contiguous() and ref.is_contiguous():
+        return True
+    if t.shape != ref.shape or t.stride() != ref.stride():
+        return False
+    dims = sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1)
+    expected = 1
+    for st, sz in dims:
+        if st != expected:
+            return False
+        expected *= sz
+    return True
+
+
+def _check(columns: list[list[torch.Tensor]], params: list[torch.Tensor]) -> None:
+    for c, col in enumerate(columns):
+        for i, t in enumerate(col):
+            p = params[i]
+            if t.device != p.device:
+                raise ValueError(f"triton backend: tensor {i} of column {c} is on {t.device}, its param on {p.device}")
+            if t.numel() != p.numel():
+                raise ValueError(f"triton backend: tensor {i} of column {c} has {t.numel()} elements, "
+                                 f"its param {p.numel()}")
+            if not _dense_like(t, p):
+                raise ValueError(f"triton backend: tensor {i} of column {c} (shape {tuple(t.shape)}, "
+                                 f"strides {t.stride()}) is not laid out like its param (strides {p.stride()}); "
+                                 "the fused kernels need dense tensors with matching layouts")
+
+
+def _build(columns: list[list[torch.Tensor]], ncol: int, block: int, device: torch.device) -> Table:
+    params = columns[0]
+    _check(columns, params)
+    n = len(params)
+    addr = torch.zeros(ncol, n, dtype=torch.int64)
+    for c, col in enumerate(columns):
+        if len(col):
+            addr[c] = torch.tensor([t.data_ptr() for t in col], dtype=torch.int64)
+    sizes = torch.tensor([t.numel() for t in params], dtype=torch.int64)
+    chunks = (sizes + (block - 1)) // block
+    n_programs = int(chunks.sum())
+    tensor_index = torch.repeat_interleave(torch.arange(n, dtype=torch.int64), chunks)
+    first = torch.cumsum(chunks, 0) - chunks
+    chunk_in_tensor = torch.arange(n_programs, dtype=torch.int64) - torch.repeat_interleave(first, chunks)
+    work = torch.stack([tensor_index, chunk_in_tensor * block], 1)
+
+    a_len, s_len, w_len = _align2(n * ncol), _align2(n), 2 * n_programs
+    host = torch.zeros(a_len + s_len + max(w_len, 2), dtype=torch.int64,
+                       pin_memory=device.type == "cuda")
+    host[: n * ncol] = addr.t().reshape(-1)
+    host[a_len: a_len + n] = sizes
+    host[a_len + s_len: a_len + s_len + w_len] = work.reshape(-1)
+    data = host.to(device, non_blocking=True) if device.type != "cpu" else host
+    return Table(data, data[:a_len], data[a_len: a_len + s_len], data[a_len + s_len:], n_programs, host)
+
+
+class TableCache:
+    """LRU cache of :class:`Table` keyed on the tensors' addresses and sizes."""
+
+    def __init__(self, max_entries: int = MAX_CACHED):
+        self.max_entries = max_entries
+        self._tables: OrderedDict = OrderedDict()
+        self.builds = 0  # tables built so far (tests check that steady steps build none)
+
+    def get(self, columns: list[list[torch.Tensor]], ncol: int, block: int) -> Table:
+        """The table for ``columns`` (param column first; an empty column is an absent slot)."""
+        params = columns[0]
+        device = params[0].device
+        # The key: every address (an absent column contributes nothing, and its position is
+        # fixed by the column lengths) and every size. Comparing these is O(n) in C-level
+        # tuple operations; the Python-level cost is one data_ptr() per tensor.
+        key = (device, block, ncol, tuple(len(col) for col in columns),
+               tuple([t.data_ptr() for col in columns for t in col]),
+               tuple([t.numel() for t in params]))
+        table = self._tables.get(key)
+        if table is not None:
+            self._tables.move_to_end(key)
+            return table
+        table = _build(columns, ncol, block, device)
+        self.builds += 1
+        self._tables[key] = table
+        if len(self._tables) > self.max_entries:
+            self._tables.popitem(last=False)
+        return table
+
+    def clear(self) -> None:
+        self._tables.clear()
