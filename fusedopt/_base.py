@@ -44,12 +44,18 @@ class FusedOptimizer(Optimizer):
         # host copies of the per-parameter step counters: param -> (step tensor, value)
         self._host_steps: dict[torch.Tensor, tuple[torch.Tensor, float]] = {}
         super().__init__(params, defaults)
+        if self.algorithm.eager_state:
+            # as torch.optim does for this algorithm, so checkpoints load into it both ways
+            for group in self.param_groups:
+                for p in group["params"]:
+                    self._init_state(p, group)
 
     # -- groups and validation ---------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         group = dict(param_group)
         params = group["params"]
         params = [params] if isinstance(params, torch.Tensor) else list(params)
+        group["params"] = params
         for p in params:
             if not isinstance(p, torch.Tensor):
                 raise TypeError(f"{type(self).__name__} can only optimize Tensors, got {type(p).__name__}")

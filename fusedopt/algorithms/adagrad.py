@@ -17,6 +17,7 @@ class AdagradAlgorithm(Algorithm):
     defaults = dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, maximize=False)
     SLOTS = ("sum",)
     EXTRA_SCALARS = ("eps",)
+    eager_state = True
 
     def validate(self, group):
         super().validate(group)

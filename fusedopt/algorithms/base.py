@@ -59,6 +59,7 @@ class Algorithm:
     EXTRA_FLAGS: tuple[str, ...] = ()
     has_step: bool = True           # keeps torch's per-parameter ``step`` state
     needs_first_step: bool = False  # SGD: the first momentum step copies g
+    eager_state: bool = False       # Adagrad: torch creates its state in the constructor
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)

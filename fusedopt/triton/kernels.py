@@ -137,11 +137,6 @@ def _lookahead_math(p, slow, alpha):
 # --------------------------------------------------------------------------------------------
 
 @triton.jit
-def _ptr(row, col: tl.constexpr, DT: tl.constexpr):
-    return tl.load(row + col).to(tl.pointer_type(DT))
-
-
-@triton.jit
 def multi_tensor_kernel(
     addrs,          # int64 [n_tensors, NCOL]: param, grad (Lookahead: slow), then each slot
     sizes,          # int64 [n_tensors]: elements per tensor
@@ -170,16 +165,16 @@ def multi_tensor_kernel(
         mask = mask & (tl.load(found_inf_ptr) == 0)
     row = addrs + tensor * NCOL
 
-    p_ptr = _ptr(row, 0, P_DTYPE)
+    p_ptr = tl.load(row + 0).to(tl.pointer_type(P_DTYPE))
     p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
 
     if ALGO == 7:  # LOOKAHEAD: column 1 is the slow weights
-        slow_ptr = _ptr(row, 1, G_DTYPE)
+        slow_ptr = tl.load(row + 1).to(tl.pointer_type(G_DTYPE))
         slow = tl.load(slow_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         p, slow = _lookahead_math(p, slow, a0)
         tl.store(slow_ptr + offs, slow.to(G_DTYPE), mask=mask)
     else:
-        g = tl.load(_ptr(row, 1, G_DTYPE) + offs, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(tl.load(row + 1).to(tl.pointer_type(G_DTYPE)) + offs, mask=mask, other=0.0).to(tl.float32)
         # Common preamble, in the reference's order.
         if HAS_GRAD_SCALE:
             g = g * tl.load(grad_scale_ptr)
@@ -193,15 +188,19 @@ def multi_tensor_kernel(
             else:
                 g = g + wd * p
 
+        # An absent slot is a dummy block (never stored), so every math function has one shape.
         s0 = p
         s1 = p
         s2 = p
         if HAS_S0:
-            s0 = tl.load(_ptr(row, 2, tl.float32) + offs, mask=mask, other=0.0)
+            s0_ptr = tl.load(row + 2).to(tl.pointer_type(tl.float32))
+            s0 = tl.load(s0_ptr + offs, mask=mask, other=0.0)
         if HAS_S1:
-            s1 = tl.load(_ptr(row, 3, tl.float32) + offs, mask=mask, other=0.0)
+            s1_ptr = tl.load(row + 3).to(tl.pointer_type(tl.float32))
+            s1 = tl.load(s1_ptr + offs, mask=mask, other=0.0)
         if HAS_S2:
-            s2 = tl.load(_ptr(row, 4, tl.float32) + offs, mask=mask, other=0.0)
+            s2_ptr = tl.load(row + 4).to(tl.pointer_type(tl.float32))
+            s2 = tl.load(s2_ptr + offs, mask=mask, other=0.0)
 
         if ALGO == 0:
             p, s0, s1, s2 = _sgd_math(p, g, s0, s1, s2, lr, a0, a1, F0, F1, HAS_S0)
@@ -219,9 +218,9 @@ def multi_tensor_kernel(
             p, s0, s1, s2 = _radam_math(p, g, s0, s1, s2, lr, a0, a1, a2, a3, a4, a5, a6, F0)
 
         if HAS_S0:
-            tl.store(_ptr(row, 2, tl.float32) + offs, s0, mask=mask)
+            tl.store(s0_ptr + offs, s0, mask=mask)
         if HAS_S1:
-            tl.store(_ptr(row, 3, tl.float32) + offs, s1, mask=mask)
+            tl.store(s1_ptr + offs, s1, mask=mask)
         if HAS_S2:
-            tl.store(_ptr(row, 4, tl.float32) + offs, s2, mask=mask)
+            tl.store(s2_ptr + offs, s2, mask=mask)
     tl.store(p_ptr + offs, p.to(P_DTYPE), mask=mask)

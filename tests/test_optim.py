@@ -1,0 +1,238 @@
+"""Behaviour users rely on: schedulers, groups, None grads, checkpoints both ways, clear errors."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+import fusedopt
+from tests.parity import TOL, assert_same_state, make_problem
+
+TORCH_NAMES = ["SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "RAdam"]
+ALL_NAMES = TORCH_NAMES + ["Yogi"]
+KW = {"SGD": {"lr": 0.05, "momentum": 0.9}, "RMSprop": {"momentum": 0.5, "centered": True},
+      "Adam": {"amsgrad": True}}
+
+
+def _torch(name, params, **kw):
+    return getattr(torch.optim, name)(params, foreach=False, **kw)
+
+
+def _fused(name, params, **kw):
+    return getattr(fusedopt, name)(params, **kw)
+
+
+def _train(opt, params, grads):
+    for gs in grads:
+        for p, g in zip(params, gs):
+            p.grad = None if g is None else g.clone()
+        opt.step()
+
+
+def _clone(params):
+    return [p.clone().requires_grad_(True) for p in params]
+
+
+@pytest.mark.parametrize("name", TORCH_NAMES)
+def test_state_dict_round_trips_with_torch_both_ways(name):
+    kw = KW.get(name, {})
+    params, grads = make_problem([4, 9, 16], torch.float64, steps=20, seed=11)
+    # 20 steps in torch: the target
+    pt = _clone(params)
+    ot = _torch(name, pt, **kw)
+    _train(ot, pt, grads)
+    # torch 10 -> fusedopt 10
+    pa = _clone(params)
+    oa = _torch(name, pa, **kw)
+    _train(oa, pa, grads[:10])
+    pb = [p.detach().clone().requires_grad_(True) for p in pa]
+    ob = _fused(name, pb, **kw)
+    ob.load_state_dict(copy.deepcopy(oa.state_dict()))
+    _train(ob, pb, grads[10:])
+    assert_same_state(pb, ob, pt, ot, TOL[torch.float64], what="torch->fusedopt")
+    # fusedopt 10 -> torch 10
+    pc = _clone(params)
+    oc = _fused(name, pc, **kw)
+    _train(oc, pc, grads[:10])
+    pd = [p.detach().clone().requires_grad_(True) for p in pc]
+    od = _torch(name, pd, **kw)
+    od.load_state_dict(copy.deepcopy(oc.state_dict()))
+    _train(od, pd, grads[10:])
+    assert_same_state(pd, od, pt, ot, TOL[torch.float64], what="fusedopt->torch")
+
+
+@pytest.mark.parametrize("name", ALL_NAMES)
+def test_state_dict_round_trip_in_fusedopt_continues_identically(name):
+    params, grads = make_problem([4, 9], torch.float32, steps=12, seed=12)
+    pa = _clone(params)
+    oa = _fused(name, pa)
+    _train(oa, pa, grads)
+    pb = _clone(params)
+    ob = _fused(name, pb)
+    _train(ob, pb, grads[:6])
+    saved = copy.deepcopy(ob.state_dict())
+    pc = [p.detach().clone().requires_grad_(True) for p in pb]
+    oc = _fused(name, pc)
+    oc.load_state_dict(saved)
+    _train(oc, pc, grads[6:])
+    assert_same_state(pc, oc, pa, oa, (0, 0), what=name)
+
+
+@pytest.mark.parametrize("name", TORCH_NAMES)
+def test_param_groups_none_grads_schedulers_and_add_param_group_match_torch(name):
+    params, grads = make_problem([5, 6, 7, 8], torch.float64, steps=12, seed=13)
+    for gs in grads[3:6]:
+        gs[1] = None  # a param without grad for a few steps
+    for gs in grads:
+        gs[2] = None  # a param that never gets one
+
+    def run(make):
+        ps = _clone(params)
+        base = {"lr": 0.01} if name == "SGD" else {}
+        opt = make([{"params": ps[:2]}, {"params": ps[2:3], "lr": 0.003, "weight_decay": 0.1}], **base)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+        for t, gs in enumerate(grads):
+            if t == 4:
+                opt.add_param_group({"params": ps[3:], "lr": 0.02})
+            for p, g in zip(ps, gs):
+                p.grad = None if g is None else g.clone()
+            opt.step()
+            sched.step()
+        return ps, opt
+
+    pf, of = run(lambda groups, **kw: _fused(name, groups, **kw))
+    pt, ot = run(lambda groups, **kw: _torch(name, groups, **kw))
+    assert_same_state(pf, of, pt, ot, TOL[torch.float64], what=name)
+    if name != "Adagrad":  # torch.optim.Adagrad creates its state in the constructor, and so do we
+        assert len(of.state[pf[2]]) == 0, "a param that never had a grad has no state"
+    torch.testing.assert_close(pf[2].detach(), params[2], rtol=0, atol=0)
+    assert [g["lr"] for g in of.param_groups] == [g["lr"] for g in ot.param_groups]
+
+
+def test_lookahead_drives_schedulers_and_round_trips():
+    params, grads = make_problem([6, 3], torch.float32, steps=14, seed=14)
+
+    def build(ps):
+        return fusedopt.Lookahead(fusedopt.RAdam(ps, lr=0.01), k=3, alpha=0.5)
+
+    pa = _clone(params)
+    oa = build(pa)
+    sched = torch.optim.lr_scheduler.ExponentialLR(oa, gamma=0.9)
+    for gs in grads:
+        for p, g in zip(pa, gs):
+            p.grad = g.clone()
+        oa.step()
+        sched.step()
+    assert oa.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.9 ** 14)
+
+    pb = _clone(params)
+    ob = build(pb)
+    _train(ob, pb, grads[:7])
+    pc = [p.detach().clone().requires_grad_(True) for p in pb]
+    oc = build(pc)
+    oc.load_state_dict(copy.deepcopy(ob.state_dict()))
+    _train(oc, pc, grads[7:])
+    _train(ob, pb, grads[7:])
+    for b, c in zip(pb, pc):
+        torch.testing.assert_close(b, c, rtol=0, atol=0)
+        torch.testing.assert_close(ob.state[b]["slow_param"], oc.state[c]["slow_param"], rtol=0, atol=0)
+
+
+# -- errors: clear, naming the argument, and nothing changed -----------------------------------
+
+BAD_HYPERPARAMS = [
+    ("Adam", {"lr": -1.0}, "lr"), ("Adam", {"lr": math.nan}, "lr"), ("Adam", {"eps": -1e-8}, "eps"),
+    ("Adam", {"weight_decay": -0.1}, "weight_decay"), ("Adam", {"betas": (1.0, 0.999)}, "betas"),
+    ("Adam", {"betas": (0.9, -0.1)}, "betas"), ("AdamW", {"betas": (0.9, math.nan)}, "betas"),
+    ("RAdam", {"betas": (0.9, 1.5)}, "betas"), ("Yogi", {"betas": (0.9, 1.0)}, "betas"),
+    ("Adadelta", {"rho": 1.0}, "rho"), ("Adadelta", {"rho": -0.5}, "rho"),
+    ("RMSprop", {"alpha": 1.2}, "alpha"), ("RMSprop", {"momentum": -1.0}, "momentum"),
+    ("Adagrad", {"lr_decay": -1.0}, "lr_decay"), ("Adagrad", {"eps": math.nan}, "eps"),
+    ("Yogi", {"initial_accumulator_value": -1.0}, "initial_accumulator_value"),
+    ("SGD", {"nesterov": True}, "nesterov"), ("SGD", {"nesterov": True, "momentum": 0.9, "dampening": 0.1}, "nesterov"),
+    ("SGD", {"momentum": -0.9}, "momentum"), ("SGD", {"lr": -0.1}, "lr"),
+]
+
+
+@pytest.mark.parametrize("name,kw,arg", BAD_HYPERPARAMS)
+def test_bad_hyperparameters_raise_naming_the_argument(name, kw, arg):
+    p = torch.zeros(3, requires_grad=True)
+    with pytest.raises(ValueError, match=arg.replace("[", r"\[")):
+        _fused(name, [p], **kw)
+    opt = _fused(name, [p])
+    with pytest.raises(ValueError, match=arg.replace("[", r"\[")):
+        opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)], **kw})
+    assert len(opt.param_groups) == 1
+
+
+def test_bad_gradient_changes_nothing():
+    good = torch.ones(4, requires_grad=True)
+    emb = torch.nn.Embedding(5, 3, sparse=True)
+    opt = fusedopt.Adam([{"params": [good]}, {"params": emb.parameters()}])
+    good.grad = torch.ones(4)
+    emb(torch.tensor([1, 2])).sum().backward()
+    before = emb.weight.detach().clone()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    assert torch.equal(good.detach(), torch.ones(4)) and torch.equal(emb.weight.detach(), before)
+    assert len(opt.state) == 0
+
+
+def test_gradient_shape_or_dtype_mismatch_is_refused():
+    p = torch.zeros(4, requires_grad=True)
+    opt = fusedopt.SGD([p], lr=0.1)
+    p.grad = torch.ones(4)
+    p.grad.data = torch.ones(5)  # torch's setter checks shape; .data bypasses it
+    with pytest.raises(ValueError, match="shape"):
+        opt.step()
+    assert torch.equal(p.detach(), torch.zeros(4))
+
+
+def test_complex_params_are_refused_clearly():
+    with pytest.raises(ValueError, match="complex.*view_as_real"):
+        fusedopt.Adam([torch.zeros(3, dtype=torch.complex64, requires_grad=True)])
+
+
+def test_state_dict_that_does_not_match_is_refused_and_changes_nothing():
+    p = torch.zeros(4, requires_grad=True)
+    q = torch.zeros(5, requires_grad=True)
+    opt = fusedopt.Adam([p])
+    p.grad = torch.ones(4)
+    opt.step()
+    saved = opt.state_dict()
+    other = fusedopt.Adam([q])
+    before = copy.deepcopy(other.state_dict())
+    with pytest.raises(ValueError, match="shape"):
+        other.load_state_dict(saved)
+    assert other.state_dict()["state"] == before["state"]
+    with pytest.raises(ValueError, match="number of parameter groups"):
+        fusedopt.Adam([{"params": [p]}, {"params": [q]}]).load_state_dict(saved)
+
+
+def test_unknown_or_unavailable_backend_names_what_is_available():
+    p = torch.zeros(3, requires_grad=True)
+    with pytest.raises(ValueError, match="'reference'"):
+        fusedopt.Adam([p], backend="magic")
+    opt = fusedopt.Adam([p], backend="cuda")
+    p.grad = torch.ones(3)
+    with pytest.raises(RuntimeError, match="Available on cpu: .*reference"):
+        opt.step()
+    assert torch.equal(p.detach(), torch.zeros(3))
+
+
+def test_foreach_and_fused_flags_are_accepted_for_drop_in_use():
+    p = torch.zeros(3, requires_grad=True)
+    fusedopt.Adam([p], foreach=True, fused=False)
+    fusedopt.SGD([p], lr=0.1, foreach=False)
+    with pytest.raises(ValueError, match="differentiable"):
+        fusedopt.Adam([p], differentiable=True)
+
+
+def test_empty_and_zero_size_params():
+    opt = fusedopt.Adam([torch.zeros(0, requires_grad=True)])
+    opt.param_groups[0]["params"][0].grad = torch.zeros(0)
+    opt.step()
+    with pytest.raises(ValueError, match="empty parameter list"):
+        fusedopt.Adam([])
