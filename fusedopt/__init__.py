@@ -1,10 +1,12 @@
 """fusedopt: PyTorch optimizers whose step runs as one fused multi-tensor kernel per group."""
+from . import schedules
 from .algorithms import ALGORITHMS
 from .backends import available_backends
+from .clip import clip_grad_norm_
 from .lookahead import Lookahead
 from .optim import SGD, Adadelta, Adagrad, Adam, AdamW, RAdam, RMSprop, Yogi
 
 __version__ = "0.1.0"
 
 __all__ = ["SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "Yogi", "RAdam", "Lookahead",
-           "available_backends", "ALGORITHMS", "__version__"]
+           "clip_grad_norm_", "schedules", "available_backends", "ALGORITHMS", "__version__"]

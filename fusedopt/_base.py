@@ -19,30 +19,69 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _SUPPORTED = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+def _fold_host_scale(scalars, factor: float):
+    """Multiply the gradient-scale entry (always first) of host or device scalars by ``factor``."""
+    if isinstance(scalars, torch.Tensor):
+        scalars = scalars.clone()
+        scalars[0] *= factor
+        return scalars
+    return (scalars[0] * factor,) + tuple(scalars[1:])
+
+
 def state_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
     """States are float32 for 16-bit params (the math is float32 anyway), else the param's dtype."""
     return torch.float32 if param_dtype in _LOW_PRECISION else param_dtype
 
 
 class FusedOptimizer(Optimizer):
-    """Base of every fusedopt optimizer. Subclasses set ``algorithm`` and a constructor."""
+    """Base of every fusedopt optimizer. Subclasses set ``algorithm`` and a constructor.
+
+    Options every fusedopt optimizer takes, beyond torch.optim's:
+
+    - ``backend="auto"``: ``"reference"``, ``"triton"``, ``"cpu"``, ``"cuda"``, or the fastest
+      available for the parameters' device.
+    - ``capturable=False``: step counters, the learning rate (may be a tensor) and every per-step
+      scalar live on the device, so a step can be captured in a CUDA graph.
+    - ``master_weights=False``: keep a float32 copy of 16-bit params in the state
+      (``master_param``), update it and write the rounded param in the same pass.
+    - ``state_dtype=None``: dtype of the moments; float32 for 16-bit params by default,
+      ``torch.bfloat16`` halves their memory.
+    - ``max_grad_norm=None``: clip the global gradient norm to this value; the clip coefficient
+      is folded into the update, so gradients are read once for the norm and once for the step.
+    - ``accumulation_steps=1``: gradients summed over k micro-batches are scaled by ``1/k``
+      inside the update (no extra pass over memory).
+
+    Under ``torch.amp.GradScaler`` the step unscales the gradients inside the update and, on
+    an overflow step, changes nothing (params, states, step counters), with no host
+    synchronisation.
+    """
 
     algorithm: Algorithm
+    _step_supports_amp_scaling = True
 
     def __init__(self, params, defaults: dict[str, Any], backend: str = "auto",
                  foreach: bool | None = None, fused: bool | None = None,
-                 capturable: bool = False, differentiable: bool = False):
+                 capturable: bool = False, differentiable: bool = False, *,
+                 master_weights: bool = False, state_dtype: torch.dtype | None = None,
+                 max_grad_norm: float | None = None, accumulation_steps: int = 1):
         # foreach/fused are accepted so torch.optim call sites work unchanged; fusedopt always
         # runs its fused multi-tensor step.
         del foreach, fused
         if differentiable:
             raise ValueError("differentiable=True is not supported by fusedopt; use torch.optim")
-        if capturable:
-            raise ValueError("capturable=True is not supported yet by fusedopt")
+        if max_grad_norm is not None and not (max_grad_norm > 0):
+            raise ValueError(f"Invalid max_grad_norm: {max_grad_norm!r} (must be > 0 or None)")
+        if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) or accumulation_steps < 1:
+            raise ValueError(f"Invalid accumulation_steps: {accumulation_steps!r} (must be an integer >= 1)")
         backends.check_backend_name(backend)
-        defaults = dict(defaults, backend=backend)
-        # host copies of the per-parameter step counters: param -> (step tensor, value)
+        self.max_grad_norm = max_grad_norm
+        self.accumulation_steps = accumulation_steps
+        defaults = dict(defaults, backend=backend, capturable=bool(capturable),
+                        master_weights=bool(master_weights), state_dtype=state_dtype)
+        # host copies of the per-parameter step counts: param -> (step tensor, value). In
+        # device mode the value counts calls, overflow steps included, and only groups tensors.
         self._host_steps: dict[torch.Tensor, tuple[torch.Tensor, float]] = {}
+        self._pending_first: dict[torch.Tensor, torch.Tensor] = {}
         super().__init__(params, defaults)
         if self.algorithm.eager_state:
             # as torch.optim does for this algorithm, so checkpoints load into it both ways
@@ -68,6 +107,8 @@ class FusedOptimizer(Optimizer):
         filled = {**self.defaults, **group}
         self.algorithm.validate(filled)
         backends.check_backend_name(filled["backend"])
+        if filled["state_dtype"] not in (None, torch.float32, torch.bfloat16):
+            raise ValueError(f"Invalid state_dtype: {filled['state_dtype']!r} (None, torch.float32 or torch.bfloat16)")
         super().add_param_group(group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -76,6 +117,7 @@ class FusedOptimizer(Optimizer):
             for k, v in self.defaults.items():
                 group.setdefault(k, v)
         self._host_steps = {}
+        self._pending_first = {}
 
     def _check_grad(self, p: torch.Tensor) -> None:
         g = p.grad
@@ -105,54 +147,141 @@ class FusedOptimizer(Optimizer):
                 self._check_grad(p)
             if params:
                 work.append((group, params))
+        if not work:
+            return loss
+        # AMP: GradScaler sets these attributes for optimizers that unscale inside the step.
+        amp_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        if (found_inf is not None and found_inf.device.type == "cpu"
+                and not any(g.get("capturable") for g, _ in work)):
+            if float(found_inf) != 0:  # host memory: reading it is no synchronisation
+                return loss
+            found_inf = None
+        scale = None if amp_scale is None else torch.reciprocal(amp_scale.to(torch.float32))
+        if self.max_grad_norm is not None:
+            from .clip import total_norm
+            norm = total_norm([p.grad for _, ps in work for p in ps], 2.0)
+            if scale is not None:
+                norm = norm * scale.to(norm.device)
+            coef = torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0)
+            scale = coef if scale is None else scale.to(coef.device) * coef
+        per_device: dict[torch.device, tuple] = {}
+
+        def on(device):  # the scale and the inf flag on ``device``, moved once per step
+            if device not in per_device:
+                per_device[device] = (
+                    None if scale is None else scale.to(device, non_blocking=True),
+                    None if found_inf is None else found_inf.to(device, non_blocking=True))
+            return per_device[device]
+
         for group, params in work:
-            self._step_group(group, params)
+            self._step_group(group, params, on)
         return loss
+
+    def _state_dtype(self, p: torch.Tensor, group: dict) -> torch.dtype:
+        return group.get("state_dtype") or state_dtype_for(p.dtype)
 
     def _init_state(self, p: torch.Tensor, group: dict) -> dict:
         st = self.state[p]
-        sdt = state_dtype_for(p.dtype)
+        sdt = self._state_dtype(p, group)
         for slot, fill in self.algorithm.slot_init(group).items():
             if st.get(slot) is None:
                 st[slot] = torch.full_like(p, fill, dtype=sdt, memory_format=torch.preserve_format)
                 if self.algorithm.needs_first_step:
                     st["_first"] = True
+        if group.get("master_weights") and p.dtype in _LOW_PRECISION and "master_param" not in st:
+            st["master_param"] = p.detach().to(torch.float32, copy=True)
         if self.algorithm.has_step and "step" not in st:
-            st["step"] = torch.tensor(0.0, dtype=torch.float32)
+            device = p.device if group.get("capturable") else "cpu"
+            st["step"] = torch.zeros((), dtype=torch.float32, device=device)
+            self._host_steps[p] = (st["step"], 0.0)
         return st
 
-    def _advance_steps(self, params: list[torch.Tensor], states: list[dict]) -> list[float]:
-        """Increment every ``state['step']`` in one call and return the new values, read from a
-        host cache (no per-tensor reads on the hot path)."""
-        steps = [st["step"] for st in states]
-        torch._foreach_add_(steps, 1.0)
-        out = []
+    def _count_steps(self, params: list[torch.Tensor], states: list[dict]) -> list[float]:
+        """Advance the host step counts, reading a tensor only when it is not known yet (a new
+        or loaded state: then it is on the CPU, so reading it does not synchronise)."""
         cache = self._host_steps
-        for p, t in zip(params, steps):
+        out = []
+        for p, st in zip(params, states):
+            t = st["step"]
             hit = cache.get(p)
-            value = hit[1] + 1.0 if hit is not None and hit[0] is t else float(t)
+            if hit is not None and (hit[0] is t or t.device.type != "cpu"):
+                value = hit[1] + 1.0
+            else:
+                value = float(t) + 1.0
             cache[p] = (t, value)
             out.append(value)
         return out
 
-    def _step_group(self, group: dict, params: list[torch.Tensor]) -> None:
+    def _step_group(self, group: dict, params: list[torch.Tensor], on) -> None:
         algo = self.algorithm
         states = [self._init_state(p, group) for p in params]
         first = [st.pop("_first", False) for st in states]
-        steps = self._advance_steps(params, states) if algo.has_step else [0.0] * len(params)
-        items = range(len(params))
-        groups = bucket(items, lambda i: (params[i].device, params[i].dtype, steps[i], first[i]))
-        for (device, dtype, step, is_first), idx in groups.items():
+        if algo.needs_first_step and self._pending_first:
+            # a first momentum step that may have been skipped on the device (AMP overflow)
+            first = [self._pending_first.get(p, f) for p, f in zip(params, first)]
+        steps = self._count_steps(params, states) if algo.has_step else [0.0] * len(params)
+        lr = group["lr"]
+        lr_on_device = isinstance(lr, torch.Tensor) and lr.device.type != "cpu"
+        master = any("master_param" in st for st in states)
+        groups = bucket(range(len(params)), lambda i: (params[i].device, params[i].dtype, steps[i],
+                                                       first[i] if isinstance(first[i], bool) else id(first[i])))
+        for (device, dtype, step, _), idx in groups.items():
+            is_first = first[idx[0]]
+            scale, found_inf = on(device)
+            device_mode = (bool(group.get("capturable")) or found_inf is not None or lr_on_device
+                           or isinstance(is_first, torch.Tensor))
             name = group["backend"]
             if name == "auto" and dtype == torch.float64:
                 name = "reference"  # the fused kernels are float32/bfloat16/float16
             backend = backends.get_backend(name, device)
-            scalars, flags = algo.step_args(group, step, is_first)
             ps = [params[i] for i in idx]
             gs = [p.grad for p in ps]
+            if algo.has_step:
+                step_tensors = [states[i]["step"] for i in idx]
+                if device_mode:
+                    for i, t in zip(idx, step_tensors):
+                        if t.device != device:  # torch keeps non-capturable steps on the CPU
+                            states[i]["step"] = t.to(device)
+                            self._host_steps[params[i]] = (states[i]["step"], step)
+                    step_tensors = [states[i]["step"] for i in idx]
+                    torch._foreach_add_(step_tensors, 1.0)
+                    if found_inf is not None:  # an overflow step does not count
+                        torch._foreach_sub_(step_tensors, [found_inf] * len(step_tensors))
+                    step_arg = step_tensors[0]
+                else:
+                    torch._foreach_add_(step_tensors, 1.0)
+                    step_arg = step
+            else:
+                step_arg = step
+            scalars, flags = algo.step_args(group, step_arg, is_first)
+            if device_mode:
+                scalars = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device).reshape(())
+                                       for v in scalars])
+            else:
+                scalars = tuple(scalars)
+            if self.accumulation_steps != 1:
+                scalars = _fold_host_scale(scalars, 1.0 / self.accumulation_steps)
             slot_lists = [[states[i][s] for i in idx] if states[idx[0]].get(s) is not None else []
                           for s in algo.SLOTS]
-            backend.step(algo.name, ps, gs, slot_lists, tuple(scalars), tuple(flags))
+            kwargs = {}
+            if scale is not None:
+                kwargs["grad_scale"] = scale
+            if found_inf is not None:
+                kwargs["found_inf"] = found_inf
+            if master:
+                kwargs["master"] = [states[i]["master_param"] for i in idx]
+            backend.step(algo.name, ps, gs, slot_lists, scalars, tuple(flags), **kwargs)
+            if algo.needs_first_step and (is_first is not False):
+                # SGD: an overflow first step leaves the buffer unwritten; the next step is
+                # then the first again, decided on the device from the inf flag.
+                if found_inf is None:
+                    for p in ps:
+                        self._pending_first.pop(p, None)
+                else:
+                    pending = found_inf.clone() if is_first is True else is_first * found_inf
+                    for p in ps:
+                        self._pending_first[p] = pending
 
     # -- checkpoints -------------------------------------------------------------------
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -172,6 +301,8 @@ class FusedOptimizer(Optimizer):
                 raise ValueError("loaded state dict contains a parameter group "
                                  "that doesn't match the size of the optimizer's group")
         id_map = {sid: p for g, sg in zip(groups, saved_groups) for sid, p in zip(sg["params"], g["params"])}
+        sdt_of = {sid: sg.get("state_dtype", g.get("state_dtype"))
+                  for g, sg in zip(groups, saved_groups) for sid in sg["params"]}
         new_state: defaultdict = defaultdict(dict)
         for sid, value in state_dict["state"].items():
             if sid not in id_map:
@@ -184,8 +315,10 @@ class FusedOptimizer(Optimizer):
                     if v.shape != p.shape:
                         raise ValueError(f"state_dict: state {key!r} of parameter {sid} has shape "
                                          f"{tuple(v.shape)}, the parameter has {tuple(p.shape)}")
-                    v = v.to(device=p.device, dtype=state_dtype_for(p.dtype), copy=True)
+                    dtype = torch.float32 if key == "master_param" else (sdt_of[sid] or state_dtype_for(p.dtype))
+                    v = v.to(device=p.device, dtype=dtype, copy=True)
                 elif isinstance(v, torch.Tensor):
+                    # read on the CPU: the first step takes its count from here without a sync
                     v = v.to(dtype=torch.float32, device="cpu", copy=True)
                 entry[key] = v
             new_state[p] = entry
@@ -203,5 +336,6 @@ class FusedOptimizer(Optimizer):
         self.state = new_state
         self.param_groups = new_groups
         self._host_steps = {}
+        self._pending_first = {}
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)

@@ -4,6 +4,10 @@ Each class only collects its hyperparameters; :class:`~fusedopt._base.FusedOptim
 rest. ``backend`` is ``"auto"`` (the fastest available for the parameters' device),
 ``"reference"``, ``"triton"``, ``"cpu"`` or ``"cuda"``. ``foreach`` and ``fused`` are accepted so
 that torch.optim call sites work unchanged, and ignored: the step is always fused.
+
+Every class also takes the options of :class:`~fusedopt._base.FusedOptimizer`
+(``capturable``, ``master_weights``, ``state_dtype``, ``max_grad_norm``,
+``accumulation_steps``) as keywords.
 """
 from __future__ import annotations
 
@@ -22,10 +26,10 @@ class SGD(FusedOptimizer):
     algorithm = _SGD
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
-                 *, maximize=False, foreach=None, differentiable=False, fused=None, backend="auto"):
+                 *, maximize=False, foreach=None, differentiable=False, fused=None, backend="auto", **options):
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                                       nesterov=nesterov, maximize=maximize),
-                         backend, foreach=foreach, fused=fused, differentiable=differentiable)
+                         backend, foreach=foreach, fused=fused, differentiable=differentiable, **options)
 
 
 class Adagrad(FusedOptimizer):
@@ -37,11 +41,11 @@ class Adagrad(FusedOptimizer):
     algorithm = ADAGRAD
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
-                 eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None, backend="auto"):
+                 eps=1e-10, foreach=None, *, maximize=False, differentiable=False, fused=None, backend="auto", **options):
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value, eps=eps,
                                       maximize=maximize),
-                         backend, foreach=foreach, fused=fused, differentiable=differentiable)
+                         backend, foreach=foreach, fused=fused, differentiable=differentiable, **options)
 
 
 class Adadelta(FusedOptimizer):
@@ -53,9 +57,9 @@ class Adadelta(FusedOptimizer):
     algorithm = ADADELTA
 
     def __init__(self, params, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, foreach=None, *,
-                 capturable=False, maximize=False, differentiable=False, backend="auto"):
+                 capturable=False, maximize=False, differentiable=False, backend="auto", **options):
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize),
-                         backend, foreach=foreach, capturable=capturable, differentiable=differentiable)
+                         backend, foreach=foreach, capturable=capturable, differentiable=differentiable, **options)
 
 
 class RMSprop(FusedOptimizer):
@@ -68,10 +72,10 @@ class RMSprop(FusedOptimizer):
     algorithm = RMSPROP
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-                 capturable=False, foreach=None, maximize=False, differentiable=False, *, backend="auto"):
+                 capturable=False, foreach=None, maximize=False, differentiable=False, *, backend="auto", **options):
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                                       centered=centered, maximize=maximize),
-                         backend, foreach=foreach, capturable=capturable, differentiable=differentiable)
+                         backend, foreach=foreach, capturable=capturable, differentiable=differentiable, **options)
 
 
 class Adam(FusedOptimizer):
@@ -85,12 +89,12 @@ class Adam(FusedOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
-                 decoupled_weight_decay=False, backend="auto"):
+                 decoupled_weight_decay=False, backend="auto", **options):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay),
                          backend, foreach=foreach, fused=fused, capturable=capturable,
-                         differentiable=differentiable)
+                         differentiable=differentiable, **options)
 
 
 class AdamW(Adam):
@@ -98,11 +102,11 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
                  maximize=False, foreach=None, capturable=False, differentiable=False, fused=None,
-                 backend="auto"):
+                 backend="auto", **options):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                          foreach=foreach, maximize=maximize, capturable=capturable,
                          differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
-                         backend=backend)
+                         backend=backend, **options)
 
 
 class Yogi(FusedOptimizer):
@@ -115,11 +119,11 @@ class Yogi(FusedOptimizer):
     algorithm = YOGI
 
     def __init__(self, params, lr=1e-2, betas=(0.9, 0.999), eps=1e-3, initial_accumulator_value=1e-6,
-                 weight_decay=0.0, *, maximize=False, foreach=None, fused=None, backend="auto"):
+                 weight_decay=0.0, *, maximize=False, foreach=None, fused=None, backend="auto", **options):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
                                       initial_accumulator_value=initial_accumulator_value,
                                       weight_decay=weight_decay, maximize=maximize),
-                         backend, foreach=foreach, fused=fused)
+                         backend, foreach=foreach, fused=fused, **options)
 
 
 class RAdam(FusedOptimizer):
@@ -132,10 +136,10 @@ class RAdam(FusedOptimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  decoupled_weight_decay=False, *, foreach=None, maximize=False, capturable=False,
-                 differentiable=False, backend="auto"):
+                 differentiable=False, backend="auto", **options):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       decoupled_weight_decay=decoupled_weight_decay, maximize=maximize),
-                         backend, foreach=foreach, capturable=capturable, differentiable=differentiable)
+                         backend, foreach=foreach, capturable=capturable, differentiable=differentiable, **options)
 
 
 # Each docstring ends with its algorithm's math and paper, written once in fusedopt.algorithms.

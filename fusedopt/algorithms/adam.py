@@ -13,9 +13,7 @@ Decay Regularization", ICLR 2019 (AdamW: ``p = p * (1 - lr * wd)`` before the up
 """
 from __future__ import annotations
 
-import math
-
-from .base import Algorithm, check_betas, preamble
+from .base import Algorithm, sqrt, check_betas, preamble
 
 
 class AdamAlgorithm(Algorithm):
@@ -40,7 +38,7 @@ class AdamAlgorithm(Algorithm):
         b1, b2 = (float(b) for b in group["betas"])
         c, f = self.common(group, decoupled=bool(group.get("decoupled_weight_decay", False)))
         step_size = c[1] / (1 - b1 ** step)
-        bc2_sqrt = math.sqrt(1 - b2 ** step)
+        bc2_sqrt = sqrt(1 - b2 ** step)
         return (self.Scalars(*c, b1, b2, float(group["eps"]), step_size, bc2_sqrt),
                 self.Flags(*f, bool(group["amsgrad"])))
 

@@ -85,8 +85,8 @@ class Algorithm:
         """The per-step (scalars, flags) for tensors at step count ``step`` (1-based)."""
         raise NotImplementedError
 
-    def common(self, group: dict, lr: float | None = None, decoupled: bool = False):
-        lr = float(group["lr"]) if lr is None else lr
+    def common(self, group: dict, lr=None, decoupled: bool = False):
+        lr = as_scalar(group["lr"]) if lr is None else lr
         return (1.0, lr, float(group["weight_decay"])), (bool(group.get("maximize", False)), decoupled)
 
     # -- reference ---------------------------------------------------------------------
@@ -97,6 +97,19 @@ class Algorithm:
         ``s`` and ``f`` are this algorithm's ``Scalars`` and ``Flags`` namedtuples.
         """
         raise NotImplementedError
+
+
+def as_scalar(x):
+    """A hyperparameter as a host float, or as a tensor when it lives on an accelerator
+    (reading it would synchronise; the per-step scalars are then computed on the device)."""
+    if isinstance(x, torch.Tensor):
+        return float(x) if x.device.type == "cpu" else x
+    return float(x)
+
+
+def sqrt(x):
+    """Square root of a host float or of a device tensor (per-step scalars in device mode)."""
+    return x ** 0.5
 
 
 def preamble(p: torch.Tensor, g: torch.Tensor, s, f) -> torch.Tensor:

@@ -16,16 +16,23 @@ Beyond", ICLR 2020.
 """
 from __future__ import annotations
 
-import math
+import torch
 
-from .base import Algorithm, check_betas, preamble
+from .base import Algorithm, sqrt, check_betas, preamble
 
 
-def rectification(beta2: float, step: float) -> tuple[bool, float]:
-    """(rectify?, r_t) for step ``step``: RAdam's variance rectification term."""
+def rectification(beta2: float, step):
+    """(rectify?, r_t) for step ``step``: RAdam's variance rectification term.
+
+    ``step`` is a host number, or a device tensor in device mode; then ``rectify`` is True and
+    ``r_t`` is 0 on steps that take the un-adapted branch (the kernels check ``r_t > 0``).
+    """
     rho_inf = 2 / (1 - beta2) - 1
     bc2 = 1 - beta2 ** step
     rho_t = rho_inf - 2 * step * (beta2 ** step) / bc2
+    if isinstance(step, torch.Tensor):
+        r2 = (rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)
+        return True, torch.where(rho_t > 5.0, r2.clamp(min=0) ** 0.5, torch.zeros_like(rho_t))
     if rho_t > 5.0:
         r = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
         return True, r
@@ -48,7 +55,7 @@ class RAdamAlgorithm(Algorithm):
         b1, b2 = (float(b) for b in group["betas"])
         c, f = self.common(group, decoupled=bool(group.get("decoupled_weight_decay", False)))
         rectify, rect = rectification(b2, step)
-        return (self.Scalars(*c, b1, b2, float(group["eps"]), 1 - b1 ** step, math.sqrt(1 - b2 ** step), rect),
+        return (self.Scalars(*c, b1, b2, float(group["eps"]), 1 - b1 ** step, sqrt(1 - b2 ** step), rect),
                 self.Flags(*f, rectify))
 
     def update(self, p, g, st, s, f):
@@ -57,7 +64,7 @@ class RAdamAlgorithm(Algorithm):
         m.lerp_(g, 1 - s.beta1)
         v.mul_(s.beta2).addcmul_(g, g, value=1 - s.beta2)
         corrected = m / s.bias_correction1
-        if f.rectify:
+        if f.rectify and s.rect > 0:
             adaptive = s.bc2_sqrt / v.sqrt().add_(s.eps)
             p.add_(corrected * s.lr * adaptive * s.rect, alpha=-1.0)
         else:

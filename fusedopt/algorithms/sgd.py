@@ -10,6 +10,8 @@ learning", ICML 2013 (the Nesterov form). ``dampening = momentum`` gives the EMA
 """
 from __future__ import annotations
 
+import torch
+
 from .base import Algorithm, check_nonneg, preamble
 
 
@@ -17,8 +19,10 @@ class SGDAlgorithm(Algorithm):
     name = "sgd"
     defaults = dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False)
     SLOTS = ("momentum_buffer",)
-    EXTRA_SCALARS = ("momentum", "dampening")
-    EXTRA_FLAGS = ("nesterov", "first_step")
+    # first_step is a runtime value (1.0 on a parameter's first momentum step), not a flag, so
+    # that an overflow first step can be repeated from the device (see FusedOptimizer.step).
+    EXTRA_SCALARS = ("momentum", "dampening", "first_step")
+    EXTRA_FLAGS = ("nesterov",)
     has_step = False
     needs_first_step = True
 
@@ -34,14 +38,15 @@ class SGDAlgorithm(Algorithm):
 
     def step_args(self, group, step, first_step=False):
         c, f = self.common(group)
-        return (self.Scalars(*c, float(group["momentum"]), float(group["dampening"])),
-                self.Flags(*f, bool(group["nesterov"]), bool(first_step)))
+        first = first_step if isinstance(first_step, torch.Tensor) else float(bool(first_step))
+        return (self.Scalars(*c, float(group["momentum"]), float(group["dampening"]), first),
+                self.Flags(*f, bool(group["nesterov"])))
 
     def update(self, p, g, st, s, f):
         g = preamble(p, g, s, f)
         buf = st.get("momentum_buffer")
         if buf is not None:
-            if f.first_step:
+            if s.first_step != 0:
                 buf.copy_(g)
             else:
                 buf.mul_(s.momentum).add_(g, alpha=1 - s.dampening)

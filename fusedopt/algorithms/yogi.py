@@ -12,9 +12,7 @@ Nonconvex Optimization", NeurIPS 2018.
 """
 from __future__ import annotations
 
-import math
-
-from .base import Algorithm, check_betas, check_nonneg, preamble
+from .base import Algorithm, sqrt, check_betas, check_nonneg, preamble
 
 
 class YogiAlgorithm(Algorithm):
@@ -36,7 +34,7 @@ class YogiAlgorithm(Algorithm):
     def step_args(self, group, step, first_step=False):
         b1, b2 = (float(b) for b in group["betas"])
         c, f = self.common(group)
-        return (self.Scalars(*c, b1, b2, float(group["eps"]), c[1] / (1 - b1 ** step), math.sqrt(1 - b2 ** step)),
+        return (self.Scalars(*c, b1, b2, float(group["eps"]), c[1] / (1 - b1 ** step), sqrt(1 - b2 ** step)),
                 self.Flags(*f))
 
     def update(self, p, g, st, s, f):

@@ -22,24 +22,33 @@ class Backend:
         return True, ""
 
     @torch.no_grad()
-    def step(self, algo, params, grads, states, scalars, flags, grad_scale=None, found_inf=None):
+    def step(self, algo, params, grads, states, scalars, flags, grad_scale=None, found_inf=None, master=None):
         spec = algorithms.ALGORITHMS[algo]
+        if isinstance(scalars, torch.Tensor):
+            # device mode: the oracle reads the scalars (a synchronisation the fused backends avoid)
+            scalars = scalars.tolist()
         s, f = spec.Scalars(*scalars), spec.Flags(*flags)
+        # An overflow step writes nothing: old values are selected on the device, no host sync.
+        keep = None if found_inf is None else (found_inf != 0)
+
+        def store(dst, new):
+            dst.copy_(new if keep is None else torch.where(keep, dst.to(new.dtype), new))
+
         for i, (p, g) in enumerate(zip(params, grads)):
             cdt = compute_dtype(p.dtype)
-            p32 = p.to(cdt, copy=True)
+            p32 = (master[i] if master is not None else p).to(cdt, copy=True)
             g32 = g.to(cdt)
             if grad_scale is not None:
                 g32 = g32 * grad_scale.to(cdt)
             st = {name: slot[i].to(cdt, copy=True) for name, slot in zip(spec.SLOTS, states) if len(slot)}
             spec.update(p32, g32, st, s, f)
-            # An overflow step writes nothing: select old values on the device, no host sync.
-            keep = None if found_inf is None else (found_inf != 0)
             for name, slot in zip(spec.SLOTS, states):
                 if len(slot):
-                    new = st[name] if keep is None else torch.where(keep, slot[i].to(cdt), st[name])
-                    slot[i].copy_(new)
-            p.copy_(p32 if keep is None else torch.where(keep, p.to(cdt), p32))
+                    store(slot[i], st[name])
+            if master is not None:
+                store(master[i], p32)
+                p32 = master[i]
+            store(p, p32)
 
     @torch.no_grad()
     def lookahead(self, params, slow, alpha):
