@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fusedopt
-from tests.parity import REPRESENTATIVE, TOL, assert_same_state, make_problem, run_steps
+from parity import REPRESENTATIVE, TOL, assert_same_state, make_problem, run_steps
 
 BACKENDS = [b for b in fusedopt.available_backends("cpu")]
 NAMES = [name for name, _ in REPRESENTATIVE]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fusedopt
-from tests.parity import TOL, assert_same_state, make_problem
+from parity import TOL, assert_same_state, make_problem
 
 TORCH_NAMES = ["SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "RAdam"]
 ALL_NAMES = TORCH_NAMES + ["Yogi"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fusedopt
-from tests.parity import CASES, TOL, assert_same_state, case_id, make_problem, run_steps
+from parity import CASES, TOL, assert_same_state, case_id, make_problem, run_steps
 
 TORCH_CASES = [c for c in CASES if c[0] != "Yogi"]
 
