@@ -34,9 +34,9 @@ class Backend:
             return True, ""
         return False, f"Triton does not run on {device.type} tensors"
 
-    def step(self, algo, params, grads, states, scalars, flags, grad_scale=None, found_inf=None):
+    def step(self, algo, params, grads, states, scalars, flags, grad_scale=None, found_inf=None, master=None):
         _kernels.multi_tensor_step(algo, params, grads, states, scalars, flags,
-                                   grad_scale=grad_scale, found_inf=found_inf)
+                                   grad_scale=grad_scale, found_inf=found_inf, master=master)
 
     def lookahead(self, params, slow, alpha):
         _kernels.multi_tensor_lookahead(params, slow, alpha)
