@@ -191,17 +191,14 @@ def _device_scalars(sc, ALGO: tl.constexpr, DECOUPLED: tl.constexpr):
 # --------------------------------------------------------------------------------------------
 
 @triton.jit
-def _cast(x, DT: tl.constexpr, RNE_BF16: tl.constexpr):
-    """float32 -> DT. With RNE_BF16, bfloat16 is rounded to nearest even by hand: the
-    interpreter's conversion truncates, which biases every step's rounding toward zero (the
-    GPU's conversion already rounds to nearest even, so there this is off)."""
-    if RNE_BF16 and DT == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = bits + (0x7FFF + ((bits >> 16) & 1))
-        r = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-        return tl.where(x != x, x.to(tl.bfloat16), r)  # NaN stays NaN
-    else:
-        return x.to(DT)
+def _rne_bf16(x):
+    """float32 -> bfloat16 rounded to nearest even by hand, for the interpreter, whose
+    conversion truncates (a bias toward zero on every step). The GPU's conversion rounds to
+    nearest even already; the kernels use it there."""
+    bits = x.to(tl.uint32, bitcast=True)
+    bits = bits + (0x7FFF + ((bits >> 16) & 1))
+    r = (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return tl.where(x != x, x.to(tl.bfloat16), r)  # NaN stays NaN
 
 
 @triton.jit
@@ -221,18 +218,19 @@ def multi_tensor_kernel(
     MAXIMIZE: tl.constexpr, SCALE: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
     HAS_FOUND_INF: tl.constexpr, WEIGHT_DECAY: tl.constexpr, DECOUPLED: tl.constexpr,
     F0: tl.constexpr, F1: tl.constexpr,
-    RNE_BF16: tl.constexpr, BLOCK: tl.constexpr,
+    RNE_P: tl.constexpr, RNE_G: tl.constexpr, RNE_S: tl.constexpr,  # bf16 stores rounded by hand
+    BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(work + 2 * pid)
     start = tl.load(work + 2 * pid + 1)
     n = tl.load(sizes + tensor)
     # 64-bit offsets: start and n are int64, so tensors of 2**31 elements or more are fine.
+    if HAS_FOUND_INF:
+        # An overflowed step writes nothing: the tensor counts as empty, so nothing is read either.
+        n = tl.where(tl.load(found_inf_ptr) == 0, n, 0)
     offs = start + tl.arange(0, BLOCK)
     mask = offs < n
-    if HAS_FOUND_INF:
-        # An overflowed step writes nothing; masking the loads too keeps it from reading.
-        mask = mask & (tl.load(found_inf_ptr) == 0)
     row = addrs + tensor * NCOL
 
     p_ptr = tl.load(row).to(tl.pointer_type(P_DTYPE))
@@ -248,7 +246,7 @@ def multi_tensor_kernel(
         slow_ptr = tl.load(row + 1).to(tl.pointer_type(G_DTYPE))
         slow = tl.load(slow_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         p, slow = _lookahead_math(p, slow, a0)
-        tl.store(slow_ptr + offs, _cast(slow, G_DTYPE, RNE_BF16), mask=mask)
+        tl.store(slow_ptr + offs, _rne_bf16(slow) if RNE_G else slow.to(G_DTYPE), mask=mask)
     else:
         if DEVICE_SCALARS:
             grad_scale, lr, wd, a0, a1, a2, a3, a4, a5, a6 = _device_scalars(scalars_ptr, ALGO, DECOUPLED)
@@ -298,11 +296,11 @@ def multi_tensor_kernel(
             p, s0, s1, s2 = _radam_math(p, g, s0, s1, s2, lr, a0, a1, a2, a3, a4, a5, a6, F0)
 
         if HAS_S0:
-            tl.store(s0_ptr + offs, _cast(s0, S_DTYPE, RNE_BF16), mask=mask)
+            tl.store(s0_ptr + offs, _rne_bf16(s0) if RNE_S else s0.to(S_DTYPE), mask=mask)
         if HAS_S1:
-            tl.store(s1_ptr + offs, _cast(s1, S_DTYPE, RNE_BF16), mask=mask)
+            tl.store(s1_ptr + offs, _rne_bf16(s1) if RNE_S else s1.to(S_DTYPE), mask=mask)
         if HAS_S2:
-            tl.store(s2_ptr + offs, _cast(s2, S_DTYPE, RNE_BF16), mask=mask)
+            tl.store(s2_ptr + offs, _rne_bf16(s2) if RNE_S else s2.to(S_DTYPE), mask=mask)
     if HAS_MASTER:
         tl.store(m_ptr + offs, p, mask=mask)
-    tl.store(p_ptr + offs, _cast(p, P_DTYPE, RNE_BF16), mask=mask)
+    tl.store(p_ptr + offs, _rne_bf16(p) if RNE_P else p.to(P_DTYPE), mask=mask)

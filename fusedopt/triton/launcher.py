@@ -133,7 +133,9 @@ def _launch(table, algo_id, ncol, *, p_dtype, g_dtype, s_dtype=tl.float32, prese
         DEVICE_SCALARS=device_scalars is not None,
         MAXIMIZE=bool(maximize), SCALE=scale, HAS_GRAD_SCALE=grad_scale is not None,
         HAS_FOUND_INF=found_inf is not None, WEIGHT_DECAY=has_wd, DECOUPLED=bool(decoupled),
-        F0=kflags[0], F1=kflags[1], RNE_BF16=INTERPRETED,
+        F0=kflags[0], F1=kflags[1],
+        RNE_P=INTERPRETED and p_dtype == tl.bfloat16, RNE_G=INTERPRETED and g_dtype == tl.bfloat16,
+        RNE_S=INTERPRETED and s_dtype == tl.bfloat16,
         BLOCK=block_size(), num_warps=NUM_WARPS,
     )
     _launches += 1
@@ -190,11 +192,7 @@ def multi_tensor_step(algo, params, grads, states, scalars, flags, grad_scale=No
     # Columns: param, grad, one per slot (empty when absent), master (empty when absent).
     columns = [params, grads, *states, master or []]
     ncol = len(columns)
-    cache = _cache
-    builds = cache.builds
-    table = cache.get(columns, ncol, block_size())
-    if cache.builds != builds:
-        _check_new_table(params, grads, states, master)
+    table = _cache.get(columns, ncol, block_size(), check=lambda: _check_new_table(params, grads, states, master))
     p_dt = _tl_dtype(params[0], "param")
     s_dt = next((_tl_dtype(s[0], "state") for s in states if len(s)), tl.float32)
     _launch(table, kernels.ALGO_IDS[algo], ncol, p_dtype=p_dt, g_dtype=p_dt, s_dtype=s_dt, present=present,
@@ -210,11 +208,12 @@ def multi_tensor_lookahead(params, slow, alpha):
         return
     if len(slow) != len(params):
         raise ValueError("triton backend: slow weights must align with params")
-    cache = _cache
-    builds = cache.builds
-    table = cache.get([params, slow], 2, block_size())
-    if cache.builds != builds:
+    def check():
+        _tl_dtype(params[0], "param")
+        _tl_dtype(slow[0], "slow")
         _check_group(params, params, "params")
         _check_group(slow, slow, "slow")
+
+    table = _cache.get([params, slow], 2, block_size(), check=check)
     _launch(table, kernels.LOOKAHEAD, 2, p_dtype=_tl_dtype(params[0], "param"), g_dtype=_tl_dtype(slow[0], "slow"),
             a=(float(alpha),) + (0.0,) * 6)

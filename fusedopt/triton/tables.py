@@ -108,8 +108,11 @@ class TableCache:
         self._tables: OrderedDict = OrderedDict()
         self.builds = 0  # tables built so far (tests check that steady steps build none)
 
-    def get(self, columns: list[list[torch.Tensor]], ncol: int, block: int) -> Table:
-        """The table for ``columns`` (param column first; an empty column is an absent slot)."""
+    def get(self, columns: list[list[torch.Tensor]], ncol: int, block: int, check=None) -> Table:
+        """The table for ``columns`` (param column first; an empty column is an absent slot).
+
+        ``check()`` runs before a new table is built (dtype checks): a call it rejects leaves
+        nothing cached, so it is rejected again next time."""
         params = columns[0]
         device = params[0].device
         # The key: every address (an absent column contributes nothing, and its position is
@@ -122,6 +125,8 @@ class TableCache:
         if table is not None:
             self._tables.move_to_end(key)
             return table
+        if check is not None:
+            check()
         table = _build(columns, ncol, block, device)
         self.builds += 1
         self._tables[key] = table
