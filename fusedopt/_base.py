@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from . import backends
+from . import _distributed, backends
 from ._grouping import bucket
 from .algorithms import Algorithm
 
@@ -270,8 +270,11 @@ class FusedOptimizer(Optimizer):
             if found_inf is not None:
                 kwargs["found_inf"] = found_inf
             if master:
-                kwargs["master"] = [states[i]["master_param"] for i in idx]
-            backend.step(algo.name, ps, gs, slot_lists, scalars, tuple(flags), **kwargs)
+                kwargs["master"] = _distributed.local_list([states[i]["master_param"] for i in idx])
+            # DTensors (FSDP2): the kernels update the local shards, one launch per group
+            local = _distributed.local_list
+            backend.step(algo.name, local(ps), local(gs), [local(s) for s in slot_lists], scalars,
+                         tuple(flags), **kwargs)
             if algo.needs_first_step and (is_first is not False):
                 # SGD: an overflow first step leaves the buffer unwritten; the next step is
                 # then the first again, decided on the device from the inf flag.
