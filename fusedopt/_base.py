@@ -33,6 +33,26 @@ def state_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if param_dtype in _LOW_PRECISION else param_dtype
 
 
+_LR_POSITIONS: dict[str, tuple[int, ...]] = {}
+
+
+def _lr_positions(algo: Algorithm, group: dict) -> tuple[int, ...]:
+    """Which of ``algo``'s per-step scalars are proportional to the learning rate (the others do
+    not depend on it), found once per algorithm from its host-mode scalars at two lrs."""
+    found = _LR_POSITIONS.get(algo.name)
+    if found is None:
+        one, _ = algo.step_args({**group, "lr": 1.0}, 10.0, False)
+        two, _ = algo.step_args({**group, "lr": 0.5}, 10.0, False)
+        found = []
+        for i, (a, b) in enumerate(zip(one, two)):
+            if a != b:
+                if abs(b - 0.5 * a) > 1e-12 * abs(a):
+                    raise RuntimeError(f"{algo.name}: per-step scalar {algo.SCALARS[i]} is not linear in lr")
+                found.append(i)
+        found = _LR_POSITIONS[algo.name] = tuple(found)
+    return found
+
+
 class FusedOptimizer(Optimizer):
     """Base of every fusedopt optimizer. Subclasses set ``algorithm`` and a constructor.
 
@@ -153,7 +173,8 @@ class FusedOptimizer(Optimizer):
         amp_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         if (found_inf is not None and found_inf.device.type == "cpu"
-                and not any(g.get("capturable") for g, _ in work)):
+                and not any(g.get("capturable") for g, _ in work)
+                and not torch.compiler.is_compiling()):  # compiled: the flag stays a tensor
             if float(found_inf) != 0:  # host memory: reading it is no synchronisation
                 return loss
             found_inf = None
@@ -174,6 +195,9 @@ class FusedOptimizer(Optimizer):
                     None if found_inf is None else found_inf.to(device, non_blocking=True))
             return per_device[device]
 
+        if torch.compiler.is_compiling():
+            self._step_compiled(work, on)
+            return loss
         for group, params in work:
             self._step_group(group, params, on)
         return loss
@@ -284,6 +308,105 @@ class FusedOptimizer(Optimizer):
                 else:
                     pending = found_inf.clone() if is_first is True else is_first * found_inf
                     for p in ps:
+                        self._pending_first[p] = pending
+
+    # -- the step under torch.compile -------------------------------------------------
+    # Always the device-scalar path: step counters are tensors and the per-step scalars are
+    # computed from them (and from a tensor lr) in the graph, so nothing the guards see changes
+    # from step to step. Host bookkeeping (lazy state, grouping, host step counts) runs eagerly
+    # before the graph and the kernel launches after it (two graph breaks per step, none
+    # inside a loop); the scalars reach the kernels as a tensor.
+    def _step_compiled(self, work, on) -> None:
+        algo = self.algorithm
+        launches = []
+        for group, lr_positions, entries in self._compiled_plan(work):
+            lr = group["lr"]
+            for device, backend, ps, gs, slot_lists, step_tensors, first, master, keys in entries:
+                scale, found_inf = on(device)
+                step_arg = 0.0
+                if step_tensors:
+                    torch._foreach_add_(step_tensors, 1.0)
+                    if found_inf is not None:  # an overflow step does not count
+                        torch._foreach_sub_(step_tensors, [found_inf] * len(step_tensors))
+                    step_arg = step_tensors[0]
+                # the per-step scalars at lr=1, then the lr-carrying ones times lr
+                scalars, flags = algo.step_args({**group, "lr": 1.0}, step_arg, False if first is None else first)
+                lr_here = lr.to(device=device, dtype=torch.float32) if isinstance(lr, torch.Tensor) else lr
+                scalars = torch.stack([torch.as_tensor(v * lr_here if i in lr_positions else v,
+                                                       dtype=torch.float32, device=device).reshape(())
+                                       for i, v in enumerate(scalars)])
+                if self.accumulation_steps != 1:
+                    scalars = _fold_host_scale(scalars, 1.0 / self.accumulation_steps)
+                launches.append((backend, ps, gs, slot_lists, scalars, tuple(flags), scale, found_inf,
+                                 master, first, keys))
+        self._compiled_launch(launches)
+
+    @torch.compiler.disable
+    def _compiled_plan(self, work):
+        """Eager host side of a compiled step: create state, count host steps (they only group
+        tensors here), move step counters to the params' device, pick backends. Per group: the
+        group, the positions of its per-step scalars that carry the lr, and per launch: device,
+        backend, local tensors, step tensors, SGD's first-step flag as a tensor, master weights,
+        and the params (keys of that flag)."""
+        algo = self.algorithm
+        local = _distributed.local_list
+        out = []
+        for group, params in work:
+            states = [self._init_state(p, group) for p in params]
+            first = [st.pop("_first", False) for st in states]
+            if algo.needs_first_step and self._pending_first:
+                first = [self._pending_first.get(p, f) for p, f in zip(params, first)]
+            steps = self._count_steps(params, states) if algo.has_step else [0.0] * len(params)
+            master = any("master_param" in st for st in states)
+            entries = []
+            groups = bucket(range(len(params)), lambda i: (params[i].device, params[i].dtype, steps[i],
+                                                           first[i] if isinstance(first[i], bool) else id(first[i])))
+            for (device, dtype, step, _), idx in groups.items():
+                name = group["backend"]
+                if name == "auto" and dtype == torch.float64:
+                    name = "reference"  # the fused kernels are float32/bfloat16/float16
+                backend = backends.get_backend(name, device)
+                ps = [params[i] for i in idx]
+                step_tensors = []
+                if algo.has_step:
+                    for i in idx:
+                        t = states[i]["step"]
+                        if t.device != device:  # torch keeps non-capturable steps on the CPU
+                            states[i]["step"] = t.to(device)
+                            self._host_steps[params[i]] = (states[i]["step"], step)
+                    step_tensors = [states[i]["step"] for i in idx]
+                is_first, keys = None, None
+                if algo.needs_first_step:
+                    is_first = first[idx[0]]
+                    if not isinstance(is_first, torch.Tensor):
+                        is_first = torch.tensor(float(is_first), device=device)
+                    keys = ps
+                slot_lists = [local([states[i][s] for i in idx]) if states[idx[0]].get(s) is not None else []
+                              for s in algo.SLOTS]
+                m = local([states[i]["master_param"] for i in idx]) if master else None
+                entries.append((device, backend, local(ps), local([p.grad for p in ps]), slot_lists,
+                                step_tensors, is_first, m, keys))
+            out.append((group, _lr_positions(algo, group), entries))
+        return out
+
+    @torch.compiler.disable
+    def _compiled_launch(self, launches) -> None:
+        for backend, ps, gs, slot_lists, scalars, flags, scale, found_inf, master, first, keys in launches:
+            kwargs = {}
+            if scale is not None:
+                kwargs["grad_scale"] = scale
+            if found_inf is not None:
+                kwargs["found_inf"] = found_inf
+            if master is not None:
+                kwargs["master"] = master
+            backend.step(self.algorithm.name, ps, gs, slot_lists, scalars, flags, **kwargs)
+            if keys is not None:  # SGD's first momentum step, as in _step_group
+                if found_inf is None:
+                    for p in keys:
+                        self._pending_first.pop(p, None)
+                else:
+                    pending = first * found_inf
+                    for p in keys:
                         self._pending_first[p] = pending
 
     # -- checkpoints -------------------------------------------------------------------
