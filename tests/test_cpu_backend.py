@@ -6,6 +6,7 @@ instruction-set clones and thread counts, and ``torch.library.opcheck`` on every
 """
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -332,3 +333,33 @@ def test_opcheck(name, args, kwargs):
 
 def test_every_op_has_an_opcheck_sample():
     assert {n for n, _, _ in _op_samples()} == set(_ext.OPS)
+
+
+# --- storage conversions ------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_conversions_match_torch(dtype):
+    """Every 16-bit value upcasts exactly; float32 values (specials, subnormals, ties) round
+    to nearest even as torch does. Lookahead with alpha 0 stores p = slow; with alpha 1 and
+    slow 0 it stores slow = p."""
+    cpu = get_backend("cpu", torch.device("cpu"))
+    every = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype).clone()
+    slow = [torch.zeros(every.numel())]
+    p = [every.clone()]
+    cpu.lookahead(p, slow, 1.0)
+    finite = ~torch.isnan(every.float())
+    assert torch.equal(slow[0][finite], every.float()[finite] + 0.0)
+    assert torch.isnan(slow[0][~finite]).all()
+    gen = torch.Generator().manual_seed(0)
+    bits = torch.randint(-2**31, 2**31 - 1, (200000,), generator=gen, dtype=torch.int64).to(torch.int32)
+    x = torch.cat([bits.view(torch.float32), every.float(),
+                   (every.float().double() + every.float().double().nextafter(torch.tensor(math.inf))
+                    .sub(every.float().double()) / 2).float(),  # near ties
+                   torch.tensor([0.0, -0.0, 65504.0, 65520.0, 1e-8, -6e-8, 3e38])])
+    x = x[~torch.isinf(x)]  # slow + 0 * (p - inf) is NaN, in the reference too
+    p = [torch.zeros(x.numel(), dtype=dtype)]
+    cpu.lookahead(p, [x.clone()], 0.0)
+    want = x.to(dtype)
+    same = (p[0].view(torch.int16) == want.view(torch.int16)) | (torch.isnan(want) & torch.isnan(p[0]))
+    same |= (want == 0) & (p[0] == 0)  # slow + 0 * (0 - slow) turns -0 into +0
+    assert same.all(), x[~same][:10]

@@ -74,8 +74,12 @@ const char* isa_name();  // of cpu_isa()
 // With MASTER the float32 master weight is the parameter the update reads and
 // writes; the 16-bit param receives its rounding in the same pass.
 template <class M, class F, DType PD, DType SD, bool MASTER, int WD>
-FUSEDOPT_INLINE void update_loop(const F& f, const Preamble& pre, void* p_, const void* g_,
+FUSEDOPT_INLINE void update_loop(const F& f_, const Preamble& pre_, void* p_, const void* g_,
                                  float* master_, void* s0_, void* s1_, void* s2_, int64_t n) {
+  // Note [local copies]: the scalars are copied out of memory the stores could alias as far
+  // as the compiler knows; read through the references, they defeat vectorisation.
+  const F f = f_;
+  const Preamble pre = pre_;
   using PT = typename Storage<PD>::type;
   using ST = typename Storage<SD>::type;
   PT* __restrict p = static_cast<PT*>(p_);

@@ -57,7 +57,10 @@ FUSEDOPT_HD FUSEDOPT_INLINE float half_to_float(uint16_t h) {
   // Zero/subnormal: renormalise through one float subtraction (exact).
   float sub = fo_u2f(o + (1u << 23)) - fo_u2f(113u << 23);
   uint32_t sub_u = fo_f2u(sub);
-  o = (exp == shifted_exp) ? inf_nan : ((exp == 0u) ? sub_u : o);
+  // Selects as masks: GCC does not if-convert nested selects for AVX2.
+  const uint32_t is_special = 0u - static_cast<uint32_t>(exp == shifted_exp);
+  const uint32_t is_sub = 0u - static_cast<uint32_t>(exp == 0u);
+  o = (inf_nan & is_special) | (sub_u & is_sub) | (o & ~(is_special | is_sub));
   o |= (static_cast<uint32_t>(h) & 0x8000u) << 16;
   return fo_u2f(o);
 }
@@ -76,8 +79,13 @@ FUSEDOPT_HD FUSEDOPT_INLINE uint16_t float_to_half(float f) {
   // Normal result.
   uint32_t mant_odd = (u >> 13) & 1u;
   uint32_t norm = (u + (static_cast<uint32_t>(15 - 127) << 23) + 0xfffu + mant_odd) >> 13;
-  uint32_t big = (u > f32infty) ? 0x7e00u : 0x7c00u;
-  uint32_t o = (u >= f16max) ? big : ((u < (113u << 23)) ? sub : norm);
+  // u < 2^31 here: compare as signed, which every SIMD instruction set has.
+  const int32_t su = static_cast<int32_t>(u);
+  const uint32_t is_nan = 0u - static_cast<uint32_t>(su > static_cast<int32_t>(f32infty));
+  const uint32_t is_big = 0u - static_cast<uint32_t>(su >= static_cast<int32_t>(f16max));
+  const uint32_t is_sub = 0u - static_cast<uint32_t>(su < static_cast<int32_t>(113u << 23));
+  const uint32_t big = 0x7c00u | (0x0200u & is_nan);
+  uint32_t o = (big & is_big) | (sub & is_sub) | (norm & ~(is_big | is_sub));
   return static_cast<uint16_t>(o | (sign >> 16));
 }
 

@@ -78,8 +78,15 @@ FUSEDOPT_HD FUSEDOPT_INLINE float fo_sign(float x) {
 // formula switches at |w| = 0.5 so that w = 1 returns `end` exactly.
 template <class M>
 FUSEDOPT_HD FUSEDOPT_INLINE float fo_lerp(float self, float end, float w) {
+  // Both forms are computed and one selected (no branch: the loops must vectorise).
   float diff = end - self;
-  return (w < 0.5f && w > -0.5f) ? M::fma(w, diff, self) : M::fma(w - 1.0f, diff, end);
+  float small = M::fma(w, diff, self);
+  float large = M::fma(w - 1.0f, diff, end);
+#if defined(__CUDA_ARCH__)
+  return fabsf(w) < 0.5f ? small : large;
+#else
+  return __builtin_fabsf(w) < 0.5f ? small : large;
+#endif
 }
 
 }  // namespace fusedopt
