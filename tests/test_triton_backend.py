@@ -305,7 +305,7 @@ def test_64bit_offsets():
     g_base = g.data_ptr() - big * 4
     n = big + block - 5  # the chunk's last five elements are past the end: masked
     host = torch.tensor([p_base, g_base, 0, 0,   n, 0,   0, big], dtype=torch.int64)
-    table = tables.Table(host, host[:4], host[4:6], host[6:], 1, host)
+    table = tables.Table(host, host[:4], host[4:6], host[6:], 1, p_base % 16 == 0 and g_base % 16 == 0, host)
     expected = buf.clone()
     expected[block: 2 * block - 5] -= 0.1 * g[: block - 5]
     launcher._launch(table, ft.kernels.SGD, 4, p_dtype=ft.launcher._TL_DTYPES[torch.float32],

@@ -202,58 +202,41 @@ def _rne_bf16(x):
 
 
 @triton.jit
-def multi_tensor_kernel(
-    addrs,           # int64 [n_tensors, NCOL]: param, grad (Lookahead: slow), each slot, master
-    sizes,           # int64 [n_tensors]: elements per tensor
-    work,            # int64 [n_programs, 2]: (tensor index, chunk start)
-    scalars_ptr,     # float32 [len(SCALARS)], read when DEVICE_SCALARS
-    grad_scale_ptr,  # float32 0-dim, read when HAS_GRAD_SCALE
-    found_inf_ptr,   # float32 0-dim, read when HAS_FOUND_INF: != 0 means write nothing
-    grad_scale, lr, wd,  # host mode; wd is 1 - lr * weight_decay when DECOUPLED
-    a0, a1, a2, a3, a4, a5, a6,  # host mode: the algorithm's scalars (launcher.host_scalars)
-    ALGO: tl.constexpr, NCOL: tl.constexpr,
-    P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr,
-    HAS_S0: tl.constexpr, HAS_S1: tl.constexpr, HAS_S2: tl.constexpr, HAS_MASTER: tl.constexpr,
-    DEVICE_SCALARS: tl.constexpr,
-    MAXIMIZE: tl.constexpr, SCALE: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
-    HAS_FOUND_INF: tl.constexpr, WEIGHT_DECAY: tl.constexpr, DECOUPLED: tl.constexpr,
-    F0: tl.constexpr, F1: tl.constexpr,
-    RNE_P: tl.constexpr, RNE_G: tl.constexpr, RNE_S: tl.constexpr,  # bf16 stores rounded by hand
-    BLOCK: tl.constexpr,
-):
-    pid = tl.program_id(0).to(tl.int64)
-    tensor = tl.load(work + 2 * pid)
-    start = tl.load(work + 2 * pid + 1)
-    n = tl.load(sizes + tensor)
-    # 64-bit offsets: start and n are int64, so tensors of 2**31 elements or more are fine.
-    if HAS_FOUND_INF:
-        # An overflowed step writes nothing: the tensor counts as empty, so nothing is read either.
-        n = tl.where(tl.load(found_inf_ptr) == 0, n, 0)
-    offs = start + tl.arange(0, BLOCK)
-    mask = offs < n
-    row = addrs + tensor * NCOL
-
+def _chunk(row, offs, mask, other, amp_scale, grad_scale, lr, wd, a0, a1, a2, a3, a4, a5, a6,
+           ALGO: tl.constexpr, NCOL: tl.constexpr,
+           P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr,
+           HAS_S0: tl.constexpr, HAS_S1: tl.constexpr, HAS_S2: tl.constexpr, HAS_MASTER: tl.constexpr,
+           DEVICE_SCALARS: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr,
+           SCALE: tl.constexpr, WEIGHT_DECAY: tl.constexpr, DECOUPLED: tl.constexpr, F0: tl.constexpr, F1: tl.constexpr,
+           RNE_P: tl.constexpr, RNE_G: tl.constexpr, RNE_S: tl.constexpr, ALIGNED: tl.constexpr):
+    """Load one chunk of every tensor of one row, update it, store it (``mask`` None: a full
+    chunk)."""
+    # Addresses are 16-byte aligned when the table says so: then, with the chunk start a
+    # multiple of BLOCK and a full chunk's mask, the compiler emits 16-byte vector accesses.
     p_ptr = tl.load(row).to(tl.pointer_type(P_DTYPE))
+    g_ptr = tl.load(row + 1).to(tl.pointer_type(G_DTYPE))
+    if ALIGNED:
+        p_ptr = tl.multiple_of(p_ptr, 16)
+        g_ptr = tl.multiple_of(g_ptr, 16)
     if HAS_MASTER:
         # float32 master weights: read and updated in place of the 16-bit param, which only
         # receives the rounded result.
         m_ptr = tl.load(row + (NCOL - 1)).to(tl.pointer_type(tl.float32))
-        p = tl.load(m_ptr + offs, mask=mask, other=0.0)
+        if ALIGNED:
+            m_ptr = tl.multiple_of(m_ptr, 16)
+        p = tl.load(m_ptr + offs, mask=mask, other=other)
     else:
-        p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        p = tl.load(p_ptr + offs, mask=mask, other=other).to(tl.float32)
 
     if ALGO == 7:  # LOOKAHEAD: column 1 is the slow weights
-        slow_ptr = tl.load(row + 1).to(tl.pointer_type(G_DTYPE))
-        slow = tl.load(slow_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        slow = tl.load(g_ptr + offs, mask=mask, other=other).to(tl.float32)
         p, slow = _lookahead_math(p, slow, a0)
-        tl.store(slow_ptr + offs, _rne_bf16(slow) if RNE_G else slow.to(G_DTYPE), mask=mask)
+        tl.store(g_ptr + offs, _rne_bf16(slow) if RNE_G else slow.to(G_DTYPE), mask=mask)
     else:
-        if DEVICE_SCALARS:
-            grad_scale, lr, wd, a0, a1, a2, a3, a4, a5, a6 = _device_scalars(scalars_ptr, ALGO, DECOUPLED)
-        g = tl.load(tl.load(row + 1).to(tl.pointer_type(G_DTYPE)) + offs, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + offs, mask=mask, other=other).to(tl.float32)
         # Common preamble, in the reference's order.
         if HAS_GRAD_SCALE:
-            g = g * tl.load(grad_scale_ptr)
+            g = g * amp_scale
         if MAXIMIZE:
             g = -g
         if SCALE:
@@ -272,13 +255,19 @@ def multi_tensor_kernel(
         s2 = p
         if HAS_S0:
             s0_ptr = tl.load(row + 2).to(tl.pointer_type(S_DTYPE))
-            s0 = tl.load(s0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            if ALIGNED:
+                s0_ptr = tl.multiple_of(s0_ptr, 16)
+            s0 = tl.load(s0_ptr + offs, mask=mask, other=other).to(tl.float32)
         if HAS_S1:
             s1_ptr = tl.load(row + 3).to(tl.pointer_type(S_DTYPE))
-            s1 = tl.load(s1_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            if ALIGNED:
+                s1_ptr = tl.multiple_of(s1_ptr, 16)
+            s1 = tl.load(s1_ptr + offs, mask=mask, other=other).to(tl.float32)
         if HAS_S2:
             s2_ptr = tl.load(row + 4).to(tl.pointer_type(S_DTYPE))
-            s2 = tl.load(s2_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            if ALIGNED:
+                s2_ptr = tl.multiple_of(s2_ptr, 16)
+            s2 = tl.load(s2_ptr + offs, mask=mask, other=other).to(tl.float32)
 
         if ALGO == 0:
             p, s0, s1, s2 = _sgd_math(p, g, s0, s1, s2, lr, a0, a1, a2, F0, HAS_S0)
@@ -304,3 +293,51 @@ def multi_tensor_kernel(
     if HAS_MASTER:
         tl.store(m_ptr + offs, p, mask=mask)
     tl.store(p_ptr + offs, _rne_bf16(p) if RNE_P else p.to(P_DTYPE), mask=mask)
+
+
+@triton.jit
+def multi_tensor_kernel(
+    addrs,           # int64 [n_tensors, NCOL]: param, grad (Lookahead: slow), each slot, master
+    sizes,           # int64 [n_tensors]: elements per tensor
+    work,            # int64 [n_programs, 2]: (tensor index, chunk start)
+    scalars_ptr,     # float32 [len(SCALARS)], read when DEVICE_SCALARS
+    grad_scale_ptr,  # float32 0-dim, read when HAS_GRAD_SCALE
+    found_inf_ptr,   # float32 0-dim, read when HAS_FOUND_INF: != 0 means write nothing
+    grad_scale, lr, wd,  # host mode; wd is 1 - lr * weight_decay when DECOUPLED
+    a0, a1, a2, a3, a4, a5, a6,  # host mode: the algorithm's scalars (launcher.host_scalars)
+    ALGO: tl.constexpr, NCOL: tl.constexpr,
+    P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr,
+    HAS_S0: tl.constexpr, HAS_S1: tl.constexpr, HAS_S2: tl.constexpr, HAS_MASTER: tl.constexpr,
+    DEVICE_SCALARS: tl.constexpr,
+    MAXIMIZE: tl.constexpr, SCALE: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr, WEIGHT_DECAY: tl.constexpr, DECOUPLED: tl.constexpr,
+    F0: tl.constexpr, F1: tl.constexpr,
+    RNE_P: tl.constexpr, RNE_G: tl.constexpr, RNE_S: tl.constexpr,  # bf16 stores rounded by hand
+    ALIGNED: tl.constexpr,  # every address of the table is 16-byte aligned
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    tensor = tl.load(work + 2 * pid)
+    # 64-bit offsets: start and n are int64, so tensors of 2**31 elements or more are fine.
+    start = tl.multiple_of(tl.load(work + 2 * pid + 1), BLOCK)
+    n = tl.load(sizes + tensor)
+    if HAS_FOUND_INF:
+        # An overflowed step writes nothing: the tensor counts as empty, so nothing is read either.
+        n = tl.where(tl.load(found_inf_ptr) == 0, n, 0)
+    row = addrs + tensor * NCOL
+    if ALGO != 7:
+        if DEVICE_SCALARS:
+            grad_scale, lr, wd, a0, a1, a2, a3, a4, a5, a6 = _device_scalars(scalars_ptr, ALGO, DECOUPLED)
+    amp_scale = tl.load(grad_scale_ptr) if HAS_GRAD_SCALE else grad_scale
+    offs = start + tl.arange(0, BLOCK)
+    # A full chunk goes unmasked, so its accesses vectorise (16 bytes when ALIGNED); only a
+    # tensor's last chunk takes the masked path. (Two paths that differ only in the mask would
+    # be merged by the compiler into one masked path.)
+    if start + BLOCK <= n:
+        _chunk(row, offs, None, None, amp_scale, grad_scale, lr, wd, a0, a1, a2, a3, a4, a5, a6,
+               ALGO, NCOL, P_DTYPE, G_DTYPE, S_DTYPE, HAS_S0, HAS_S1, HAS_S2, HAS_MASTER, DEVICE_SCALARS,
+               HAS_GRAD_SCALE, MAXIMIZE, SCALE, WEIGHT_DECAY, DECOUPLED, F0, F1, RNE_P, RNE_G, RNE_S, ALIGNED)
+    else:
+        _chunk(row, offs, offs < n, 0.0, amp_scale, grad_scale, lr, wd, a0, a1, a2, a3, a4, a5, a6,
+               ALGO, NCOL, P_DTYPE, G_DTYPE, S_DTYPE, HAS_S0, HAS_S1, HAS_S2, HAS_MASTER, DEVICE_SCALARS,
+               HAS_GRAD_SCALE, MAXIMIZE, SCALE, WEIGHT_DECAY, DECOUPLED, F0, F1, RNE_P, RNE_G, RNE_S, ALIGNED)

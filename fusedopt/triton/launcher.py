@@ -135,7 +135,7 @@ def _launch(table, algo_id, ncol, *, p_dtype, g_dtype, s_dtype=tl.float32, prese
         HAS_FOUND_INF=found_inf is not None, WEIGHT_DECAY=has_wd, DECOUPLED=bool(decoupled),
         F0=kflags[0], F1=kflags[1],
         RNE_P=INTERPRETED and p_dtype == tl.bfloat16, RNE_G=INTERPRETED and g_dtype == tl.bfloat16,
-        RNE_S=INTERPRETED and s_dtype == tl.bfloat16,
+        RNE_S=INTERPRETED and s_dtype == tl.bfloat16, ALIGNED=table.aligned,
         BLOCK=block_size(), num_warps=NUM_WARPS,
     )
     _launches += 1

@@ -35,6 +35,7 @@ class Table:
     sizes: torch.Tensor
     work: torch.Tensor
     n_programs: int
+    aligned: bool           # every address is a multiple of 16 bytes (vector loads)
     host: torch.Tensor      # the (pinned) host copy; kept alive until the upload has completed
 
 
@@ -82,6 +83,7 @@ def _build(columns: list[list[torch.Tensor]], ncol: int, block: int, device: tor
     for c, col in enumerate(columns):
         if len(col):
             addr[c] = torch.tensor([t.data_ptr() for t in col], dtype=torch.int64)
+    aligned = bool((addr % 16 == 0).all())
     sizes = torch.tensor([t.numel() for t in params], dtype=torch.int64)
     chunks = (sizes + (block - 1)) // block
     n_programs = int(chunks.sum())
@@ -97,7 +99,7 @@ def _build(columns: list[list[torch.Tensor]], ncol: int, block: int, device: tor
     host[a_len: a_len + n] = sizes
     host[a_len + s_len: a_len + s_len + w_len] = work.reshape(-1)
     data = host.to(device, non_blocking=True) if device.type != "cpu" else host
-    return Table(data, data[:a_len], data[a_len: a_len + s_len], data[a_len + s_len:], n_programs, host)
+    return Table(data, data[:a_len], data[a_len: a_len + s_len], data[a_len + s_len:], n_programs, aligned, host)
 
 
 class TableCache:
