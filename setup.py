@@ -140,11 +140,17 @@ def _build_ext_class():
     from torch.utils.cpp_extension import BuildExtension
 
     class FusedoptBuildExt(BuildExtension):
-        def build_extension(self, ext):
-            if isinstance(ext, NvccExtension):
-                self._build_nvcc(ext)
-            else:
-                super().build_extension(ext)
+        def build_extensions(self):
+            # torch's BuildExtension looks for a CUDA toolkit as soon as any extension has .cu
+            # sources; the nvcc-only library is built here instead, after the CPU extension.
+            nvcc_exts = [e for e in self.extensions if isinstance(e, NvccExtension)]
+            self.extensions = [e for e in self.extensions if not isinstance(e, NvccExtension)]
+            try:
+                super().build_extensions()
+                for ext in nvcc_exts:
+                    self._build_nvcc(ext)
+            finally:
+                self.extensions = self.extensions + nvcc_exts
 
         def _build_nvcc(self, ext):
             from torch.utils.cpp_extension import include_paths, library_paths
