@@ -15,9 +15,13 @@ import fusedopt
 # (rtol, atol) per parameter dtype: kernels and reference both compute in float32, so they
 # differ only by rounding order; 16-bit params may differ by one ulp of the storage type
 # (the Triton interpreter truncates to bfloat16 instead of rounding).
+# Note [float32 atol]: ATen's CPU torch.sqrt is not correctly rounded for about 1 element in 6
+# of long float32 tensors, while the kernels use the IEEE square root; RMSprop's momentum
+# buffer sums terms g / avg of size ~10 that cancel, so one ulp of avg leaves ~1e-6 absolute
+# on elements near zero. atol 1e-5 covers that; rtol stays at 1e-5.
 TOL = {
     torch.float64: (1e-12, 1e-14),
-    torch.float32: (1e-5, 1e-6),
+    torch.float32: (1e-5, 1e-5),
     torch.float16: (2e-3, 2e-3),
     torch.bfloat16: (1.6e-2, 1.6e-2),
 }

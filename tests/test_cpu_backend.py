@@ -18,7 +18,7 @@ import torch
 import fusedopt
 from fusedopt import _ext
 from fusedopt.backends import get_backend
-from parity import CASES, REPRESENTATIVE, ODD_SIZES, TOL, assert_same_state, case_id, make_problem, run_parity, run_steps
+from parity import CASES, REPRESENTATIVE, ODD_SIZES, TOL, case_id, make_problem, run_parity, run_steps
 
 _OK, _WHY = _ext.cpu_status()
 if not _OK:
@@ -28,23 +28,8 @@ if not _OK:
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
-# Note [rmsprop momentum tolerance]: for float32 tensors of thousands of elements ATen's
-# torch.sqrt is not correctly rounded (about 1 element in 6 is one ulp off; the kernels use the
-# IEEE square root). RMSprop's momentum buffer sums terms g / avg of size ~10 that cancel, so
-# one ulp of avg leaves an absolute error of ~1e-6 on buffer elements near zero: that is
-# TOL[float32]'s whole atol. These cases compare with atol 1e-5; everything else uses TOL.
-_LOOSE = (1e-5, 1e-5)
-
-
 def _parity(name, kw, dtype, sizes, steps=10, seed=0):
-    if dtype == torch.float32 and name == "RMSprop" and kw.get("momentum", 0.0) != 0.0:
-        params, grads = make_problem(list(sizes), dtype, steps, seed=seed)
-        cls = getattr(fusedopt, name)
-        ps_a, opt_a = run_steps(cls, params, grads, kw, "cpu")
-        ps_b, opt_b = run_steps(cls, params, grads, kw, "reference")
-        assert_same_state(ps_a, opt_a, ps_b, opt_b, _LOOSE, what=f"{name}{kw} [cpu, {dtype}]")
-    else:
-        run_parity("cpu", name, kw, dtype=dtype, sizes=sizes, steps=steps, seed=seed)
+    run_parity("cpu", name, kw, dtype=dtype, sizes=sizes, steps=steps, seed=seed)
 
 
 def test_available():
@@ -130,7 +115,7 @@ def _assert_close_lists(a, b, tol):
 def test_grad_scale_and_found_inf(case, dtype):
     name, kw = case
     algo, ps, gs, states, scalars, flags = _problem(name, kw, dtype, [7, 5000])
-    tol = _LOOSE if dtype == torch.float32 else TOL[dtype]
+    tol = TOL[dtype]
     scale = torch.tensor(0.25)
     (rp, rs), (cp, cs) = _run_both(algo, ps, gs, states, scalars, flags, grad_scale=scale,
                                    found_inf=torch.tensor(0.0))
@@ -153,9 +138,9 @@ def test_device_mode_scalars(case):
     name, kw = case
     algo, ps, gs, states, scalars, flags = _problem(name, kw, torch.float32, [9, 3000])
     (rp, rs), (cp, cs) = _run_both(algo, ps, gs, states, torch.tensor(scalars, dtype=torch.float32), flags)
-    _assert_close_lists(cp, rp, _LOOSE)
+    _assert_close_lists(cp, rp, TOL[torch.float32])
     for a, b in zip(cs, rs):
-        _assert_close_lists(a, b, _LOOSE)
+        _assert_close_lists(a, b, TOL[torch.float32])
 
 
 def test_radam_both_branches():
