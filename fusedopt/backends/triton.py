@@ -10,7 +10,12 @@ import os
 
 import torch
 
-from .. import triton as _kernels  # ImportError when triton is missing: the registry reports it
+try:
+    from .. import triton as _kernels
+except ImportError:
+    raise  # triton is not installed: the registry reports the backend unavailable
+except Exception as e:  # a broken triton install must not break the registry
+    raise ImportError(f"triton failed to import: {type(e).__name__}: {e}") from e
 
 
 class Backend:
