@@ -54,7 +54,7 @@ def test_unknown_names_exit():
 def test_tiny_run_writes_csv_markdown_png(tmp_path):
     out = tmp_path / "out"
     argv = ["--workloads", "6x1K", "--algorithms", "adam,sgd-momentum,yogi", "--modes", "fp32,bf16-master",
-            "--repeats", "3", "--warmup", "1", "--include-reference", "--no-progress", "--out", str(out),
+            "--repeats", "3", "--warmup", "1", "--copy-mib", "32", "--include-reference", "--no-progress", "--out", str(out),
             "--name", "tiny"]
     rc = main(argv)
     rows = list(csv.DictReader(open(out / "tiny.csv")))

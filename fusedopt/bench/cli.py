@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-seconds", type=float, default=None,
                     help="cap the timed steps of a row at about this many seconds, never fewer than 3 steps "
                          "(default cpu 0.3, cuda 2; 0 = no cap, always --repeats)")
+    ap.add_argument("--copy-mib", type=int, default=None,
+                    help="size of the copy-bandwidth tensors in MiB (default cpu 256, cuda 1024)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch.set_num_threads for the run (default: torch's default)")
     ap.add_argument("--out", default="bench-out", metavar="DIR", help="output folder (default ./bench-out)")
@@ -164,7 +166,7 @@ def resolve(args) -> tuple[torch.device, dict]:
     if device.type not in DEFAULTS:
         raise SystemExit(f"fusedopt-bench: unsupported device {args.device!r} (cpu or cuda)")
     cfg = dict((QUICK if args.quick else DEFAULTS)[device.type])
-    for key in ("workloads", "modes", "repeats", "warmup", "max_seconds"):
+    for key in ("workloads", "modes", "repeats", "warmup", "max_seconds", "copy_mib"):
         v = getattr(args, key)
         if v is not None:
             cfg[key] = v
