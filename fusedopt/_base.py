@@ -19,6 +19,15 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _SUPPORTED = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+def _add_steps(steps: list[torch.Tensor], amount) -> None:
+    """Advance step tensors packed by ``FusedOptimizer._packed_steps``: one add on their storage."""
+    base = steps[0]._base
+    if base is not None and base.numel() == len(steps):
+        base.add_(amount)
+    else:
+        torch._foreach_add_(steps, amount if not isinstance(amount, torch.Tensor) else [amount] * len(steps))
+
+
 def _fold_host_scale(scalars, factor: float):
     """Multiply the gradient-scale entry (always first) of host or device scalars by ``factor``."""
     if isinstance(scalars, torch.Tensor):
@@ -141,6 +150,8 @@ class FusedOptimizer(Optimizer):
 
     def _check_grad(self, p: torch.Tensor) -> None:
         g = p.grad
+        if not g.is_sparse and g.shape == p.shape and g.dtype == p.dtype and g.device == p.device:
+            return
         name = type(self).__name__
         if g.is_sparse:
             raise RuntimeError(f"{name} does not support sparse gradients")
@@ -205,6 +216,20 @@ class FusedOptimizer(Optimizer):
     def _state_dtype(self, p: torch.Tensor, group: dict) -> torch.dtype:
         return group.get("state_dtype") or state_dtype_for(p.dtype)
 
+    def _init_states(self, params: list[torch.Tensor], group: dict) -> list[dict]:
+        """Every param's state, created lazily; the common case (all there) costs a lookup."""
+        required = set(self.algorithm.slot_init(group))
+        if self.algorithm.has_step:
+            required.add("step")
+        state = self.state
+        out = []
+        for p in params:
+            st = state.get(p)
+            if st is None or not st.keys() >= required:
+                st = self._init_state(p, group)
+            out.append(st)
+        return out
+
     def _init_state(self, p: torch.Tensor, group: dict) -> dict:
         st = self.state[p]
         sdt = self._state_dtype(p, group)
@@ -220,6 +245,23 @@ class FusedOptimizer(Optimizer):
             st["step"] = torch.zeros((), dtype=torch.float32, device=device)
             self._host_steps[p] = (st["step"], 0.0)
         return st
+
+    def _packed_steps(self, params: list[torch.Tensor], states: list[dict]) -> list[torch.Tensor]:
+        """The ``step`` tensors of a bucket, as views of one storage, so that advancing them is
+        one add instead of one per tensor. Repacked (once) when they are not, e.g. after new
+        params or a loaded checkpoint; each ``state['step']`` stays a 0-dim float32 tensor."""
+        steps = [st["step"] for st in states]
+        base = steps[0]._base
+        if base is not None and base.numel() == len(steps) and all(t._base is base for t in steps):
+            return steps
+        packed = torch.stack(steps)
+        views = list(packed.unbind(0))
+        for p, st, v in zip(params, states, views):
+            st["step"] = v
+            hit = self._host_steps.get(p)
+            if hit is not None:
+                self._host_steps[p] = (v, hit[1])
+        return views
 
     def _count_steps(self, params: list[torch.Tensor], states: list[dict]) -> list[float]:
         """Advance the host step counts, reading a tensor only when it is not known yet (a new
@@ -239,15 +281,15 @@ class FusedOptimizer(Optimizer):
 
     def _step_group(self, group: dict, params: list[torch.Tensor], on) -> None:
         algo = self.algorithm
-        states = [self._init_state(p, group) for p in params]
-        first = [st.pop("_first", False) for st in states]
+        states = self._init_states(params, group)
+        first = [st.pop("_first", False) for st in states] if algo.needs_first_step else [False] * len(params)
         if algo.needs_first_step and self._pending_first:
             # a first momentum step that may have been skipped on the device (AMP overflow)
             first = [self._pending_first.get(p, f) for p, f in zip(params, first)]
         steps = self._count_steps(params, states) if algo.has_step else [0.0] * len(params)
         lr = group["lr"]
         lr_on_device = isinstance(lr, torch.Tensor) and lr.device.type != "cpu"
-        master = any("master_param" in st for st in states)
+        master = bool(group.get("master_weights")) and any("master_param" in st for st in states)
         groups = bucket(range(len(params)), lambda i: (params[i].device, params[i].dtype, steps[i],
                                                        first[i] if isinstance(first[i], bool) else id(first[i])))
         for (device, dtype, step, _), idx in groups.items():
@@ -268,13 +310,12 @@ class FusedOptimizer(Optimizer):
                         if t.device != device:  # torch keeps non-capturable steps on the CPU
                             states[i]["step"] = t.to(device)
                             self._host_steps[params[i]] = (states[i]["step"], step)
-                    step_tensors = [states[i]["step"] for i in idx]
-                    torch._foreach_add_(step_tensors, 1.0)
-                    if found_inf is not None:  # an overflow step does not count
-                        torch._foreach_sub_(step_tensors, [found_inf] * len(step_tensors))
+                    step_tensors = self._packed_steps(ps, [states[i] for i in idx])
+                    # an overflow step does not count
+                    _add_steps(step_tensors, 1.0 if found_inf is None else 1.0 - found_inf)
                     step_arg = step_tensors[0]
                 else:
-                    torch._foreach_add_(step_tensors, 1.0)
+                    _add_steps(self._packed_steps(ps, [states[i] for i in idx]), 1.0)
                     step_arg = step
             else:
                 step_arg = step
@@ -294,11 +335,16 @@ class FusedOptimizer(Optimizer):
             if found_inf is not None:
                 kwargs["found_inf"] = found_inf
             if master:
-                kwargs["master"] = _distributed.local_list([states[i]["master_param"] for i in idx])
-            # DTensors (FSDP2): the kernels update the local shards, one launch per group
-            local = _distributed.local_list
-            backend.step(algo.name, local(ps), local(gs), [local(s) for s in slot_lists], scalars,
-                         tuple(flags), **kwargs)
+                kwargs["master"] = [states[i]["master_param"] for i in idx]
+            # DTensors (FSDP2): the kernels update the local shards, one launch per group. The
+            # states and grads of plain params are plain, so one look at the params suffices.
+            local_ps = _distributed.local_list(ps)
+            if local_ps is not ps:
+                local = _distributed.local_list
+                gs, slot_lists = local(gs), [local(s) for s in slot_lists]
+                if master:
+                    kwargs["master"] = local(kwargs["master"])
+            backend.step(algo.name, local_ps, gs, slot_lists, scalars, tuple(flags), **kwargs)
             if algo.needs_first_step and (is_first is not False):
                 # SGD: an overflow first step leaves the buffer unwritten; the next step is
                 # then the first again, decided on the device from the inf flag.
