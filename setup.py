@@ -119,6 +119,8 @@ class NvccExtension(Extension):
 
 def _cuda_extension():
     sources = _rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
+    if sources:  # host-only C++ of the CUDA library (nvcc hands it to the host compiler)
+        sources += _rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")))
     if BUILD_CUDA in ("0", "false", "no", "off") or not sources:
         if BUILD_CUDA in ("1", "true", "yes", "on") and not sources:
             raise RuntimeError("FUSEDOPT_BUILD_CUDA=1 but csrc/cuda has no .cu sources")
@@ -162,20 +164,33 @@ def _build_ext_class():
             os.makedirs(objdir, exist_ok=True)
             includes = [f"-I{p}" for p in ext.include_dirs + include_paths()]
             threads = os.environ.get("FUSEDOPT_NVCC_THREADS", "4")
+            # --fmad=false: only the FMAs the shared headers spell out (Note [fma]), as the CPU
+            # build's -ffp-contract=off; division and sqrt stay IEEE (no fast math).
             cflags = (["-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden",
-                       f"--threads={threads}", "--expt-relaxed-constexpr"]
+                       "-Xcompiler", "-Wall", f"--threads={threads}", "--expt-relaxed-constexpr",
+                       "--fmad=false"]
                       + cuda_arch_flags() + COMMON_DEFINES + includes)
             objects = []
+            cmds = []
             for src in ext.sources:
                 obj = os.path.join(objdir, os.path.basename(src) + ".o")
-                cmd = [nvcc, "-c", src, "-o", obj] + cflags
-                print(" ".join(shlex.quote(c) for c in cmd))
-                subprocess.check_call(cmd, cwd=ROOT)
+                cmds.append([nvcc, "-c", src, "-o", obj] + cflags)
                 objects.append(obj)
+
+            def compile_one(cmd):
+                print(" ".join(shlex.quote(c) for c in cmd), flush=True)
+                subprocess.check_call(cmd, cwd=ROOT)
+
+            # The translation units are independent: compile them MAX_JOBS at a time.
+            from concurrent.futures import ThreadPoolExecutor
+            jobs = max(1, int(os.environ.get("MAX_JOBS") or os.cpu_count() or 1))
+            with ThreadPoolExecutor(max_workers=min(jobs, len(cmds))) as pool:
+                for future in [pool.submit(compile_one, cmd) for cmd in cmds]:
+                    future.result()
             libdirs = library_paths()
             link = ([nvcc, "-shared", "-o", out] + objects
                     + [f"-L{d}" for d in libdirs]
-                    + ["-ltorch_cpu", "-lc10", "-cudart=static"])
+                    + ["-ltorch_cpu", "-lc10", "-ldl", "-cudart=static"])
             print(" ".join(shlex.quote(c) for c in link))
             subprocess.check_call(link, cwd=ROOT)
 

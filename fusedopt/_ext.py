@@ -20,7 +20,12 @@ an inactive slot is an empty list)::
     radam(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg, Tensor(c!)[] exp_avg_sq, <tail>)
     lookahead(Tensor(a!)[] params, Tensor(b!)[] slow, float alpha) -> ()
 
-    <tail> = float[] scalars, bool[] flags, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()
+    <tail> = float[] scalars, bool[] flags, Tensor? grad_scale=None, Tensor? found_inf=None,
+             Tensor(z!)[]? master=None) -> ()
+
+``fusedopt._C_cuda`` adds, for every step op, the overload ``<op>.tensor``: the same schema
+with ``Tensor scalars`` (float32, on the params' device) in place of ``float[] scalars``, for
+device-mode steps whose scalars the host never reads.
 """
 from __future__ import annotations
 
@@ -63,19 +68,20 @@ def _load_cpu() -> str | None:
 _fakes_registered = False
 
 
-def _register_fakes() -> None:
+def _register_fakes(names=None) -> None:
     """Fake (meta) kernels: the ops only mutate their inputs and return nothing."""
     global _fakes_registered
-    if _fakes_registered:
-        return
-    for name in OPS:
+    if names is None:
+        if _fakes_registered:
+            return
+        _fakes_registered = True
+    for name in OPS if names is None else names:
         qualname = f"fusedopt::{name}"
         try:
             torch.library.register_fake(qualname)(_fake)
         except RuntimeError as e:  # already registered (module reloaded)
             if "already has" not in str(e) and "already registered" not in str(e):
                 raise
-    _fakes_registered = True
 
 
 def _fake(*args, **kwargs):
@@ -111,6 +117,8 @@ def cuda_status() -> tuple[bool, str]:
                     torch.ops.load_library(spec.origin)
                 except (OSError, RuntimeError) as e:
                     _cuda_error = f"fusedopt._C_cuda failed to load: {type(e).__name__}: {e}"
+                else:
+                    _register_fakes([f"{name}.tensor" for name in STEP_OPS])
     return _cuda_error is None, _cuda_error or ""
 
 

@@ -1,0 +1,697 @@
+// Host side of the CUDA backend: argument checks, the address/size/work tables, streams and
+// the registration of the CUDA kernels of the torch.ops.fusedopt ops.
+//
+// Compiled by the host compiler (no device code here), against torch's stable ABI and the
+// CUDA runtime API only. Per call: check every tensor, build the tensor table on the host,
+// look it up in a small cache of device tables keyed on its contents (addresses, sizes,
+// alignment); on a miss, build the work table too and copy both to a device buffer (allocated
+// through torch, so from its caching allocator) asynchronously on torch's current stream from
+// a pinned staging buffer; then ONE launch on that stream. Nothing here waits for the device.
+//
+// Scalars come as host floats (the ops of the CPU kernels, `float[] scalars`) or as a float32
+// tensor on the device (capturable / device mode): the overloads `<op>.tensor`, defined here
+// because the base schemas take a float list.
+#include <dlfcn.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <list>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <torch/csrc/stable/accelerator.h>
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+
+#include "fusedopt/common.h"
+#include "launch.h"
+
+namespace fusedopt {
+namespace cuda {
+namespace {
+
+using torch::stable::Tensor;
+using TensorList = std::vector<Tensor>;
+
+[[noreturn]] void fail(const std::string& msg) {
+  STD_TORCH_CHECK(false, msg);
+  throw;  // unreachable
+}
+
+void check_cuda(int err, const char* what) {
+  if (err != 0) {
+    fail(std::string("fusedopt cuda: ") + what + ": " +
+         cudaGetErrorString(static_cast<cudaError_t>(err)));
+  }
+}
+
+// --- tensors ------------------------------------------------------------------------------
+struct Codes {
+  int32_t f32, bf16, f16, u8, cuda, cpu;
+};
+const Codes& codes() {
+  static const Codes c{aoti_torch_dtype_float32(), aoti_torch_dtype_bfloat16(),
+                       aoti_torch_dtype_float16(), aoti_torch_dtype_uint8(),
+                       aoti_torch_device_type_cuda(), aoti_torch_device_type_cpu()};
+  return c;
+}
+
+const char* dtype_name(int32_t code) {
+  const Codes& c = codes();
+  if (code == c.f32) return "float32";
+  if (code == c.bf16) return "bfloat16";
+  if (code == c.f16) return "float16";
+  return "an unsupported dtype";
+}
+
+struct Info {
+  void* data;
+  int64_t numel;
+  int32_t dtype;
+  int32_t device_type;
+  int32_t device_index;
+  bool contiguous;
+};
+
+// Note [raw shim calls]: once per tensor per step, for groups of thousands of tensors.
+Info info(const Tensor& t) {
+  AtenTensorHandle h = t.get();
+  Info i{};
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_data_ptr(h, &i.data));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_numel(h, &i.numel));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dtype(h, &i.dtype));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_type(h, &i.device_type));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_index(h, &i.device_index));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_is_contiguous(h, &i.contiguous));
+  return i;
+}
+
+// A non-contiguous tensor is accepted when it is dense and non-overlapping (e.g.
+// channels_last) and `other` has exactly its sizes and strides: the update then walks both
+// as flat arrays (as the CPU kernels do).
+bool same_dense_layout(const Tensor& a, const Tensor& b) {
+  int64_t da = 0, db = 0;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dim(a.get(), &da));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dim(b.get(), &db));
+  if (da != db) return false;
+  int64_t *sa = nullptr, *sb = nullptr, *ta = nullptr, *tb = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_sizes(a.get(), &sa));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_sizes(b.get(), &sb));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_strides(a.get(), &ta));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_strides(b.get(), &tb));
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size), size > 1 only
+  for (int64_t d = 0; d < da; ++d) {
+    if (sa[d] != sb[d]) return false;
+    if (sa[d] != 1 && ta[d] != tb[d]) return false;
+    if (sa[d] > 1) dims.emplace_back(ta[d], sa[d]);
+  }
+  std::sort(dims.begin(), dims.end());
+  int64_t expected = 1;
+  for (const auto& sd : dims) {
+    if (sd.first != expected) return false;
+    expected *= sd.second;
+  }
+  return true;
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// A one-element float32 tensor on the group's device (grad_scale, found_inf, scalars).
+const float* device_float_ptr(const Tensor& t, int32_t device, int64_t numel, const std::string& what) {
+  Info i = info(t);
+  const Codes& c = codes();
+  if (i.dtype != c.f32 || i.numel != numel || i.device_type != c.cuda || i.device_index != device ||
+      (numel > 1 && !i.contiguous))
+    fail(what + " must be a " + (numel == 1 ? std::string("one-element") : std::to_string(numel) +
+         "-element contiguous") + " float32 tensor on the params' CUDA device (cuda:" +
+         std::to_string(device) + ")");
+  return static_cast<const float*>(i.data);
+}
+
+// --- device, stream -----------------------------------------------------------------------
+// Torch's current CUDA stream. The shim function lives in libtorch_cuda, which torch has
+// loaded when CUDA is available but not into the global symbol scope: look it up there.
+void* current_stream(int32_t device) {
+  using Fn = AOTITorchError (*)(int32_t, void**);
+  static const Fn fn = []() -> Fn {
+    const char* name = "aoti_torch_get_current_cuda_stream";
+    for (const char* lib : {"libtorch_cuda.so", "libtorch.so"}) {
+      if (void* h = dlopen(lib, RTLD_NOW | RTLD_NOLOAD)) {
+        if (void* sym = dlsym(h, name)) return reinterpret_cast<Fn>(sym);
+      }
+    }
+    return reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, name));
+  }();
+  STD_TORCH_CHECK(fn != nullptr,
+                  "fusedopt cuda: torch's current CUDA stream is not available "
+                  "(aoti_torch_get_current_cuda_stream not found: is this a CUDA build of torch?)");
+  void* stream = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(fn(device, &stream));
+  return stream;
+}
+
+int multiprocessors(int32_t device) {
+  static std::mutex mu;
+  static std::vector<int> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  if (device >= static_cast<int32_t>(cache.size())) cache.resize(device + 1, 0);
+  if (cache[device] == 0) {
+    int v = 0;
+    check_cuda(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, device),
+               "cudaDeviceGetAttribute");
+    cache[device] = std::max(v, 1);
+  }
+  return cache[device];
+}
+
+// --- tables -------------------------------------------------------------------------------
+// Elements per work item: a multiple of the tile, small enough that a group fills the
+// device about 16 blocks per multiprocessor deep, at most 32 tiles.
+int64_t chunk_elems(int64_t total, int32_t device) {
+  const int64_t target = std::max<int64_t>(1, static_cast<int64_t>(multiprocessors(device)) * 16);
+  int64_t tiles = (total / target + kTile - 1) / kTile;
+  tiles = std::min<int64_t>(std::max<int64_t>(tiles, 1), 32);
+  return tiles * kTile;
+}
+
+// Pinned host buffers the tables are copied from. A buffer is reused once the copy out of
+// it has completed (an event, polled, never waited on); a buffer copied from during CUDA
+// graph capture is read again at every replay and is never reused. Never freed (freeing
+// pinned memory synchronises the device).
+struct Staging {
+  void* host = nullptr;
+  size_t cap = 0;
+  cudaEvent_t done = nullptr;
+  bool retired = false;
+};
+
+struct DeviceTable {
+  std::vector<TensorDesc> key;  // the tensor table this device table was built from
+  int64_t chunk = 0;
+  size_t hash = 0;
+  std::optional<Tensor> buffer;  // tensor table then work table, in device memory
+  int64_t n_items = 0;
+  void* stream = nullptr;  // the stream its memory was allocated on
+  bool permanent = false;  // used on another stream or in graph capture: never evicted
+};
+
+struct DeviceState {
+  std::vector<Staging> staging;
+  std::list<DeviceTable> tables;  // most recently used first
+};
+
+constexpr size_t kMaxTables = 16;
+
+std::mutex g_mu;
+std::vector<DeviceState> g_devices;
+
+size_t hash_bytes(const void* data, size_t n) {
+  const unsigned char* b = static_cast<const unsigned char*>(data);
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  return static_cast<size_t>(h);
+}
+
+Staging& staging_buffer(DeviceState& ds, size_t bytes, bool capturing) {
+  for (Staging& s : ds.staging) {
+    if (s.retired || s.cap < bytes) continue;
+    cudaError_t q = cudaEventQuery(s.done);
+    if (q == cudaSuccess) return s;
+    if (q == cudaErrorNotReady) {
+      (void)cudaGetLastError();  // not an error: clear it
+      continue;
+    }
+    check_cuda(q, "cudaEventQuery");
+  }
+  Staging s;
+  s.cap = std::max<size_t>(bytes, 64 * 1024);
+  cudaError_t err = cudaHostAlloc(&s.host, s.cap, cudaHostAllocPortable);
+  if (err != cudaSuccess && capturing) {
+    (void)cudaGetLastError();
+    fail("fusedopt cuda: a new tensor table is needed inside CUDA graph capture and no pinned "
+         "staging buffer is free; run one step with these tensors before capturing");
+  }
+  check_cuda(err, "cudaHostAlloc");
+  check_cuda(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming), "cudaEventCreate");
+  ds.staging.push_back(s);
+  return ds.staging.back();
+}
+
+struct Tables {
+  const TensorDesc* tensors;
+  const WorkItem* items;
+  int64_t n_items;
+  int64_t chunk;
+};
+
+// The device tables for `descs` (cached), uploaded on `stream` when new.
+Tables device_tables(std::vector<TensorDesc>&& descs, int32_t device, void* stream) {
+  int64_t total = 0;
+  for (const TensorDesc& d : descs) total += d.n;
+  const int64_t chunk = chunk_elems(total, device);
+  const size_t key_bytes = descs.size() * sizeof(TensorDesc);
+  const size_t h = hash_bytes(descs.data(), key_bytes) ^ static_cast<size_t>(chunk);
+
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  check_cuda(cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &capture),
+             "cudaStreamIsCapturing");
+  const bool capturing = capture != cudaStreamCaptureStatusNone;
+
+  std::lock_guard<std::mutex> lock(g_mu);
+  if (device >= static_cast<int32_t>(g_devices.size())) g_devices.resize(device + 1);
+  DeviceState& ds = g_devices[device];
+
+  auto use = [&](std::list<DeviceTable>::iterator it) {
+    if (it->stream != stream || capturing) it->permanent = true;
+    ds.tables.splice(ds.tables.begin(), ds.tables, it);
+    const DeviceTable& t = ds.tables.front();
+    const char* base = static_cast<const char*>(t.buffer->data_ptr());
+    return Tables{reinterpret_cast<const TensorDesc*>(base),
+                  reinterpret_cast<const WorkItem*>(base + t.key.size() * sizeof(TensorDesc)),
+                  t.n_items, t.chunk};
+  };
+
+  for (auto it = ds.tables.begin(); it != ds.tables.end(); ++it) {
+    if (it->hash == h && it->chunk == chunk && it->key.size() == descs.size() &&
+        memcmp(it->key.data(), descs.data(), key_bytes) == 0)
+      return use(it);
+  }
+
+  // Miss: the work table, one item per chunk of every non-empty tensor.
+  std::vector<WorkItem> items;
+  for (size_t t = 0; t < descs.size(); ++t) {
+    const int64_t n_chunks = (descs[t].n + chunk - 1) / chunk;
+    if (n_chunks > INT32_MAX) fail("fusedopt cuda: tensor too large for the work table");
+    for (int64_t c = 0; c < n_chunks; ++c)
+      items.push_back(WorkItem{static_cast<int32_t>(t), static_cast<int32_t>(c)});
+  }
+  if (items.size() > static_cast<size_t>(INT32_MAX))
+    fail("fusedopt cuda: too many work items for one launch");
+  const size_t item_bytes = items.size() * sizeof(WorkItem);
+  const size_t bytes = key_bytes + item_bytes;
+
+  int64_t size = static_cast<int64_t>(std::max<size_t>(bytes, 1));
+  int64_t stride = 1;
+  AtenTensorHandle handle = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_empty_strided(1, &size, &stride, codes().u8,
+                                                         codes().cuda, device, &handle));
+  Tensor buffer(handle);
+
+  Staging& st = staging_buffer(ds, bytes, capturing);
+  memcpy(st.host, descs.data(), key_bytes);
+  if (item_bytes) memcpy(static_cast<char*>(st.host) + key_bytes, items.data(), item_bytes);
+  check_cuda(cudaMemcpyAsync(buffer.data_ptr(), st.host, bytes, cudaMemcpyHostToDevice,
+                             static_cast<cudaStream_t>(stream)),
+             "cudaMemcpyAsync");
+  if (capturing) st.retired = true;
+  else check_cuda(cudaEventRecord(st.done, static_cast<cudaStream_t>(stream)), "cudaEventRecord");
+
+  DeviceTable t;
+  t.key = std::move(descs);
+  t.chunk = chunk;
+  t.hash = h;
+  t.buffer = std::move(buffer);
+  t.n_items = static_cast<int64_t>(items.size());
+  t.stream = stream;
+  t.permanent = capturing;
+  ds.tables.push_front(std::move(t));
+  // Evict the least recently used table that may be freed (its memory returns to torch's
+  // caching allocator, ordered on the stream it was allocated on).
+  size_t evictable = 0;
+  for (const DeviceTable& x : ds.tables) evictable += x.permanent ? 0 : 1;
+  if (evictable > kMaxTables) {
+    for (auto it = std::prev(ds.tables.end());; --it) {
+      if (!it->permanent) {
+        ds.tables.erase(it);
+        break;
+      }
+      if (it == ds.tables.begin()) break;
+    }
+  }
+  return use(ds.tables.begin());
+}
+
+// --- the step ops -------------------------------------------------------------------------
+struct Spec {
+  const char* name;
+  size_t n_scalars;
+  size_t n_flags;
+  int (*launch)(const StepLaunch&);
+};
+
+constexpr int kMaxSlots = 3;
+
+void run_step(const Spec& spec, const TensorList& params, const TensorList& grads,
+              const TensorList* slots[kMaxSlots], int required, int variant, uint32_t rt,
+              const std::vector<double>* host_scalars, const Tensor* device_scalars,
+              const std::vector<bool>& flags, const std::optional<Tensor>& grad_scale,
+              const std::optional<Tensor>& found_inf, const std::optional<TensorList>& master) {
+  const std::string name = std::string("fusedopt::") + spec.name;
+  if (host_scalars != nullptr)
+    STD_TORCH_CHECK(host_scalars->size() == spec.n_scalars, name, ": expected ", spec.n_scalars,
+                    " scalars, got ", host_scalars->size());
+  STD_TORCH_CHECK(flags.size() == spec.n_flags, name, ": expected ", spec.n_flags, " flags, got ",
+                  flags.size());
+  const size_t n = params.size();
+  STD_TORCH_CHECK(grads.size() == n, name, ": ", n, " params but ", grads.size(), " grads");
+  for (int k = 0; k < kMaxSlots; ++k) {
+    const bool present = slots[k] != nullptr && !slots[k]->empty();
+    const bool needed = (required >> k) & 1;
+    STD_TORCH_CHECK(present == needed, name, ": state slot ", k,
+                    needed ? " is required by the flags but empty" : " must be empty for these flags");
+    if (present)
+      STD_TORCH_CHECK(slots[k]->size() == n, name, ": state slot ", k, " has ", slots[k]->size(),
+                      " tensors for ", n, " params");
+  }
+  const bool has_master = master.has_value();
+  if (has_master)
+    STD_TORCH_CHECK(master->size() == n, name, ": ", master->size(), " master weights for ", n,
+                    " params");
+  if (n == 0) return;
+
+  const Codes& c = codes();
+  std::vector<TensorDesc> descs(n);
+  int32_t pdtype = -1, sdtype = -1, device = -1;
+  StepLaunch l{};
+  l.sd = DType::kFloat;
+  for (size_t t = 0; t < n; ++t) {
+    Info pi = info(params[t]);
+    if (t == 0) {
+      pdtype = pi.dtype;
+      device = pi.device_index;
+      if (pdtype == c.f32) l.pd = DType::kFloat;
+      else if (pdtype == c.bf16) l.pd = DType::kBFloat16;
+      else if (pdtype == c.f16) l.pd = DType::kHalf;
+      else fail(name + ": params must be float32, bfloat16 or float16, got " + dtype_name(pdtype));
+      if (has_master && l.pd == DType::kFloat)
+        fail(name + ": master weights are for bfloat16/float16 params only");
+    }
+    if (pi.dtype != pdtype)
+      fail(name + ": all params of a call must share one dtype (param " + std::to_string(t) + ")");
+    if (pi.device_type != c.cuda || pi.device_index != device)
+      fail(name + ": param " + std::to_string(t) + " is not on cuda:" + std::to_string(device) +
+           " like param 0");
+    Info gi = info(grads[t]);
+    if (gi.dtype != pdtype || gi.numel != pi.numel || gi.device_type != c.cuda ||
+        gi.device_index != device)
+      fail(name + ": grad " + std::to_string(t) +
+           " must be a tensor of the param's dtype and shape on its device");
+    TensorDesc& d = descs[t];
+    d.p = pi.data;
+    d.g = gi.data;
+    d.n = pi.numel;
+    bool dense = pi.contiguous && gi.contiguous;
+    bool vec = aligned16(pi.data) && aligned16(gi.data);
+    if (has_master) {
+      Info mi = info((*master)[t]);
+      if (mi.dtype != c.f32 || mi.numel != pi.numel || mi.device_type != c.cuda ||
+          mi.device_index != device)
+        fail(name + ": master weight " + std::to_string(t) +
+             " must be a float32 tensor with the param's shape on its device");
+      dense = dense && mi.contiguous;
+      vec = vec && aligned16(mi.data);
+      d.master = static_cast<float*>(mi.data);
+    }
+    for (int k = 0; k < kMaxSlots; ++k) {
+      if (!((required >> k) & 1)) continue;
+      Info si = info((*slots[k])[t]);
+      if (sdtype < 0) {
+        sdtype = si.dtype;
+        if (sdtype == c.f32) l.sd = DType::kFloat;
+        else if (sdtype == c.bf16) l.sd = DType::kBFloat16;
+        else fail(name + ": states must be float32 or bfloat16, got " + dtype_name(sdtype));
+      }
+      if (si.dtype != sdtype || si.numel != pi.numel || si.device_type != c.cuda ||
+          si.device_index != device)
+        fail(name + ": state slot " + std::to_string(k) + " of param " + std::to_string(t) +
+             " must be a tensor with the param's shape on its device and the call's one state dtype");
+      dense = dense && si.contiguous;
+      vec = vec && aligned16(si.data);
+      d.s[k] = si.data;
+    }
+    if (!dense && pi.numel > 1) {
+      bool ok = same_dense_layout(params[t], grads[t]);
+      if (ok && has_master) ok = same_dense_layout(params[t], (*master)[t]);
+      for (int k = 0; k < kMaxSlots && ok; ++k)
+        if ((required >> k) & 1) ok = same_dense_layout(params[t], (*slots[k])[t]);
+      if (!ok)
+        fail(name + ": param " + std::to_string(t) +
+             ", its grad and states must be contiguous or share one dense layout");
+    }
+    d.vec = vec ? 1 : 0;
+  }
+
+  l.algo = Algo::kSgd;  // unused by the launchers
+  l.variant = variant;
+  l.master = has_master;
+  l.rt = rt | (flags[kMaximize] ? kRtMaximize : 0u) | (flags[kDecoupled] ? kRtDecoupled : 0u);
+  l.host_scalars = host_scalars != nullptr ? host_scalars->data() : nullptr;
+  l.device_scalars = device_scalars != nullptr
+                         ? device_float_ptr(*device_scalars, device,
+                                            static_cast<int64_t>(spec.n_scalars), name + ": scalars")
+                         : nullptr;
+  l.grad_scale = grad_scale.has_value() ? device_float_ptr(*grad_scale, device, 1, name + ": grad_scale")
+                                        : nullptr;
+  l.found_inf = found_inf.has_value() ? device_float_ptr(*found_inf, device, 1, name + ": found_inf")
+                                      : nullptr;
+
+  torch::stable::accelerator::DeviceGuard guard(device);
+  void* stream = current_stream(device);
+  Tables tab = device_tables(std::move(descs), device, stream);
+  l.tensors = tab.tensors;
+  l.items = tab.items;
+  l.n_items = tab.n_items;
+  l.chunk_elems = tab.chunk;
+  l.stream = stream;
+  check_cuda(spec.launch(l), (name + " launch").c_str());
+}
+
+using Scalars = std::vector<double>;
+using Flags = std::vector<bool>;
+using OptTensor = std::optional<Tensor>;
+using OptList = std::optional<TensorList>;
+
+inline bool flag(const Flags& f, size_t i) { return i < f.size() && f[i]; }
+
+// Each op in two forms: host scalars (the base schema) and device scalars (`.tensor`).
+#define FUSEDOPT_BOTH_FORMS(op, params_decl, args)                                            \
+  void op(params_decl, const Scalars& scalars, const Flags& flags, const OptTensor& grad_scale, \
+          const OptTensor& found_inf, const OptList& master) {                                 \
+    op##_impl(args, &scalars, nullptr, flags, grad_scale, found_inf, master);                  \
+  }                                                                                            \
+  void op##_tensor(params_decl, const Tensor& scalars, const Flags& flags,                     \
+                   const OptTensor& grad_scale, const OptTensor& found_inf,                   \
+                   const OptList& master) {                                                    \
+    op##_impl(args, nullptr, &scalars, flags, grad_scale, found_inf, master);                  \
+  }
+
+#define FUSEDOPT_IMPL_TAIL                                                                      \
+  const Scalars *hs, const Tensor *ds, const Flags &flags, const OptTensor &grad_scale,         \
+      const OptTensor &found_inf, const OptList &master
+#define FUSEDOPT_PASS_TAIL hs, ds, flags, grad_scale, found_inf, master
+#define FUSEDOPT_COMMA ,
+
+void sgd_impl(const TensorList& params, const TensorList& grads, const TensorList& buf,
+              FUSEDOPT_IMPL_TAIL) {
+  static const Spec spec{"sgd", 6, 3, &launch_sgd};
+  // The buffer is present exactly when momentum != 0 (the Python layer decides).
+  const bool has_buf = !buf.empty();
+  const TensorList* slots[kMaxSlots] = {&buf, nullptr, nullptr};
+  run_step(spec, params, grads, slots, has_buf ? kSlot0 : 0, has_buf ? 1 : 0,
+           flag(flags, 2) ? kRtNesterov : 0u, FUSEDOPT_PASS_TAIL);
+}
+FUSEDOPT_BOTH_FORMS(sgd,
+                    const TensorList& params FUSEDOPT_COMMA const TensorList& grads FUSEDOPT_COMMA
+                        const TensorList& momentum_buffer,
+                    params FUSEDOPT_COMMA grads FUSEDOPT_COMMA momentum_buffer)
+
+void adagrad_impl(const TensorList& params, const TensorList& grads, const TensorList& sum,
+                  FUSEDOPT_IMPL_TAIL) {
+  static const Spec spec{"adagrad", 4, 2, &launch_adagrad};
+  const TensorList* slots[kMaxSlots] = {&sum, nullptr, nullptr};
+  run_step(spec, params, grads, slots, kSlot0, 0, 0u, FUSEDOPT_PASS_TAIL);
+}
+FUSEDOPT_BOTH_FORMS(adagrad,
+                    const TensorList& params FUSEDOPT_COMMA const TensorList& grads FUSEDOPT_COMMA
+                        const TensorList& sum,
+                    params FUSEDOPT_COMMA grads FUSEDOPT_COMMA sum)
+
+void adadelta_impl(const TensorList& params, const TensorList& grads, const TensorList& square_avg,
+                   const TensorList& acc_delta, FUSEDOPT_IMPL_TAIL) {
+  static const Spec spec{"adadelta", 5, 2, &launch_adadelta};
+  const TensorList* slots[kMaxSlots] = {&square_avg, &acc_delta, nullptr};
+  run_step(spec, params, grads, slots, kSlot0 | kSlot1, 0, 0u, FUSEDOPT_PASS_TAIL);
+}
+FUSEDOPT_BOTH_FORMS(adadelta,
+                    const TensorList& params FUSEDOPT_COMMA const TensorList& grads FUSEDOPT_COMMA
+                        const TensorList& square_avg FUSEDOPT_COMMA const TensorList& acc_delta,
+                    params FUSEDOPT_COMMA grads FUSEDOPT_COMMA square_avg FUSEDOPT_COMMA acc_delta)
+
+void rmsprop_impl(const TensorList& params, const TensorList& grads, const TensorList& square_avg,
+                  const TensorList& momentum_buffer, const TensorList& grad_avg, FUSEDOPT_IMPL_TAIL) {
+  static const Spec spec{"rmsprop", 6, 3, &launch_rmsprop};
+  const bool has_momentum = !momentum_buffer.empty();
+  const bool centered = flag(flags, 2);
+  const TensorList* slots[kMaxSlots] = {&square_avg, &momentum_buffer, &grad_avg};
+  const int required = kSlot0 | (has_momentum ? kSlot1 : 0) | (centered ? kSlot2 : 0);
+  run_step(spec, params, grads, slots, required, (has_momentum ? 1 : 0) | (centered ? 2 : 0), 0u,
+           FUSEDOPT_PASS_TAIL);
+}
+FUSEDOPT_BOTH_FORMS(rmsprop,
+                    const TensorList& params FUSEDOPT_COMMA const TensorList& grads FUSEDOPT_COMMA
+                        const TensorList& square_avg FUSEDOPT_COMMA const TensorList& momentum_buffer
+                            FUSEDOPT_COMMA const TensorList& grad_avg,
+                    params FUSEDOPT_COMMA grads FUSEDOPT_COMMA square_avg FUSEDOPT_COMMA
+                        momentum_buffer FUSEDOPT_COMMA grad_avg)
+
+void adam_impl(const TensorList& params, const TensorList& grads, const TensorList& exp_avg,
+               const TensorList& exp_avg_sq, const TensorList& max_exp_avg_sq, FUSEDOPT_IMPL_TAIL) {
+  static const Spec spec{"adam", 8, 3, &launch_adam};
+  const bool amsgrad = flag(flags, 2);
+  const TensorList* slots[kMaxSlots] = {&exp_avg, &exp_avg_sq, &max_exp_avg_sq};
+  run_step(spec, params, grads, slots, kSlot0 | kSlot1 | (amsgrad ? kSlot2 : 0), amsgrad ? 1 : 0,
+           0u, FUSEDOPT_PASS_TAIL);
+}
+FUSEDOPT_BOTH_FORMS(adam,
+                    const TensorList& params FUSEDOPT_COMMA const TensorList& grads FUSEDOPT_COMMA
+                        const TensorList& exp_avg FUSEDOPT_COMMA const TensorList& exp_avg_sq
+                            FUSEDOPT_COMMA const TensorList& max_exp_avg_sq,
+                    params FUSEDOPT_COMMA grads FUSEDOPT_COMMA exp_avg FUSEDOPT_COMMA exp_avg_sq
+                        FUSEDOPT_COMMA max_exp_avg_sq)
+
+void yogi_impl(const TensorList& params, const TensorList& grads, const TensorList& exp_avg,
+               const TensorList& exp_avg_sq, FUSEDOPT_IMPL_TAIL) {
+  static const Spec spec{"yogi", 8, 2, &launch_yogi};
+  const TensorList* slots[kMaxSlots] = {&exp_avg, &exp_avg_sq, nullptr};
+  run_step(spec, params, grads, slots, kSlot0 | kSlot1, 0, 0u, FUSEDOPT_PASS_TAIL);
+}
+FUSEDOPT_BOTH_FORMS(yogi,
+                    const TensorList& params FUSEDOPT_COMMA const TensorList& grads FUSEDOPT_COMMA
+                        const TensorList& exp_avg FUSEDOPT_COMMA const TensorList& exp_avg_sq,
+                    params FUSEDOPT_COMMA grads FUSEDOPT_COMMA exp_avg FUSEDOPT_COMMA exp_avg_sq)
+
+void radam_impl(const TensorList& params, const TensorList& grads, const TensorList& exp_avg,
+                const TensorList& exp_avg_sq, FUSEDOPT_IMPL_TAIL) {
+  static const Spec spec{"radam", 9, 3, &launch_radam};
+  const TensorList* slots[kMaxSlots] = {&exp_avg, &exp_avg_sq, nullptr};
+  run_step(spec, params, grads, slots, kSlot0 | kSlot1, 0, flag(flags, 2) ? kRtRectify : 0u,
+           FUSEDOPT_PASS_TAIL);
+}
+FUSEDOPT_BOTH_FORMS(radam,
+                    const TensorList& params FUSEDOPT_COMMA const TensorList& grads FUSEDOPT_COMMA
+                        const TensorList& exp_avg FUSEDOPT_COMMA const TensorList& exp_avg_sq,
+                    params FUSEDOPT_COMMA grads FUSEDOPT_COMMA exp_avg FUSEDOPT_COMMA exp_avg_sq)
+
+// --- lookahead ----------------------------------------------------------------------------
+DType to_dtype(int32_t code) {
+  const Codes& c = codes();
+  if (code == c.f32) return DType::kFloat;
+  if (code == c.bf16) return DType::kBFloat16;
+  STD_TORCH_CHECK(code == c.f16, "fusedopt::lookahead: params must be float32, bfloat16 or float16");
+  return DType::kHalf;
+}
+
+void lookahead(const TensorList& params, const TensorList& slow, double alpha) {
+  const size_t n = params.size();
+  STD_TORCH_CHECK(slow.size() == n, "fusedopt::lookahead: ", n, " params but ", slow.size(),
+                  " slow weights");
+  if (n == 0) return;
+  const Codes& c = codes();
+  std::vector<TensorDesc> descs(n);
+  int32_t pcode = 0, scode = 0, device = -1;
+  for (size_t t = 0; t < n; ++t) {
+    Info pi = info(params[t]), si = info(slow[t]);
+    if (t == 0) {
+      pcode = pi.dtype;
+      scode = si.dtype;
+      device = pi.device_index;
+    }
+    STD_TORCH_CHECK(pi.dtype == pcode && si.dtype == scode, "fusedopt::lookahead: tensor ", t,
+                    ": all params (and all slow weights) of a call must share one dtype");
+    STD_TORCH_CHECK(pi.numel == si.numel && pi.device_type == c.cuda && si.device_type == c.cuda &&
+                        pi.device_index == device && si.device_index == device && pi.contiguous &&
+                        si.contiguous,
+                    "fusedopt::lookahead: param ", t,
+                    " and its slow weight must be contiguous tensors of one shape on cuda:", device);
+    descs[t].p = pi.data;
+    descs[t].s[0] = si.data;
+    descs[t].n = pi.numel;
+    descs[t].vec = aligned16(pi.data) && aligned16(si.data) ? 1 : 0;
+  }
+  LookaheadLaunch l{};
+  l.pd = to_dtype(pcode);
+  l.sd = to_dtype(scode);
+  STD_TORCH_CHECK(l.sd == DType::kFloat || l.sd == l.pd,
+                  "fusedopt::lookahead: slow weights must be float32 or the params' dtype");
+  l.alpha = static_cast<float>(alpha);
+  torch::stable::accelerator::DeviceGuard guard(device);
+  void* stream = current_stream(device);
+  Tables tab = device_tables(std::move(descs), device, stream);
+  l.tensors = tab.tensors;
+  l.items = tab.items;
+  l.n_items = tab.n_items;
+  l.chunk_elems = tab.chunk;
+  l.stream = stream;
+  check_cuda(launch_lookahead(l), "fusedopt::lookahead launch");
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace fusedopt
+
+// Device-mode overloads: the base schema with `Tensor scalars` (float32, on the params' device).
+#define FUSEDOPT_TENSOR_TAIL                                                                  \
+  "Tensor scalars, bool[] flags, Tensor? grad_scale=None, Tensor? found_inf=None, "           \
+  "Tensor(z!)[]? master=None) -> ()"
+
+STABLE_TORCH_LIBRARY_FRAGMENT(fusedopt, m) {
+  m.def("sgd.tensor(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffer, " FUSEDOPT_TENSOR_TAIL);
+  m.def("adagrad.tensor(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] sum, " FUSEDOPT_TENSOR_TAIL);
+  m.def("adadelta.tensor(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avg, "
+        "Tensor(c!)[] acc_delta, " FUSEDOPT_TENSOR_TAIL);
+  m.def("rmsprop.tensor(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avg, "
+        "Tensor(c!)[] momentum_buffer, Tensor(d!)[] grad_avg, " FUSEDOPT_TENSOR_TAIL);
+  m.def("adam.tensor(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg, "
+        "Tensor(c!)[] exp_avg_sq, Tensor(d!)[] max_exp_avg_sq, " FUSEDOPT_TENSOR_TAIL);
+  m.def("yogi.tensor(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg, "
+        "Tensor(c!)[] exp_avg_sq, " FUSEDOPT_TENSOR_TAIL);
+  m.def("radam.tensor(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg, "
+        "Tensor(c!)[] exp_avg_sq, " FUSEDOPT_TENSOR_TAIL);
+}
+
+STABLE_TORCH_LIBRARY_IMPL(fusedopt, CUDA, m) {
+  using namespace fusedopt::cuda;
+  m.impl("sgd", TORCH_BOX(&sgd));
+  m.impl("adagrad", TORCH_BOX(&adagrad));
+  m.impl("adadelta", TORCH_BOX(&adadelta));
+  m.impl("rmsprop", TORCH_BOX(&rmsprop));
+  m.impl("adam", TORCH_BOX(&adam));
+  m.impl("yogi", TORCH_BOX(&yogi));
+  m.impl("radam", TORCH_BOX(&radam));
+  m.impl("lookahead", TORCH_BOX(&lookahead));
+  m.impl("sgd.tensor", TORCH_BOX(&sgd_tensor));
+  m.impl("adagrad.tensor", TORCH_BOX(&adagrad_tensor));
+  m.impl("adadelta.tensor", TORCH_BOX(&adadelta_tensor));
+  m.impl("rmsprop.tensor", TORCH_BOX(&rmsprop_tensor));
+  m.impl("adam.tensor", TORCH_BOX(&adam_tensor));
+  m.impl("yogi.tensor", TORCH_BOX(&yogi_tensor));
+  m.impl("radam.tensor", TORCH_BOX(&radam_tensor));
+}
+
+#define FUSEDOPT_STR2(x) #x
+#define FUSEDOPT_STR(x) FUSEDOPT_STR2(x)
+
+// What this library is, for tools and tests that inspect the built file (`nm -D`, ctypes):
+// the one exported symbol besides the registrations' static initialisers.
+extern "C" __attribute__((visibility("default"))) const char* fusedopt_cuda_info() {
+  return "fusedopt CUDA kernels: sgd adagrad adadelta rmsprop adam yogi radam lookahead; "
+         "host or device scalars (<op>.tensor); nvcc " FUSEDOPT_STR(__CUDACC_VER_MAJOR__) "."
+         FUSEDOPT_STR(__CUDACC_VER_MINOR__);
+}
