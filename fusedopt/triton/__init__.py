@@ -1,5 +1,17 @@
 """Triton kernels for every fusedopt algorithm: one multi-tensor traversal, one launch per call.
 
+- :mod:`.kernels`: the traversal kernel and one float32 math function per algorithm (plus
+  Lookahead's slow-weight update); variants, dtypes and present slots are ``tl.constexpr``.
+- :mod:`.tables`: the device-resident table of addresses, sizes and ``(tensor, chunk start)``
+  work items, cached across steps on the tensors' addresses; uploaded from pinned memory with
+  a non-blocking copy on CUDA.
+- :mod:`.launcher`: interface scalars to kernel arguments and the one launch per call;
+  :func:`launch_count` counts launches (tests check one per group and step).
+
+One program handles one chunk of ``block_size()`` elements of one tensor: 2048 on the GPU
+(4 warps), 4096 in the interpreter. A tensor's full chunks run unmasked with 16-byte vector
+accesses when every address of the table is 16-byte aligned; its last chunk is masked.
+
 ``TRITON_INTERPRET=1`` when this package is first imported runs the kernels in Triton's
 interpreter on CPU tensors (how the CI machine tests them); otherwise they compile for CUDA.
 """

@@ -177,6 +177,11 @@ def multi_tensor_step(algo, params, grads, states, scalars, flags, grad_scale=No
         raise ValueError("triton backend: grads, master and every active state slot must align with params")
     present = tuple(bool(len(s)) for s in states) + (False,) * (3 - n_slots)
     device_mode = isinstance(scalars, torch.Tensor)
+    device = params[0].device
+    for what, t in (("scalars", scalars if device_mode else None), ("grad_scale", grad_scale),
+                    ("found_inf", found_inf)):
+        if t is not None and t.device != device:  # the kernel would dereference a foreign pointer
+            raise ValueError(f"triton backend: {what} is on {t.device}, the params on {device}")
     if device_mode:
         a, kflags = (0.0,) * 7, _variant_flags(algo, flags)
         if scalars.dtype != torch.float32:
@@ -208,6 +213,7 @@ def multi_tensor_lookahead(params, slow, alpha):
         return
     if len(slow) != len(params):
         raise ValueError("triton backend: slow weights must align with params")
+
     def check():
         _tl_dtype(params[0], "param")
         _tl_dtype(slow[0], "slow")
