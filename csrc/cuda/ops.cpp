@@ -221,6 +221,7 @@ size_t hash_bytes(const void* data, size_t n) {
 
 Staging& staging_buffer(DeviceState& ds, size_t bytes, bool capturing) {
   for (Staging& s : ds.staging) {
+    if (capturing) break;  // a buffer a graph reads at every replay is a new one, see below
     if (s.retired || s.cap < bytes) continue;
     cudaError_t q = cudaEventQuery(s.done);
     if (q == cudaSuccess) return s;
@@ -232,14 +233,16 @@ Staging& staging_buffer(DeviceState& ds, size_t bytes, bool capturing) {
   }
   Staging s;
   s.cap = std::max<size_t>(bytes, 64 * 1024);
+  // Inside graph capture, allocating pinned memory is an "unsafe" call the capture would
+  // refuse; it does not touch the captured stream, so relax the capture mode for it (as
+  // torch's allocator does around cudaMalloc).
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  if (capturing) check_cuda(cudaThreadExchangeStreamCaptureMode(&mode), "cudaThreadExchangeStreamCaptureMode");
   cudaError_t err = cudaHostAlloc(&s.host, s.cap, cudaHostAllocPortable);
-  if (err != cudaSuccess && capturing) {
-    (void)cudaGetLastError();
-    fail("fusedopt cuda: a new tensor table is needed inside CUDA graph capture and no pinned "
-         "staging buffer is free; run one step with these tensors before capturing");
-  }
+  cudaError_t err2 = cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming);
+  if (capturing) check_cuda(cudaThreadExchangeStreamCaptureMode(&mode), "cudaThreadExchangeStreamCaptureMode");
   check_cuda(err, "cudaHostAlloc");
-  check_cuda(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming), "cudaEventCreate");
+  check_cuda(err2, "cudaEventCreate");
   ds.staging.push_back(s);
   return ds.staging.back();
 }
