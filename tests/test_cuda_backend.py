@@ -268,6 +268,25 @@ def test_amp_grad_scale_and_found_inf(name, dtype, mode):
 
 
 @cuda
+@pytest.mark.skipif(not _ext.cpu_status()[0], reason="the compiled CPU backend is not loaded")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", NAMES)
+def test_bitwise_equal_to_the_cpu_kernels(name, dtype):
+    """Host scalars: the CUDA and CPU kernels compile the same header, in float32 with the same
+    explicit FMAs and IEEE division and square root, so they agree to the bit."""
+    cpu = backends.get_backend("cpu", torch.device("cpu"))
+    cu = backends.get_backend("cuda", torch.device("cuda"))
+    spec, ps, gs, states, scalars, flags = _interface_problem(name, dtype)
+    p1, s1 = _clone(ps, states)
+    p2 = [p.cpu() for p in ps]
+    s2 = [[t.cpu() for t in slot] for slot in states]
+    cu.step(spec.name, p1, gs, s1, scalars, flags)
+    cpu.step(spec.name, p2, [g.cpu() for g in gs], s2, scalars, flags)
+    for a, b in zip(_flat(p1, s1), _flat(p2, s2)):
+        assert torch.equal(a.cpu(), b), (a.cpu() - b).abs().max()
+
+
+@cuda
 def test_sgd_first_step_is_a_runtime_scalar():
     """first_step selects the buffer copy per call from the scalar, host or device."""
     ref = backends.get_backend("reference", torch.device("cuda"))

@@ -34,8 +34,6 @@ constexpr int kVec = 8;                     // elements per thread per tile (16-
 constexpr int64_t kTile = kThreads * kVec;  // elements per block per tile; chunks are multiples
 constexpr int kMaxScalars = 9;
 
-enum class Algo : int { kSgd, kAdagrad, kAdadelta, kRmsprop, kAdam, kYogi, kRadam };
-
 // Runtime flags of a step (uniform for the launch).
 enum RtFlag : uint32_t {
   kRtMaximize = 1u,
@@ -44,8 +42,8 @@ enum RtFlag : uint32_t {
   kRtRectify = 8u,   // radam (rect > 0 is checked as well, on the device in device mode)
 };
 
+// One step launch; the algorithm is the launcher called (launch_<algo> below).
 struct StepLaunch {
-  Algo algo;
   int variant;  // compile-time variant: sgd has_buf; rmsprop momentum | centered << 1; adam amsgrad
   DType pd, sd;
   bool master;

@@ -451,7 +451,6 @@ void run_step(const Spec& spec, const TensorList& params, const TensorList& grad
     d.vec = vec ? 1 : 0;
   }
 
-  l.algo = Algo::kSgd;  // unused by the launchers
   l.variant = variant;
   l.master = has_master;
   l.rt = rt | (flags[kMaximize] ? kRtMaximize : 0u) | (flags[kDecoupled] ? kRtDecoupled : 0u);
