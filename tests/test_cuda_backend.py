@@ -111,7 +111,8 @@ def test_cuda_library_registers_every_op_without_a_gpu():
     lib = _library_or_skip()
     if not _ext.cpu_status()[0]:
         pytest.skip(f"the CPU extension is not loaded: {_ext.cpu_status()[1]}")
-    res = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, lib], capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, lib], capture_output=True, text=True, timeout=300,
+                         cwd=os.path.dirname(lib))  # not the source tree: the installed package
     assert res.returncode == 0, res.stderr[-3000:]
     assert "fusedopt CUDA kernels" in res.stdout and res.stdout.strip().endswith("ok"), res.stdout
 

@@ -505,6 +505,6 @@ def test_kernel_compiles_for_sm90_with_vector_accesses(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(fusedopt.__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=600)
+                         timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("ok") == 8, out.stdout
