@@ -5,6 +5,7 @@ Every ``fusedopt`` optimizer is this class plus an :class:`~fusedopt.algorithms.
 from __future__ import annotations
 
 import copy
+import operator
 from collections import defaultdict
 from typing import Any
 
@@ -111,6 +112,8 @@ class FusedOptimizer(Optimizer):
         # device mode the value counts calls, overflow steps included, and only groups tensors.
         self._host_steps: dict[torch.Tensor, tuple[torch.Tensor, float]] = {}
         self._pending_first: dict[torch.Tensor, torch.Tensor] = {}
+        # per param group: (state dict, params, states, step counts, first flags) of the last step
+        self._plans: dict[int, tuple] = {}
         super().__init__(params, defaults)
         if self.algorithm.eager_state:
             # as torch.optim does for this algorithm, so checkpoints load into it both ways
@@ -147,6 +150,7 @@ class FusedOptimizer(Optimizer):
                 group.setdefault(k, v)
         self._host_steps = {}
         self._pending_first = {}
+        self._plans = {}
 
     def _check_grad(self, p: torch.Tensor) -> None:
         g = p.grad
@@ -263,6 +267,15 @@ class FusedOptimizer(Optimizer):
                 self._host_steps[p] = (v, hit[1])
         return views
 
+    def _flush_plan(self, group: dict) -> None:
+        """Write a dropped plan's step counts back to the per-param host cache."""
+        plan = self._plans.pop(id(group), None)
+        if plan is None or plan[0] is not self.state or not self.algorithm.has_step:
+            return
+        for p, st, value in zip(plan[1], plan[2], plan[3]):
+            if "step" in st:
+                self._host_steps[p] = (st["step"], value)
+
     def _count_steps(self, params: list[torch.Tensor], states: list[dict]) -> list[float]:
         """Advance the host step counts, reading a tensor only when it is not known yet (a new
         or loaded state: then it is on the CPU, so reading it does not synchronise)."""
@@ -281,12 +294,25 @@ class FusedOptimizer(Optimizer):
 
     def _step_group(self, group: dict, params: list[torch.Tensor], on) -> None:
         algo = self.algorithm
-        states = self._init_states(params, group)
-        first = [st.pop("_first", False) for st in states] if algo.needs_first_step else [False] * len(params)
-        if algo.needs_first_step and self._pending_first:
-            # a first momentum step that may have been skipped on the device (AMP overflow)
-            first = [self._pending_first.get(p, f) for p, f in zip(params, first)]
-        steps = self._count_steps(params, states) if algo.has_step else [0.0] * len(params)
+        # Note [step plans]: in the steady state (the same params have grads as last step, and
+        # no first momentum step is pending) the states, step counts and grouping of the last
+        # step are reused: nothing per parameter is looked up again but the gradients.
+        plan = self._plans.get(id(group))
+        if (plan is not None and plan[0] is self.state and not self._pending_first
+                and len(plan[1]) == len(params) and all(map(operator.is_, plan[1], params))):
+            _, _, states, steps, first = plan
+            if algo.has_step:
+                steps = [v + 1.0 for v in steps]
+        else:
+            self._flush_plan(group)
+            states = self._init_states(params, group)
+            first = [st.pop("_first", False) for st in states] if algo.needs_first_step else [False] * len(params)
+            if algo.needs_first_step and self._pending_first:
+                # a first momentum step that may have been skipped on the device (AMP overflow)
+                first = [self._pending_first.get(p, f) for p, f in zip(params, first)]
+            steps = self._count_steps(params, states) if algo.has_step else [0.0] * len(params)
+        # after this step no first momentum step is left (a pending one disables the plan)
+        self._plans[id(group)] = (self.state, params, states, steps, [False] * len(params))
         lr = group["lr"]
         lr_on_device = isinstance(lr, torch.Tensor) and lr.device.type != "cpu"
         master = bool(group.get("master_weights")) and any("master_param" in st for st in states)
@@ -398,6 +424,7 @@ class FusedOptimizer(Optimizer):
         local = _distributed.local_list
         out = []
         for group, params in work:
+            self._flush_plan(group)  # eager steps before: their counts go back to the host cache
             states = [self._init_state(p, group) for p in params]
             first = [st.pop("_first", False) for st in states]
             if algo.needs_first_step and self._pending_first:
@@ -509,5 +536,6 @@ class FusedOptimizer(Optimizer):
         self.param_groups = new_groups
         self._host_steps = {}
         self._pending_first = {}
+        self._plans = {}
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)

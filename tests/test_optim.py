@@ -236,3 +236,28 @@ def test_empty_and_zero_size_params():
     opt.step()
     with pytest.raises(ValueError, match="empty parameter list"):
         fusedopt.Adam([])
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD"])
+def test_loading_into_a_running_optimizer_and_changing_param_sets(name):
+    """The step reuses last step's plan only while nothing changed: a checkpoint loaded into the
+    same optimizer, and params that gain or lose grads, are picked up."""
+    kw = KW.get(name, {})
+    params, grads = make_problem([4, 9, 16], torch.float64, steps=12, seed=15)
+    for gs in grads[7:9]:
+        gs[0] = None
+    pa = _clone(params)
+    oa = _fused(name, pa, **kw)
+    _train(oa, pa, grads[:4])
+    saved = copy.deepcopy(oa.state_dict())
+    saved_params = [p.detach().clone() for p in pa]
+    _train(oa, pa, grads[4:])  # run on, then go back to the checkpoint in the same optimizer
+    with torch.no_grad():
+        for p, s in zip(pa, saved_params):
+            p.copy_(s)
+    oa.load_state_dict(saved)
+    _train(oa, pa, grads[4:])
+    pt = _clone(params)
+    ot = _torch(name, pt, **kw)
+    _train(ot, pt, grads)
+    assert_same_state(pa, oa, pt, ot, TOL[torch.float64], what=name)
