@@ -32,7 +32,11 @@ def cpu_model() -> str:
 
 
 def _git_commit() -> str:
+    """The commit of a source checkout fusedopt runs from; empty for an installed package (a
+    site-packages folder may sit inside some other repository)."""
     root = Path(fusedopt.__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return ""
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=5)
