@@ -6,6 +6,8 @@
 // translates every dtype through a switch of shim calls.
 #include "multi_tensor.h"
 
+#include "fusedopt/tensor_info.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,75 +20,14 @@ namespace cpu {
 
 namespace {
 
-struct Codes {
-  int32_t f32, bf16, f16, cpu;
-};
+using host::codes;
+using host::Codes;
+using host::dtype_name;
+using host::fail;
+using host::info;
+using host::Info;
+using host::same_dense_layout;
 
-const Codes& codes() {
-  static const Codes c{aoti_torch_dtype_float32(), aoti_torch_dtype_bfloat16(),
-                       aoti_torch_dtype_float16(), aoti_torch_device_type_cpu()};
-  return c;
-}
-
-const char* dtype_name(int32_t code) {
-  const Codes& c = codes();
-  if (code == c.f32) return "float32";
-  if (code == c.bf16) return "bfloat16";
-  if (code == c.f16) return "float16";
-  return "an unsupported dtype";
-}
-
-struct Info {
-  void* data;
-  int64_t numel;
-  int32_t dtype;
-  int32_t device;
-  bool contiguous;
-};
-
-Info info(const Tensor& t) {
-  AtenTensorHandle h = t.get();
-  Info i{};
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_data_ptr(h, &i.data));
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_numel(h, &i.numel));
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dtype(h, &i.dtype));
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_type(h, &i.device));
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_is_contiguous(h, &i.contiguous));
-  return i;
-}
-
-// A non-contiguous tensor is accepted when it is dense and non-overlapping
-// (e.g. channels_last) and `other` has exactly its sizes and strides: the
-// elementwise update then walks both as flat arrays.
-bool same_dense_layout(const Tensor& a, const Tensor& b) {
-  int64_t da = 0, db = 0;
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dim(a.get(), &da));
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dim(b.get(), &db));
-  if (da != db) return false;
-  int64_t *sa = nullptr, *sb = nullptr, *ta = nullptr, *tb = nullptr;
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_sizes(a.get(), &sa));
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_sizes(b.get(), &sb));
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_strides(a.get(), &ta));
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_strides(b.get(), &tb));
-  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size), size > 1 only
-  for (int64_t d = 0; d < da; ++d) {
-    if (sa[d] != sb[d]) return false;
-    if (sa[d] != 1 && ta[d] != tb[d]) return false;
-    if (sa[d] > 1) dims.emplace_back(ta[d], sa[d]);
-  }
-  std::sort(dims.begin(), dims.end());
-  int64_t expected = 1;
-  for (const auto& sd : dims) {
-    if (sd.first != expected) return false;
-    expected *= sd.second;
-  }
-  return true;
-}
-
-[[noreturn]] void fail(const std::string& msg) {
-  STD_TORCH_CHECK(false, msg);
-  throw;  // unreachable
-}
 
 }  // namespace
 
@@ -121,7 +62,7 @@ const char* isa_name() {
 
 float read_scalar_tensor(const Tensor& t, const char* what) {
   Info i = info(t);
-  STD_TORCH_CHECK(i.numel == 1 && i.dtype == codes().f32 && i.device == codes().cpu,
+  STD_TORCH_CHECK(i.numel == 1 && i.dtype == codes().f32 && i.device_type == codes().cpu,
                   "fusedopt cpu: ", what, " must be a one-element float32 CPU tensor");
   return *static_cast<const float*>(i.data);
 }
@@ -194,9 +135,9 @@ StepArgs prepare_step(const char* algo,
     }
     if (pi.dtype != pdtype)
       fail(name + ": all params of a call must share one dtype (param " + std::to_string(t) + ")");
-    if (pi.device != c.cpu) fail(name + ": param " + std::to_string(t) + " is not on the CPU");
+    if (pi.device_type != c.cpu) fail(name + ": param " + std::to_string(t) + " is not on the CPU");
     Info gi = info(grads[t]);
-    if (gi.dtype != pdtype || gi.numel != pi.numel || gi.device != c.cpu)
+    if (gi.dtype != pdtype || gi.numel != pi.numel || gi.device_type != c.cpu)
       fail(name + ": grad " + std::to_string(t) + " must be a CPU tensor of the param's dtype and shape");
     bool dense = pi.contiguous && gi.contiguous;
     grp.p[t] = pi.data;
@@ -204,7 +145,7 @@ StepArgs prepare_step(const char* algo,
     grp.n[t] = pi.numel;
     if (has_master) {
       Info mi = info((*master)[t]);
-      if (mi.dtype != c.f32 || mi.numel != pi.numel || mi.device != c.cpu)
+      if (mi.dtype != c.f32 || mi.numel != pi.numel || mi.device_type != c.cpu)
         fail(name + ": master weight " + std::to_string(t) +
              " must be a float32 CPU tensor with the param's shape");
       dense = dense && mi.contiguous;
@@ -219,7 +160,7 @@ StepArgs prepare_step(const char* algo,
         else if (sdtype == c.bf16) grp.sdtype = DType::kBFloat16;
         else fail(name + ": states must be float32 or bfloat16, got " + dtype_name(sdtype));
       }
-      if (si.dtype != sdtype || si.numel != pi.numel || si.device != c.cpu)
+      if (si.dtype != sdtype || si.numel != pi.numel || si.device_type != c.cpu)
         fail(name + ": state slot " + std::to_string(k) + " of param " + std::to_string(t) +
              " must be a CPU tensor with the param's shape and the call's one state dtype");
       dense = dense && si.contiguous;
