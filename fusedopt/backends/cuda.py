@@ -14,8 +14,7 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-
-_LAYOUT_ERROR = "share one dense layout"
+from ._compiled import CompiledBackend
 
 
 def _on(t, device):
@@ -25,11 +24,8 @@ def _on(t, device):
     return t.to(device=device, dtype=torch.float32)
 
 
-class Backend:
+class Backend(CompiledBackend):
     name = "cuda"
-
-    def __init__(self):
-        self._reference = None
 
     def available(self, device: torch.device) -> tuple[bool, str]:
         device = torch.device(device)
@@ -40,44 +36,11 @@ class Backend:
             return False, why
         return True, ""
 
-    def _fallback(self):
-        if self._reference is None:
-            from .reference import Backend as Reference
-            self._reference = Reference()
-        return self._reference
-
-    def step(self, algo, params, grads, states, scalars, flags, grad_scale=None, found_inf=None,
-             master=None):
-        if not params:
-            return
-        if params[0].dtype == torch.float64:
-            return self._fallback().step(algo, params, grads, states, scalars, flags, grad_scale,
-                                         found_inf, master)
-        packet = getattr(torch.ops.fusedopt, algo)
-        nslots = _ext.STEP_OPS[algo]
-        slots = list(states) + [[]] * (nslots - len(states))
-        device = params[0].device
+    def _op_and_scalars(self, packet, scalars, device):
         if isinstance(scalars, torch.Tensor):
             # Device mode: the kernels read the scalars from device memory.
-            op = packet.tensor
-            args = scalars.to(device=device, dtype=torch.float32).contiguous()
-        else:
-            op = packet.default
-            args = [float(s) for s in scalars]
-        flags = [bool(f) for f in flags]
-        try:
-            op(params, grads, *slots, args, flags, _on(grad_scale, device), _on(found_inf, device),
-               master)
-        except RuntimeError as e:
-            # Nothing was written: the op checks every tensor before launching.
-            if _LAYOUT_ERROR not in str(e):
-                raise
-            self._fallback().step(algo, params, grads, states, scalars, flags, grad_scale,
-                                  found_inf, master)
+            return packet.tensor, scalars.to(device=device, dtype=torch.float32).contiguous()
+        return packet.default, [float(s) for s in scalars]
 
-    def lookahead(self, params, slow, alpha):
-        if not params:
-            return
-        if params[0].dtype == torch.float64:
-            return self._fallback().lookahead(params, slow, alpha)
-        torch.ops.fusedopt.lookahead(params, slow, float(alpha))
+    def _aux(self, t, device):
+        return _on(t, device)
