@@ -63,6 +63,10 @@ CXX_FLAGS = [
     # instruction-set clone (and the reference) rounds the same way.
     "-fno-math-errno",
     "-ffp-contract=off",
+    # Note [alias checks]: the update loop walks up to six arrays (param, grad, three states,
+    # master weights); GCC honours __restrict on locals only partly and versions the loop with
+    # runtime alias checks, and past its default of 10 checks it gives up vectorising.
+    "--param=vect-max-version-for-alias-checks=64",
     "-fvisibility=hidden",
     "-Wall",
     "-Wno-unused-function",
