@@ -171,8 +171,8 @@ def write_markdown(rows, path: Path, *, info: dict, settings: dict, copy: dict, 
             "- `backend call ms` (fusedopt rows only) times the backend's multi-tensor call alone, "
             "with the arguments the step would pass (the kernel and its launch, no optimizer "
             "bookkeeping); the difference to `ms/step` is the Python side of the step.",
-            "- `GB/s` = bytes moved / `ms/step`, with bytes per parameter from the model in "
-            "DESIGN.md: param read + written, gradient read, each state read + written (fp32: "
+            "- `GB/s` = bytes moved / `ms/step`, with bytes per parameter from the bytes model: "
+            "param read + written, gradient read, each state read + written (fp32: "
             "SGD 12, SGD+momentum/Adagrad/RMSprop 20, Adadelta/Adam/AdamW/Yogi/RAdam 28, amsgrad 36; "
             "bf16 params with fp32 states Adam 22, with fp32 master weights 28). The states "
             "counted are the ones each implementation actually keeps: torch keeps bf16 states for "
