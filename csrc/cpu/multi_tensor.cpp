@@ -26,7 +26,6 @@ using host::dtype_name;
 using host::fail;
 using host::info;
 using host::Info;
-using host::same_dense_layout;
 
 
 }  // namespace
@@ -82,23 +81,8 @@ StepArgs prepare_step(const char* algo,
   STD_TORCH_CHECK(flags.size() == n_flags, name, ": expected ", n_flags, " flags, got ",
                   flags.size());
   const size_t n = params.size();
-  STD_TORCH_CHECK(grads.size() == n, name, ": ", n, " params but ", grads.size(), " grads");
-  for (int k = 0; k < kMaxSlots; ++k) {
-    const bool present = slots[k] != nullptr && !slots[k]->empty();
-    const bool needed = (required >> k) & 1;
-    STD_TORCH_CHECK(present == needed, name, ": state slot ", k,
-                    needed ? " is required by the flags but empty" : " must be empty for these flags");
-    if (present) {
-      STD_TORCH_CHECK(slots[k]->size() == n, name, ": state slot ", k, " has ",
-                      slots[k]->size(), " tensors for ", n, " params");
-    }
-  }
-
+  host::check_counts(name, params, grads, slots, required, master);
   const bool has_master = master.has_value();
-  if (has_master) {
-    STD_TORCH_CHECK(master->size() == n, name, ": ", master->size(), " master weights for ", n,
-                    " params");
-  }
 
   // found_inf first: an overflow step writes nothing at all.
   if (found_inf.has_value() && read_scalar_tensor(*found_inf, "found_inf") != 0.0f) {
@@ -110,71 +94,25 @@ StepArgs prepare_step(const char* algo,
     return out;
   }
 
-  const Codes& c = codes();
+  host::CheckedCall call = host::check_tensors(name, params, grads, slots, required, master, codes().cpu);
   Group& grp = out.grp;
+  grp.pdtype = call.pd;
+  grp.sdtype = call.sd;
+  grp.master = has_master;
   grp.p.resize(n);
   grp.g.resize(n);
   grp.n.resize(n);
-  grp.master = has_master;
   if (has_master) grp.m.resize(n);
   for (int k = 0; k < kMaxSlots; ++k)
     if ((required >> k) & 1) grp.s[k].resize(n);
-
-  int32_t pdtype = -1;
-  int32_t sdtype = -1;
   for (size_t t = 0; t < n; ++t) {
-    Info pi = info(params[t]);
-    if (t == 0) {
-      pdtype = pi.dtype;
-      if (pdtype == c.f32) grp.pdtype = DType::kFloat;
-      else if (pdtype == c.bf16) grp.pdtype = DType::kBFloat16;
-      else if (pdtype == c.f16) grp.pdtype = DType::kHalf;
-      else fail(name + ": params must be float32, bfloat16 or float16, got " + dtype_name(pdtype));
-      if (has_master && grp.pdtype == DType::kFloat)
-        fail(name + ": master weights are for bfloat16/float16 params only");
-    }
-    if (pi.dtype != pdtype)
-      fail(name + ": all params of a call must share one dtype (param " + std::to_string(t) + ")");
-    if (pi.device_type != c.cpu) fail(name + ": param " + std::to_string(t) + " is not on the CPU");
-    Info gi = info(grads[t]);
-    if (gi.dtype != pdtype || gi.numel != pi.numel || gi.device_type != c.cpu)
-      fail(name + ": grad " + std::to_string(t) + " must be a CPU tensor of the param's dtype and shape");
-    bool dense = pi.contiguous && gi.contiguous;
-    grp.p[t] = pi.data;
-    grp.g[t] = gi.data;
-    grp.n[t] = pi.numel;
-    if (has_master) {
-      Info mi = info((*master)[t]);
-      if (mi.dtype != c.f32 || mi.numel != pi.numel || mi.device_type != c.cpu)
-        fail(name + ": master weight " + std::to_string(t) +
-             " must be a float32 CPU tensor with the param's shape");
-      dense = dense && mi.contiguous;
-      grp.m[t] = static_cast<float*>(mi.data);
-    }
-    for (int k = 0; k < kMaxSlots; ++k) {
-      if (!((required >> k) & 1)) continue;
-      Info si = info((*slots[k])[t]);
-      if (sdtype < 0) {
-        sdtype = si.dtype;
-        if (sdtype == c.f32) grp.sdtype = DType::kFloat;
-        else if (sdtype == c.bf16) grp.sdtype = DType::kBFloat16;
-        else fail(name + ": states must be float32 or bfloat16, got " + dtype_name(sdtype));
-      }
-      if (si.dtype != sdtype || si.numel != pi.numel || si.device_type != c.cpu)
-        fail(name + ": state slot " + std::to_string(k) + " of param " + std::to_string(t) +
-             " must be a CPU tensor with the param's shape and the call's one state dtype");
-      dense = dense && si.contiguous;
-      grp.s[k][t] = si.data;
-    }
-    if (!dense && pi.numel > 1) {
-      bool ok = same_dense_layout(params[t], grads[t]);
-      if (ok && has_master) ok = same_dense_layout(params[t], (*master)[t]);
-      for (int k = 0; k < kMaxSlots && ok; ++k)
-        if ((required >> k) & 1) ok = same_dense_layout(params[t], (*slots[k])[t]);
-      if (!ok)
-        fail(name + ": param " + std::to_string(t) +
-             ", its grad and states must be contiguous or share one dense layout");
-    }
+    const host::CheckedTensor& d = call.tensors[t];
+    grp.p[t] = d.p;
+    grp.g[t] = d.g;
+    grp.n[t] = d.n;
+    if (has_master) grp.m[t] = d.master;
+    for (int k = 0; k < kMaxSlots; ++k)
+      if ((required >> k) & 1) grp.s[k][t] = d.s[k];
   }
 
   const double gs = scalars[kGradScale];

@@ -46,8 +46,8 @@ using host::Codes;
 using host::dtype_name;
 using host::fail;
 using host::info;
+using host::aligned16;
 using host::Info;
-using host::same_dense_layout;
 
 void check_cuda(int err, const char* what) {
   if (err != 0) {
@@ -57,7 +57,6 @@ void check_cuda(int err, const char* what) {
 }
 
 // --- tensors ------------------------------------------------------------------------------
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // A one-element float32 tensor on the group's device (grad_scale, found_inf, scalars).
 const float* device_float_ptr(const Tensor& t, int32_t device, int64_t numel, const std::string& what) {
@@ -299,92 +298,25 @@ void run_step(const Spec& spec, const TensorList& params, const TensorList& grad
   STD_TORCH_CHECK(flags.size() == spec.n_flags, name, ": expected ", spec.n_flags, " flags, got ",
                   flags.size());
   const size_t n = params.size();
-  STD_TORCH_CHECK(grads.size() == n, name, ": ", n, " params but ", grads.size(), " grads");
-  for (int k = 0; k < kMaxSlots; ++k) {
-    const bool present = slots[k] != nullptr && !slots[k]->empty();
-    const bool needed = (required >> k) & 1;
-    STD_TORCH_CHECK(present == needed, name, ": state slot ", k,
-                    needed ? " is required by the flags but empty" : " must be empty for these flags");
-    if (present)
-      STD_TORCH_CHECK(slots[k]->size() == n, name, ": state slot ", k, " has ", slots[k]->size(),
-                      " tensors for ", n, " params");
-  }
+  host::check_counts(name, params, grads, slots, required, master);
   const bool has_master = master.has_value();
-  if (has_master)
-    STD_TORCH_CHECK(master->size() == n, name, ": ", master->size(), " master weights for ", n,
-                    " params");
   if (n == 0) return;
 
-  const Codes& c = codes();
-  std::vector<TensorDesc> descs(n);
-  int32_t pdtype = -1, sdtype = -1, device = -1;
+  host::CheckedCall call = host::check_tensors(name, params, grads, slots, required, master, codes().cuda);
+  const int32_t device = call.device_index;
   StepLaunch l{};
-  l.sd = DType::kFloat;
+  l.pd = call.pd;
+  l.sd = call.sd;
+  std::vector<TensorDesc> descs(n);
   for (size_t t = 0; t < n; ++t) {
-    Info pi = info(params[t]);
-    if (t == 0) {
-      pdtype = pi.dtype;
-      device = pi.device_index;
-      if (pdtype == c.f32) l.pd = DType::kFloat;
-      else if (pdtype == c.bf16) l.pd = DType::kBFloat16;
-      else if (pdtype == c.f16) l.pd = DType::kHalf;
-      else fail(name + ": params must be float32, bfloat16 or float16, got " + dtype_name(pdtype));
-      if (has_master && l.pd == DType::kFloat)
-        fail(name + ": master weights are for bfloat16/float16 params only");
-    }
-    if (pi.dtype != pdtype)
-      fail(name + ": all params of a call must share one dtype (param " + std::to_string(t) + ")");
-    if (pi.device_type != c.cuda || pi.device_index != device)
-      fail(name + ": param " + std::to_string(t) + " is not on cuda:" + std::to_string(device) +
-           " like param 0");
-    Info gi = info(grads[t]);
-    if (gi.dtype != pdtype || gi.numel != pi.numel || gi.device_type != c.cuda ||
-        gi.device_index != device)
-      fail(name + ": grad " + std::to_string(t) +
-           " must be a tensor of the param's dtype and shape on its device");
+    const host::CheckedTensor& c = call.tensors[t];
     TensorDesc& d = descs[t];
-    d.p = pi.data;
-    d.g = gi.data;
-    d.n = pi.numel;
-    bool dense = pi.contiguous && gi.contiguous;
-    bool vec = aligned16(pi.data) && aligned16(gi.data);
-    if (has_master) {
-      Info mi = info((*master)[t]);
-      if (mi.dtype != c.f32 || mi.numel != pi.numel || mi.device_type != c.cuda ||
-          mi.device_index != device)
-        fail(name + ": master weight " + std::to_string(t) +
-             " must be a float32 tensor with the param's shape on its device");
-      dense = dense && mi.contiguous;
-      vec = vec && aligned16(mi.data);
-      d.master = static_cast<float*>(mi.data);
-    }
-    for (int k = 0; k < kMaxSlots; ++k) {
-      if (!((required >> k) & 1)) continue;
-      Info si = info((*slots[k])[t]);
-      if (sdtype < 0) {
-        sdtype = si.dtype;
-        if (sdtype == c.f32) l.sd = DType::kFloat;
-        else if (sdtype == c.bf16) l.sd = DType::kBFloat16;
-        else fail(name + ": states must be float32 or bfloat16, got " + dtype_name(sdtype));
-      }
-      if (si.dtype != sdtype || si.numel != pi.numel || si.device_type != c.cuda ||
-          si.device_index != device)
-        fail(name + ": state slot " + std::to_string(k) + " of param " + std::to_string(t) +
-             " must be a tensor with the param's shape on its device and the call's one state dtype");
-      dense = dense && si.contiguous;
-      vec = vec && aligned16(si.data);
-      d.s[k] = si.data;
-    }
-    if (!dense && pi.numel > 1) {
-      bool ok = same_dense_layout(params[t], grads[t]);
-      if (ok && has_master) ok = same_dense_layout(params[t], (*master)[t]);
-      for (int k = 0; k < kMaxSlots && ok; ++k)
-        if ((required >> k) & 1) ok = same_dense_layout(params[t], (*slots[k])[t]);
-      if (!ok)
-        fail(name + ": param " + std::to_string(t) +
-             ", its grad and states must be contiguous or share one dense layout");
-    }
-    d.vec = vec ? 1 : 0;
+    d.p = c.p;
+    d.g = c.g;
+    d.master = c.master;
+    for (int k = 0; k < kMaxSlots; ++k) d.s[k] = c.s[k];
+    d.n = c.n;
+    d.vec = c.aligned16 ? 1 : 0;
   }
 
   l.variant = variant;
