@@ -81,6 +81,18 @@ def test_state_dict_round_trip_in_fusedopt_continues_identically(name):
 
 
 @pytest.mark.parametrize("name", TORCH_NAMES)
+def _torch_adagrad_state(opt, params):
+    """torch.optim.Adagrad before 2.13 creates its state only in the constructor (an added
+    group's params then fail with a KeyError); create it the way 2.13's lazy init does."""
+    from torch.optim.optimizer import _get_scalar_dtype
+    for p in params:
+        st = opt.state[p]
+        if not st:
+            st["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+            st["sum"] = torch.full_like(p, opt.defaults["initial_accumulator_value"],
+                                        memory_format=torch.preserve_format)
+
+
 def test_param_groups_none_grads_schedulers_and_add_param_group_match_torch(name):
     params, grads = make_problem([5, 6, 7, 8], torch.float64, steps=12, seed=13)
     for gs in grads[3:6]:
@@ -96,6 +108,8 @@ def test_param_groups_none_grads_schedulers_and_add_param_group_match_torch(name
         for t, gs in enumerate(grads):
             if t == 4:
                 opt.add_param_group({"params": ps[3:], "lr": 0.02})
+                if isinstance(opt, torch.optim.Adagrad):
+                    _torch_adagrad_state(opt, ps[3:])
             for p, g in zip(ps, gs):
                 p.grad = None if g is None else g.clone()
             opt.step()
