@@ -63,6 +63,24 @@ def _lr_positions(algo: Algorithm, group: dict) -> tuple[int, ...]:
     return found
 
 
+class _Launch:
+    """One fused call of a step: the params of one (device, dtype, step count, first step)."""
+    __slots__ = ("device", "backend", "idx", "params", "steps", "step", "first", "dtensor", "master")
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+class _Plan:
+    """A param group's launches and states, reused while the same params have gradients."""
+    __slots__ = ("group", "state", "params", "states", "launches", "backend", "reusable", "kernels_check")
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
 class FusedOptimizer(Optimizer):
     """Base of every fusedopt optimizer. Subclasses set ``algorithm`` and a constructor.
 
@@ -112,8 +130,8 @@ class FusedOptimizer(Optimizer):
         # device mode the value counts calls, overflow steps included, and only groups tensors.
         self._host_steps: dict[torch.Tensor, tuple[torch.Tensor, float]] = {}
         self._pending_first: dict[torch.Tensor, torch.Tensor] = {}
-        # per param group: (state dict, params, states, step counts, first flags) of the last step
-        self._plans: dict[int, tuple] = {}
+        # per param group (by id): the plan of its last step (Note [step plans])
+        self._plans: dict[int, _Plan] = {}
         super().__init__(params, defaults)
         if self.algorithm.eager_state:
             # as torch.optim does for this algorithm, so checkpoints load into it both ways
@@ -174,29 +192,35 @@ class FusedOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # Check everything first: a bad gradient anywhere leaves every parameter untouched.
+        # Check everything first: a bad gradient anywhere leaves every parameter untouched. In
+        # the steady state of the compiled backends the kernels check (Note [step plans]).
         work = []
+        compiling = torch.compiler.is_compiling()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            for p in params:
-                self._check_grad(p)
-            if params:
-                work.append((group, params))
+            if not params:
+                continue
+            # compiled: the plans are looked up behind the graph break (no guards on them)
+            plan = None if compiling else self._live_plan(group, params)
+            if plan is None or not plan.kernels_check:
+                for p in params:
+                    self._check_grad(p)
+            work.append((group, params, plan))
         if not work:
             return loss
         # AMP: GradScaler sets these attributes for optimizers that unscale inside the step.
         amp_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         if (found_inf is not None and found_inf.device.type == "cpu"
-                and not any(g.get("capturable") for g, _ in work)
-                and not torch.compiler.is_compiling()):  # compiled: the flag stays a tensor
+                and not any(g.get("capturable") for g, _, _ in work)
+                and not compiling):  # compiled: the flag stays a tensor
             if float(found_inf) != 0:  # host memory: reading it is no synchronisation
                 return loss
             found_inf = None
         scale = None if amp_scale is None else torch.reciprocal(amp_scale.to(torch.float32))
         if self.max_grad_norm is not None:
             from .clip import total_norm
-            norm = total_norm([p.grad for _, ps in work for p in ps], 2.0)
+            norm = total_norm([p.grad for _, ps, _ in work for p in ps], 2.0)
             if scale is not None:
                 norm = norm * scale.to(norm.device)
             coef = torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0)
@@ -210,11 +234,11 @@ class FusedOptimizer(Optimizer):
                     None if found_inf is None else found_inf.to(device, non_blocking=True))
             return per_device[device]
 
-        if torch.compiler.is_compiling():
+        if compiling:
             self._step_compiled(work, on)
             return loss
-        for group, params in work:
-            self._step_group(group, params, on)
+        for group, params, plan in work:
+            self._step_group(group, plan or self._new_plan(group, params), on)
         return loss
 
     def _state_dtype(self, p: torch.Tensor, group: dict) -> torch.dtype:
@@ -250,101 +274,145 @@ class FusedOptimizer(Optimizer):
             self._host_steps[p] = (st["step"], 0.0)
         return st
 
-    def _packed_steps(self, params: list[torch.Tensor], states: list[dict]) -> list[torch.Tensor]:
-        """The ``step`` tensors of a bucket, as views of one storage, so that advancing them is
-        one add instead of one per tensor. Repacked (once) when they are not, e.g. after new
-        params or a loaded checkpoint; each ``state['step']`` stays a 0-dim float32 tensor."""
+    @staticmethod
+    def _packed_steps(states: list[dict], device=None) -> list[torch.Tensor]:
+        """The ``step`` tensors of a launch, as views of one storage (on ``device`` if given),
+        so that advancing them is one add instead of one per tensor. Repacked (once) when they
+        are not, e.g. after new params or a loaded checkpoint; each ``state['step']`` stays a
+        0-dim float32 tensor."""
         steps = [st["step"] for st in states]
         base = steps[0]._base
-        if base is not None and base.numel() == len(steps) and all(t._base is base for t in steps):
+        if (base is not None and base.numel() == len(steps) and all(t._base is base for t in steps)
+                and (device is None or base.device == device)):
             return steps
-        packed = torch.stack(steps)
+        packed = torch.stack([t.to(device) for t in steps] if device is not None else steps)
         views = list(packed.unbind(0))
-        for p, st, v in zip(params, states, views):
+        for st, v in zip(states, views):
             st["step"] = v
-            hit = self._host_steps.get(p)
-            if hit is not None:
-                self._host_steps[p] = (v, hit[1])
         return views
 
-    def _flush_plan(self, group: dict) -> None:
-        """Write a dropped plan's step counts back to the per-param host cache."""
-        plan = self._plans.pop(id(group), None)
-        if plan is None or plan[0] is not self.state or not self.algorithm.has_step:
-            return
-        for p, st, value in zip(plan[1], plan[2], plan[3]):
-            if "step" in st:
-                self._host_steps[p] = (st["step"], value)
-
-    def _count_steps(self, params: list[torch.Tensor], states: list[dict]) -> list[float]:
-        """Advance the host step counts, reading a tensor only when it is not known yet (a new
-        or loaded state: then it is on the CPU, so reading it does not synchronise)."""
+    def _host_counts(self, params: list[torch.Tensor], states: list[dict]) -> list[float]:
+        """The step counts so far, from the host cache; a tensor is read only when it is not
+        known yet (a new or loaded state: then it is on the CPU, so reading it does not sync)."""
         cache = self._host_steps
         out = []
         for p, st in zip(params, states):
             t = st["step"]
             hit = cache.get(p)
-            if hit is not None and (hit[0] is t or t.device.type != "cpu"):
-                value = hit[1] + 1.0
-            else:
-                value = float(t) + 1.0
-            cache[p] = (t, value)
-            out.append(value)
+            out.append(hit[1] if hit is not None and (hit[0] is t or t.device.type != "cpu") else float(t))
         return out
 
-    def _step_group(self, group: dict, params: list[torch.Tensor], on) -> None:
-        algo = self.algorithm
-        # Note [step plans]: in the steady state (the same params have grads as last step, and
-        # no first momentum step is pending) the states, step counts and grouping of the last
-        # step are reused: nothing per parameter is looked up again but the gradients.
+    # Note [step plans]: what a param group's step needs beyond the gradients (the states, host
+    # step counts, and the grouping into launches with their backends) is found once and reused
+    # while the same params have gradients and no first momentum step is pending. A reused
+    # plan's step looks at nothing per parameter but its gradient: the compiled backends'
+    # kernels check every gradient (dtype, shape, layout, device) before writing anything, so
+    # their plans skip the Python check (then an earlier group of the same step may already be
+    # updated when a later one is refused); the reference and Triton backends are checked here.
+    def _live_plan(self, group: dict, params: list[torch.Tensor]) -> _Plan | None:
         plan = self._plans.get(id(group))
-        if (plan is not None and plan[0] is self.state and not self._pending_first
-                and len(plan[1]) == len(params) and all(map(operator.is_, plan[1], params))):
-            _, _, states, steps, first = plan
-            if algo.has_step:
-                steps = [v + 1.0 for v in steps]
-        else:
-            self._flush_plan(group)
-            states = self._init_states(params, group)
-            first = [st.pop("_first", False) for st in states] if algo.needs_first_step else [False] * len(params)
-            if algo.needs_first_step and self._pending_first:
-                # a first momentum step that may have been skipped on the device (AMP overflow)
-                first = [self._pending_first.get(p, f) for p, f in zip(params, first)]
-            steps = self._count_steps(params, states) if algo.has_step else [0.0] * len(params)
-        # after this step no first momentum step is left (a pending one disables the plan)
-        self._plans[id(group)] = (self.state, params, states, steps, [False] * len(params))
-        lr = group["lr"]
-        lr_on_device = isinstance(lr, torch.Tensor) and lr.device.type != "cpu"
-        master = bool(group.get("master_weights")) and any("master_param" in st for st in states)
-        groups = bucket(range(len(params)), lambda i: (params[i].device, params[i].dtype, steps[i],
-                                                       first[i] if isinstance(first[i], bool) else id(first[i])))
+        if (plan is not None and plan.group is group and plan.state is self.state
+                and plan.reusable and not self._pending_first
+                and plan.backend == group["backend"] and len(plan.params) == len(params)
+                and all(map(operator.is_, plan.params, params))):
+            return plan
+        return None
+
+    def _drop_plan(self, group: dict) -> None:
+        """Forget a group's plan, writing its step counts back to the per-param host cache."""
+        plan = self._plans.pop(id(group), None)
+        if plan is None or plan.state is not self.state or not self.algorithm.has_step:
+            return
+        for launch in plan.launches:
+            for i in launch.idx:
+                st = plan.states[i]
+                if "step" in st:
+                    self._host_steps[plan.params[i]] = (st["step"], launch.step)
+
+    def _new_plan(self, group: dict, params: list[torch.Tensor]) -> _Plan:
+        """Create the missing state and group the params into launches: one per (device, dtype,
+        step count, first momentum step) with the backend that runs it."""
+        self._drop_plan(group)
+        algo = self.algorithm
+        states = self._init_states(params, group)
+        n = len(params)
+        first = [st.pop("_first", False) for st in states] if algo.needs_first_step else [False] * n
+        if algo.needs_first_step and self._pending_first:
+            # a first momentum step that may have been skipped on the device (AMP overflow)
+            first = [self._pending_first.get(p, f) for p, f in zip(params, first)]
+        steps = self._host_counts(params, states) if algo.has_step else [0.0] * n
+        groups = bucket(range(n), lambda i: (params[i].device, params[i].dtype, steps[i],
+                                             first[i] if isinstance(first[i], bool) else id(first[i])))
+        launches = []
         for (device, dtype, step, _), idx in groups.items():
-            is_first = first[idx[0]]
-            scale, found_inf = on(device)
-            device_mode = (bool(group.get("capturable")) or found_inf is not None or lr_on_device
-                           or isinstance(is_first, torch.Tensor))
             name = group["backend"]
             if name == "auto" and dtype == torch.float64:
                 name = "reference"  # the fused kernels are float32/bfloat16/float16
-            backend = backends.get_backend(name, device)
             ps = [params[i] for i in idx]
-            gs = [p.grad for p in ps]
+            sts = [states[i] for i in idx]
+            launches.append(_Launch(
+                device=device, backend=backends.get_backend(name, device), idx=idx, params=ps,
+                steps=self._packed_steps(sts) if algo.has_step else [], step=step,
+                first=first[idx[0]], dtensor=_distributed.local_list(ps) is not ps,
+                master=bool(group.get("master_weights")) and "master_param" in sts[0]))
+        plan = _Plan(group=group, state=self.state, params=params, states=states, launches=launches,
+                     backend=group["backend"],
+                     reusable=all(launch.first is False for launch in launches),
+                     kernels_check=all(getattr(launch.backend, "checks_tensors", False)
+                                       and launch.params[0].dtype != torch.float64 for launch in launches))
+        self._plans[id(group)] = plan
+        return plan
+
+    def _launch_tensors(self, plan: _Plan, launch: _Launch):
+        """A launch's params, grads, state slots and master weights (local shards of DTensors)."""
+        states = [plan.states[i] for i in launch.idx]
+        ps = launch.params
+        gs = [p.grad for p in ps]
+        slots = [[st[s] for st in states] if states[0].get(s) is not None else [] for s in self.algorithm.SLOTS]
+        master = [st["master_param"] for st in states] if launch.master else None
+        if launch.dtensor:  # FSDP2: the kernels update the local shards, one launch per group
+            local = _distributed.local_list
+            ps, gs, slots = local(ps), local(gs), [local(s) for s in slots]
+            master = None if master is None else local(master)
+        return ps, gs, slots, master
+
+    def _device_steps(self, plan: _Plan, launch: _Launch) -> list[torch.Tensor]:
+        """The launch's step tensors, moved (once) to its device: torch keeps non-capturable
+        steps on the CPU, and device-mode steps read them on the device."""
+        if launch.steps[0].device != launch.device:
+            launch.steps = self._packed_steps([plan.states[i] for i in launch.idx], launch.device)
+        return launch.steps
+
+    def _finish_first(self, launch: _Launch, ps, found_inf) -> None:
+        """SGD: an overflow first step leaves the momentum buffer unwritten; the next step is
+        then the first again, decided on the device from the inf flag."""
+        if found_inf is None:
+            for p in ps:
+                self._pending_first.pop(p, None)
+        else:
+            pending = found_inf.clone() if launch.first is True else launch.first * found_inf
+            for p in ps:
+                self._pending_first[p] = pending
+
+    def _step_group(self, group: dict, plan: _Plan, on) -> None:
+        algo = self.algorithm
+        lr = group["lr"]
+        lr_on_device = isinstance(lr, torch.Tensor) and lr.device.type != "cpu"
+        for launch in plan.launches:
+            device = launch.device
+            scale, found_inf = on(device)
+            is_first = launch.first
+            device_mode = (bool(group.get("capturable")) or found_inf is not None or lr_on_device
+                           or isinstance(is_first, torch.Tensor))
+            launch.step += 1.0  # in device mode: calls, overflow steps included (groups only)
+            step_arg, steps, advance = launch.step, None, 1.0
             if algo.has_step:
-                step_tensors = [states[i]["step"] for i in idx]
+                steps = self._device_steps(plan, launch) if device_mode else launch.steps
+                if device_mode and found_inf is not None:
+                    advance = 1.0 - found_inf  # an overflow step does not count
+                _add_steps(steps, advance)
                 if device_mode:
-                    for i, t in zip(idx, step_tensors):
-                        if t.device != device:  # torch keeps non-capturable steps on the CPU
-                            states[i]["step"] = t.to(device)
-                            self._host_steps[params[i]] = (states[i]["step"], step)
-                    step_tensors = self._packed_steps(ps, [states[i] for i in idx])
-                    # an overflow step does not count
-                    _add_steps(step_tensors, 1.0 if found_inf is None else 1.0 - found_inf)
-                    step_arg = step_tensors[0]
-                else:
-                    _add_steps(self._packed_steps(ps, [states[i] for i in idx]), 1.0)
-                    step_arg = step
-            else:
-                step_arg = step
+                    step_arg = steps[0]
             scalars, flags = algo.step_args(group, step_arg, is_first)
             if device_mode:
                 scalars = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device).reshape(())
@@ -353,54 +421,47 @@ class FusedOptimizer(Optimizer):
                 scalars = tuple(scalars)
             if self.accumulation_steps != 1:
                 scalars = _fold_host_scale(scalars, 1.0 / self.accumulation_steps)
-            slot_lists = [[states[i][s] for i in idx] if states[idx[0]].get(s) is not None else []
-                          for s in algo.SLOTS]
+            ps, gs, slots, master = self._launch_tensors(plan, launch)
             kwargs = {}
             if scale is not None:
                 kwargs["grad_scale"] = scale
             if found_inf is not None:
                 kwargs["found_inf"] = found_inf
-            if master:
-                kwargs["master"] = [states[i]["master_param"] for i in idx]
-            # DTensors (FSDP2): the kernels update the local shards, one launch per group. The
-            # states and grads of plain params are plain, so one look at the params suffices.
-            local_ps = _distributed.local_list(ps)
-            if local_ps is not ps:
-                local = _distributed.local_list
-                gs, slot_lists = local(gs), [local(s) for s in slot_lists]
-                if master:
-                    kwargs["master"] = local(kwargs["master"])
-            backend.step(algo.name, local_ps, gs, slot_lists, scalars, tuple(flags), **kwargs)
-            if algo.needs_first_step and (is_first is not False):
-                # SGD: an overflow first step leaves the buffer unwritten; the next step is
-                # then the first again, decided on the device from the inf flag.
-                if found_inf is None:
-                    for p in ps:
-                        self._pending_first.pop(p, None)
-                else:
-                    pending = found_inf.clone() if is_first is True else is_first * found_inf
-                    for p in ps:
-                        self._pending_first[p] = pending
+            if master is not None:
+                kwargs["master"] = master
+            try:
+                launch.backend.step(algo.name, ps, gs, slots, scalars, tuple(flags), **kwargs)
+            except Exception:
+                # refused before writing (a kernel's argument check): the counts stay as they were
+                launch.step -= 1.0
+                if steps is not None:
+                    _add_steps(steps, -advance if not isinstance(advance, torch.Tensor) else advance.neg())
+                raise
+            if algo.needs_first_step and is_first is not False:
+                self._finish_first(launch, launch.params, found_inf)
+                launch.first = False
+                plan.reusable = False  # regroup next step: no launch is a first one any more
 
     # -- the step under torch.compile -------------------------------------------------
     # Always the device-scalar path: step counters are tensors and the per-step scalars are
     # computed from them (and from a tensor lr) in the graph, so nothing the guards see changes
-    # from step to step. Host bookkeeping (lazy state, grouping, host step counts) runs eagerly
-    # before the graph and the kernel launches after it (two graph breaks per step, none
-    # inside a loop); the scalars reach the kernels as a tensor.
+    # from step to step. Host bookkeeping (the plan: lazy state, grouping, host step counts)
+    # runs eagerly before the graph and the kernel launches after it (two graph breaks per
+    # step, none inside a loop); the scalars reach the kernels as a tensor.
     def _step_compiled(self, work, on) -> None:
         algo = self.algorithm
         launches = []
         for group, lr_positions, entries in self._compiled_plan(work):
             lr = group["lr"]
-            for device, backend, ps, gs, slot_lists, step_tensors, first, master, keys in entries:
+            for launch, ps, gs, slots, steps, first, master in entries:
+                device = launch.device
                 scale, found_inf = on(device)
                 step_arg = 0.0
-                if step_tensors:
-                    torch._foreach_add_(step_tensors, 1.0)
+                if steps:
+                    torch._foreach_add_(steps, 1.0)
                     if found_inf is not None:  # an overflow step does not count
-                        torch._foreach_sub_(step_tensors, [found_inf] * len(step_tensors))
-                    step_arg = step_tensors[0]
+                        torch._foreach_sub_(steps, [found_inf] * len(steps))
+                    step_arg = steps[0]
                 # the per-step scalars at lr=1, then the lr-carrying ones times lr
                 scalars, flags = algo.step_args({**group, "lr": 1.0}, step_arg, False if first is None else first)
                 lr_here = lr.to(device=device, dtype=torch.float32) if isinstance(lr, torch.Tensor) else lr
@@ -409,62 +470,37 @@ class FusedOptimizer(Optimizer):
                                        for i, v in enumerate(scalars)])
                 if self.accumulation_steps != 1:
                     scalars = _fold_host_scale(scalars, 1.0 / self.accumulation_steps)
-                launches.append((backend, ps, gs, slot_lists, scalars, tuple(flags), scale, found_inf,
-                                 master, first, keys))
+                launches.append((launch, ps, gs, slots, scalars, tuple(flags), scale, found_inf, master, first))
         self._compiled_launch(launches)
 
     @torch.compiler.disable
     def _compiled_plan(self, work):
-        """Eager host side of a compiled step: create state, count host steps (they only group
-        tensors here), move step counters to the params' device, pick backends. Per group: the
-        group, the positions of its per-step scalars that carry the lr, and per launch: device,
-        backend, local tensors, step tensors, SGD's first-step flag as a tensor, master weights,
-        and the params (keys of that flag)."""
-        algo = self.algorithm
-        local = _distributed.local_list
+        """Eager host side of a compiled step: the plans (state, grouping, backends), step
+        counters on the params' devices, SGD's first-step flag as a tensor. Per group: the
+        group, the positions of its per-step scalars that carry the lr, and per launch: the
+        launch, its tensors, step tensors, first-step flag and master weights."""
         out = []
-        for group, params in work:
-            self._flush_plan(group)  # eager steps before: their counts go back to the host cache
-            states = [self._init_state(p, group) for p in params]
-            first = [st.pop("_first", False) for st in states]
-            if algo.needs_first_step and self._pending_first:
-                first = [self._pending_first.get(p, f) for p, f in zip(params, first)]
-            steps = self._count_steps(params, states) if algo.has_step else [0.0] * len(params)
-            master = any("master_param" in st for st in states)
+        for group, params, _ in work:
+            plan = self._live_plan(group, params) or self._new_plan(group, params)
             entries = []
-            groups = bucket(range(len(params)), lambda i: (params[i].device, params[i].dtype, steps[i],
-                                                           first[i] if isinstance(first[i], bool) else id(first[i])))
-            for (device, dtype, step, _), idx in groups.items():
-                name = group["backend"]
-                if name == "auto" and dtype == torch.float64:
-                    name = "reference"  # the fused kernels are float32/bfloat16/float16
-                backend = backends.get_backend(name, device)
-                ps = [params[i] for i in idx]
-                step_tensors = []
-                if algo.has_step:
-                    for i in idx:
-                        t = states[i]["step"]
-                        if t.device != device:  # torch keeps non-capturable steps on the CPU
-                            states[i]["step"] = t.to(device)
-                            self._host_steps[params[i]] = (states[i]["step"], step)
-                    step_tensors = [states[i]["step"] for i in idx]
-                is_first, keys = None, None
-                if algo.needs_first_step:
-                    is_first = first[idx[0]]
-                    if not isinstance(is_first, torch.Tensor):
-                        is_first = torch.tensor(float(is_first), device=device)
-                    keys = ps
-                slot_lists = [local([states[i][s] for i in idx]) if states[idx[0]].get(s) is not None else []
-                              for s in algo.SLOTS]
-                m = local([states[i]["master_param"] for i in idx]) if master else None
-                entries.append((device, backend, local(ps), local([p.grad for p in ps]), slot_lists,
-                                step_tensors, is_first, m, keys))
-            out.append((group, _lr_positions(algo, group), entries))
+            for launch in plan.launches:
+                launch.step += 1.0  # calls: they only group tensors here
+                steps = self._device_steps(plan, launch) if self.algorithm.has_step else []
+                first = None
+                if self.algorithm.needs_first_step:
+                    first = launch.first
+                    if not isinstance(first, torch.Tensor):
+                        first = torch.tensor(float(first), device=launch.device)
+                ps, gs, slots, master = self._launch_tensors(plan, launch)
+                entries.append((launch, ps, gs, slots, steps, first, master))
+            if any(launch.first is not False for launch in plan.launches):
+                plan.reusable = False  # regroup next step: no launch is a first one any more
+            out.append((group, _lr_positions(self.algorithm, group), entries))
         return out
 
     @torch.compiler.disable
     def _compiled_launch(self, launches) -> None:
-        for backend, ps, gs, slot_lists, scalars, flags, scale, found_inf, master, first, keys in launches:
+        for launch, ps, gs, slots, scalars, flags, scale, found_inf, master, first in launches:
             kwargs = {}
             if scale is not None:
                 kwargs["grad_scale"] = scale
@@ -472,15 +508,11 @@ class FusedOptimizer(Optimizer):
                 kwargs["found_inf"] = found_inf
             if master is not None:
                 kwargs["master"] = master
-            backend.step(self.algorithm.name, ps, gs, slot_lists, scalars, flags, **kwargs)
-            if keys is not None:  # SGD's first momentum step, as in _step_group
-                if found_inf is None:
-                    for p in keys:
-                        self._pending_first.pop(p, None)
-                else:
-                    pending = first * found_inf
-                    for p in keys:
-                        self._pending_first[p] = pending
+            launch.backend.step(self.algorithm.name, ps, gs, slots, scalars, flags, **kwargs)
+            if first is not None:  # SGD's first momentum step, as in _step_group
+                launch.first = first
+                self._finish_first(launch, launch.params, found_inf)
+                launch.first = False
 
     # -- checkpoints -------------------------------------------------------------------
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

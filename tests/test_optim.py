@@ -80,7 +80,6 @@ def test_state_dict_round_trip_in_fusedopt_continues_identically(name):
     assert_same_state(pc, oc, pa, oa, (0, 0), what=name)
 
 
-@pytest.mark.parametrize("name", TORCH_NAMES)
 def _torch_adagrad_state(opt, params):
     """torch.optim.Adagrad before 2.13 creates its state only in the constructor (an added
     group's params then fail with a KeyError); create it the way 2.13's lazy init does."""
@@ -93,6 +92,7 @@ def _torch_adagrad_state(opt, params):
                                         memory_format=torch.preserve_format)
 
 
+@pytest.mark.parametrize("name", TORCH_NAMES)
 def test_param_groups_none_grads_schedulers_and_add_param_group_match_torch(name):
     params, grads = make_problem([5, 6, 7, 8], torch.float64, steps=12, seed=13)
     for gs in grads[3:6]:
@@ -202,6 +202,66 @@ def test_gradient_shape_or_dtype_mismatch_is_refused():
     with pytest.raises(ValueError, match="shape"):
         opt.step()
     assert torch.equal(p.detach(), torch.zeros(4))
+
+
+STEP_BACKENDS = [b for b in ("reference", "triton", "cpu") if b in fusedopt.available_backends("cpu")]
+
+
+@pytest.mark.parametrize("backend", STEP_BACKENDS)
+@pytest.mark.parametrize("bad", ["shape", "sparse", "dtype"])
+def test_bad_gradient_in_the_steady_state_is_refused_and_counts_nothing(backend, bad):
+    """After steps that reuse the step plan (Note [step plans]), a gradient that does not match
+    its param is still refused, by the kernel's own check on the compiled backends, and the
+    refused group keeps its params, states and step counts."""
+    ps = [torch.randn(6, requires_grad=True), torch.randn(3, 4, requires_grad=True)]
+    opt = fusedopt.AdamW(ps, lr=0.1, backend=backend)
+    for _ in range(3):
+        for p in ps:
+            p.grad = torch.randn_like(p)
+        opt.step()
+    before = copy.deepcopy(opt.state_dict())
+    params_before = [p.detach().clone() for p in ps]
+    if bad == "shape":
+        ps[1].grad.data = torch.ones(4, 3)  # same numel, other shape
+    elif bad == "sparse":
+        ps[1].grad = torch.eye(3, 4).to_sparse()
+    else:
+        ps[1].grad.data = torch.ones(3, 4, dtype=torch.float64)
+    with pytest.raises((RuntimeError, ValueError), match=bad if bad != "dtype" else "dtype"):
+        opt.step()
+    for p, q in zip(ps, params_before):
+        assert torch.equal(p.detach(), q)
+    after = opt.state_dict()
+    for i in (0, 1):
+        for key, value in before["state"][i].items():
+            assert torch.equal(after["state"][i][key], value), (i, key)
+    # and the next good step is the 4th
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    assert [float(opt.state[p]["step"]) for p in ps] == [4.0, 4.0]
+
+
+@pytest.mark.parametrize("backend", STEP_BACKENDS)
+def test_master_weights_with_float32_and_bfloat16_params_in_one_group(backend):
+    """master_weights on a group mixing float32 and bfloat16 params: only the 16-bit ones get
+    a master copy, each launch takes the master weights of its own params."""
+    init = [torch.randn(5), torch.randn(7).bfloat16(), torch.randn(3)]
+    grads = [[torch.randn(p.shape).to(p.dtype) for p in init] for _ in range(4)]
+
+    def run(b):
+        ps = [p.clone().requires_grad_(True) for p in init]
+        opt = fusedopt.Adam(ps, lr=0.01, master_weights=True, backend=b)
+        _train(opt, ps, grads)
+        return ps, opt
+
+    ps, opt = run(backend)
+    ref_ps, ref_opt = run("reference")
+    assert "master_param" in opt.state[ps[1]] and "master_param" not in opt.state[ps[0]]
+    for p, q in zip(ps, ref_ps):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(opt.state[ps[1]]["master_param"], ref_opt.state[ref_ps[1]]["master_param"],
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_complex_params_are_refused_clearly():

@@ -14,6 +14,9 @@ class CompiledBackend:
     scale / inf-flag tensors reach the op (:meth:`_op_and_scalars`, :meth:`_aux`)."""
 
     name = ""
+    # The ops check every tensor (dtype, shape, dense layout, device) before writing anything,
+    # so a reused step plan need not check gradients in Python (Note [step plans] in _base.py).
+    checks_tensors = True
 
     def __init__(self):
         self._reference = None
@@ -46,6 +49,10 @@ class CompiledBackend:
         except RuntimeError as e:
             # Nothing was written: the op checks every tensor before touching memory.
             if _LAYOUT_ERROR not in str(e):
+                sparse = next((i for i, g in enumerate(grads) if g.is_sparse), None)
+                if sparse is not None:  # the dispatcher refuses sparse tensors before the op runs
+                    raise RuntimeError(f"fusedopt::{algo}: grad {sparse} is sparse; fusedopt needs "
+                                       "dense gradients") from None
                 raise
             self._fallback().step(algo, params, grads, states, scalars, flags, grad_scale,
                                   found_inf, master)

@@ -28,14 +28,33 @@ namespace host {
 }
 
 struct Codes {
-  int32_t f32, bf16, f16, u8, cuda, cpu;
+  int32_t f32, bf16, f16, u8, cuda, cpu, strided;
 };
 
 inline const Codes& codes() {
   static const Codes c{aoti_torch_dtype_float32(), aoti_torch_dtype_bfloat16(),
                        aoti_torch_dtype_float16(), aoti_torch_dtype_uint8(),
-                       aoti_torch_device_type_cuda(), aoti_torch_device_type_cpu()};
+                       aoti_torch_device_type_cuda(), aoti_torch_device_type_cpu(),
+                       aoti_torch_layout_strided()};
   return c;
+}
+
+// A gradient the step can read as its param's: strided (not sparse) and of the param's sizes.
+// Checked before info(), which would fail on a sparse tensor's data pointer with a vaguer error.
+inline bool grad_matches(const torch::stable::Tensor& p, const torch::stable::Tensor& g,
+                         bool* sparse) {
+  int32_t layout = 0;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_layout(g.get(), &layout));
+  *sparse = layout != codes().strided;
+  if (*sparse) return false;
+  int64_t dp = 0, dg = 0;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dim(p.get(), &dp));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dim(g.get(), &dg));
+  if (dp != dg) return false;
+  int64_t *sp = nullptr, *sg = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_sizes(p.get(), &sp));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_sizes(g.get(), &sg));
+  return std::equal(sp, sp + dp, sg);
 }
 
 inline const char* dtype_name(int32_t code) {
@@ -158,6 +177,11 @@ inline CheckedCall check_tensors(const std::string& name, const TensorList& para
   };
   for (size_t t = 0; t < n; ++t) {
     const std::string which = std::to_string(t);
+    bool sparse = false;
+    if (!grad_matches(params[t], grads[t], &sparse))
+      fail(name + ": grad " + which +
+           (sparse ? " is sparse; fusedopt needs dense gradients"
+                   : " does not have its param's shape"));
     Info pi = info(params[t]);
     if (t == 0) {
       pdtype = pi.dtype;
