@@ -65,7 +65,8 @@ def _lr_positions(algo: Algorithm, group: dict) -> tuple[int, ...]:
 
 class _Launch:
     """One fused call of a step: the params of one (device, dtype, step count, first step)."""
-    __slots__ = ("device", "backend", "idx", "params", "steps", "step", "first", "dtensor", "master")
+    __slots__ = ("device", "backend", "idx", "params", "steps", "step", "history", "first", "dtensor",
+                 "master")
 
     def __init__(self, **kw):
         for k, v in kw.items():
@@ -126,9 +127,12 @@ class FusedOptimizer(Optimizer):
         self.accumulation_steps = accumulation_steps
         defaults = dict(defaults, backend=backend, capturable=bool(capturable),
                         master_weights=bool(master_weights), state_dtype=state_dtype)
-        # host copies of the per-parameter step counts: param -> (step tensor, value). In
-        # device mode the value counts calls, overflow steps included, and only groups tensors.
-        self._host_steps: dict[torch.Tensor, tuple[torch.Tensor, float]] = {}
+        # host copies of the per-parameter step counts: param -> (step tensor, value, history).
+        # In device mode the value counts calls, overflow steps included, and only groups
+        # tensors; the history tells apart params whose device counts may differ (Note [step
+        # histories]).
+        self._host_steps: dict[torch.Tensor, tuple[torch.Tensor, float, int]] = {}
+        self._serial = 0  # steps taken, for the histories
         self._pending_first: dict[torch.Tensor, torch.Tensor] = {}
         # per param group (by id): the plan of its last step (Note [step plans])
         self._plans: dict[int, _Plan] = {}
@@ -237,6 +241,7 @@ class FusedOptimizer(Optimizer):
         if compiling:
             self._step_compiled(work, on)
             return loss
+        self._serial += 1
         for group, params, plan in work:
             self._step_group(group, plan or self._new_plan(group, params), on)
         return loss
@@ -271,7 +276,7 @@ class FusedOptimizer(Optimizer):
         if self.algorithm.has_step and "step" not in st:
             device = p.device if group.get("capturable") else "cpu"
             st["step"] = torch.zeros((), dtype=torch.float32, device=device)
-            self._host_steps[p] = (st["step"], 0.0)
+            self._host_steps[p] = (st["step"], 0.0, 0)
         return st
 
     @staticmethod
@@ -291,16 +296,27 @@ class FusedOptimizer(Optimizer):
             st["step"] = v
         return views
 
-    def _host_counts(self, params: list[torch.Tensor], states: list[dict]) -> list[float]:
-        """The step counts so far, from the host cache; a tensor is read only when it is not
-        known yet (a new or loaded state: then it is on the CPU, so reading it does not sync)."""
+    def _host_counts(self, params: list[torch.Tensor], states: list[dict]) -> list[tuple[float, int]]:
+        """The step counts so far and their histories, from the host cache; a tensor is read
+        only when it is not known yet (a new or loaded state: then it is on the CPU, so reading
+        it does not sync, and its count is exact: history 0)."""
         cache = self._host_steps
         out = []
         for p, st in zip(params, states):
             t = st["step"]
             hit = cache.get(p)
-            out.append(hit[1] if hit is not None and (hit[0] is t or t.device.type != "cpu") else float(t))
+            out.append(hit[1:] if hit is not None and (hit[0] is t or t.device.type != "cpu") else (float(t), 0))
         return out
+
+    # Note [step histories]: in device mode (AMP's inf flag on the device, capturable) a step
+    # that overflows does not advance the device step counters, and the host cannot know it
+    # without a sync, so the host count (calls) only groups tensors. Two params with equal host
+    # counts can still differ on the device if they took part in different steps that carried
+    # an inf flag (e.g. intermittent gradients, as in mixture-of-experts layers). Each launch
+    # therefore hashes the serial numbers of such steps into a history, and params with
+    # different histories never share a launch (whose kernels read one step count).
+    def _record_flagged_step(self, launch: _Launch) -> None:
+        launch.history = hash((launch.history, self._serial))
 
     # Note [step plans]: what a param group's step needs beyond the gradients (the states, host
     # step counts, and the grouping into launches with their backends) is found once and reused
@@ -327,7 +343,7 @@ class FusedOptimizer(Optimizer):
             for i in launch.idx:
                 st = plan.states[i]
                 if "step" in st:
-                    self._host_steps[plan.params[i]] = (st["step"], launch.step)
+                    self._host_steps[plan.params[i]] = (st["step"], launch.step, launch.history)
 
     def _new_plan(self, group: dict, params: list[torch.Tensor]) -> _Plan:
         """Create the missing state and group the params into launches: one per (device, dtype,
@@ -340,11 +356,11 @@ class FusedOptimizer(Optimizer):
         if algo.needs_first_step and self._pending_first:
             # a first momentum step that may have been skipped on the device (AMP overflow)
             first = [self._pending_first.get(p, f) for p, f in zip(params, first)]
-        steps = self._host_counts(params, states) if algo.has_step else [0.0] * n
+        steps = self._host_counts(params, states) if algo.has_step else [(0.0, 0)] * n
         groups = bucket(range(n), lambda i: (params[i].device, params[i].dtype, steps[i],
                                              first[i] if isinstance(first[i], bool) else id(first[i])))
         launches = []
-        for (device, dtype, step, _), idx in groups.items():
+        for (device, dtype, (step, history), _), idx in groups.items():
             name = group["backend"]
             if name == "auto" and dtype == torch.float64:
                 name = "reference"  # the fused kernels are float32/bfloat16/float16
@@ -352,7 +368,7 @@ class FusedOptimizer(Optimizer):
             sts = [states[i] for i in idx]
             launches.append(_Launch(
                 device=device, backend=backends.get_backend(name, device), idx=idx, params=ps,
-                steps=self._packed_steps(sts) if algo.has_step else [], step=step,
+                steps=self._packed_steps(sts) if algo.has_step else [], step=step, history=history,
                 first=first[idx[0]], dtensor=_distributed.local_list(ps) is not ps,
                 master=bool(group.get("master_weights")) and "master_param" in sts[0]))
         plan = _Plan(group=group, state=self.state, params=params, states=states, launches=launches,
@@ -435,8 +451,10 @@ class FusedOptimizer(Optimizer):
                 # refused before writing (a kernel's argument check): the counts stay as they were
                 launch.step -= 1.0
                 if steps is not None:
-                    _add_steps(steps, -advance if not isinstance(advance, torch.Tensor) else advance.neg())
+                    _add_steps(steps, -advance)
                 raise
+            if isinstance(advance, torch.Tensor):
+                self._record_flagged_step(launch)
             if algo.needs_first_step and is_first is not False:
                 self._finish_first(launch, launch.params, found_inf)
                 launch.first = False
@@ -480,6 +498,7 @@ class FusedOptimizer(Optimizer):
         group, the positions of its per-step scalars that carry the lr, and per launch: the
         launch, its tensors, step tensors, first-step flag and master weights."""
         out = []
+        self._serial += 1
         for group, params, _ in work:
             plan = self._live_plan(group, params) or self._new_plan(group, params)
             entries = []
@@ -509,6 +528,8 @@ class FusedOptimizer(Optimizer):
             if master is not None:
                 kwargs["master"] = master
             launch.backend.step(self.algorithm.name, ps, gs, slots, scalars, flags, **kwargs)
+            if found_inf is not None and launch.steps:
+                self._record_flagged_step(launch)
             if first is not None:  # SGD's first momentum step, as in _step_group
                 launch.first = first
                 self._finish_first(launch, launch.params, found_inf)

@@ -133,6 +133,36 @@ def test_sgd_overflow_on_first_momentum_steps_keeps_the_buffer_uninitialised(bac
     assert_same_state(ps, opt, ref_ps, ref, (1e-5, 1e-6), what="SGD")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["Adam", "RAdam"])
+def test_intermittent_grads_with_device_overflow_keep_each_params_step_count(name, backend):
+    """Device mode (capturable: the inf flag is read on the device): A overflows alone on step 1,
+    B steps alone on step 2; on step 3 both have made two calls but A has one counted step and B
+    two. They must not share a launch (Note [step histories]): each gets its own bias correction."""
+    kw = dict(REPRESENTATIVE)[name]
+    params, grads = _problem(steps=5, sizes=(7, 9))
+    present = [(True, False), (False, True), (True, True), (True, True), (False, True)]
+    overflow = [True, False, False, False, False]
+
+    def run(backend, capturable):
+        ps = [p.clone().requires_grad_(True) for p in params]
+        opt = getattr(fusedopt, name)(ps, backend=backend, capturable=capturable, **kw)
+        scaler = _scaler(64.0)
+        for t, gs in enumerate(grads):
+            for p, g, here in zip(ps, gs, present[t]):
+                p.grad = g * scaler.get_scale() if here else None
+            if overflow[t]:
+                ps[0].grad[2] = math.inf
+            scaler.step(opt)
+            scaler.update()
+        return ps, opt
+
+    ps, opt = run(backend, True)
+    ref_ps, ref = run("reference", False)  # host-read flag: an overflow step is skipped outright
+    assert [float(opt.state[p]["step"]) for p in ps] == [2.0, 4.0]
+    assert_same_state(ps, opt, ref_ps, ref, (1e-5, 1e-6), what=f"{name} {backend}")
+
+
 # -- device-side scalars (capturable) ----------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
