@@ -38,6 +38,12 @@ def _fold_host_scale(scalars, factor: float):
     return (scalars[0] * factor,) + tuple(scalars[1:])
 
 
+def _optional_args(grad_scale, found_inf, master) -> dict:
+    """The optional tensors of a backend call, as keywords; those that are None are left out."""
+    return {k: v for k, v in (("grad_scale", grad_scale), ("found_inf", found_inf), ("master", master))
+            if v is not None}
+
+
 def state_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
     """States are float32 for 16-bit params (the math is float32 anyway), else the param's dtype."""
     return torch.float32 if param_dtype in _LOW_PRECISION else param_dtype
@@ -438,15 +444,9 @@ class FusedOptimizer(Optimizer):
             if self.accumulation_steps != 1:
                 scalars = _fold_host_scale(scalars, 1.0 / self.accumulation_steps)
             ps, gs, slots, master = self._launch_tensors(plan, launch)
-            kwargs = {}
-            if scale is not None:
-                kwargs["grad_scale"] = scale
-            if found_inf is not None:
-                kwargs["found_inf"] = found_inf
-            if master is not None:
-                kwargs["master"] = master
             try:
-                launch.backend.step(algo.name, ps, gs, slots, scalars, tuple(flags), **kwargs)
+                launch.backend.step(algo.name, ps, gs, slots, scalars, tuple(flags),
+                                    **_optional_args(scale, found_inf, master))
             except Exception:
                 # refused before writing (a kernel's argument check): the counts stay as they were
                 launch.step -= 1.0
@@ -520,14 +520,8 @@ class FusedOptimizer(Optimizer):
     @torch.compiler.disable
     def _compiled_launch(self, launches) -> None:
         for launch, ps, gs, slots, scalars, flags, scale, found_inf, master, first in launches:
-            kwargs = {}
-            if scale is not None:
-                kwargs["grad_scale"] = scale
-            if found_inf is not None:
-                kwargs["found_inf"] = found_inf
-            if master is not None:
-                kwargs["master"] = master
-            launch.backend.step(self.algorithm.name, ps, gs, slots, scalars, flags, **kwargs)
+            launch.backend.step(self.algorithm.name, ps, gs, slots, scalars, flags,
+                                **_optional_args(scale, found_inf, master))
             if found_inf is not None and launch.steps:
                 self._record_flagged_step(launch)
             if first is not None:  # SGD's first momentum step, as in _step_group
