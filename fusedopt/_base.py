@@ -14,19 +14,11 @@ from torch.optim import Optimizer
 
 from . import _distributed, backends
 from ._grouping import bucket
+from ._steps import StepArena
 from .algorithms import Algorithm
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _SUPPORTED = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def _add_steps(steps: list[torch.Tensor], amount) -> None:
-    """Advance step tensors packed by ``FusedOptimizer._packed_steps``: one add on their storage."""
-    base = steps[0]._base
-    if base is not None and base.numel() == len(steps):
-        base.add_(amount)
-    else:
-        torch._foreach_add_(steps, amount if not isinstance(amount, torch.Tensor) else [amount] * len(steps))
 
 
 def _fold_host_scale(scalars, factor: float):
@@ -71,8 +63,8 @@ def _lr_positions(algo: Algorithm, group: dict) -> tuple[int, ...]:
 
 class _Launch:
     """One fused call of a step: the params of one (device, dtype, step count, first step)."""
-    __slots__ = ("device", "backend", "idx", "params", "steps", "step", "history", "first", "dtensor",
-                 "master")
+    __slots__ = ("device", "backend", "idx", "params", "arena", "slots", "step", "history", "first",
+                 "dtensor", "master")
 
     def __init__(self, **kw):
         for k, v in kw.items():
@@ -133,12 +125,13 @@ class FusedOptimizer(Optimizer):
         self.accumulation_steps = accumulation_steps
         defaults = dict(defaults, backend=backend, capturable=bool(capturable),
                         master_weights=bool(master_weights), state_dtype=state_dtype)
-        # host copies of the per-parameter step counts: param -> (step tensor, value, history).
-        # In device mode the value counts calls, overflow steps included, and only groups
-        # tensors; the history tells apart params whose device counts may differ (Note [step
-        # histories]).
-        self._host_steps: dict[torch.Tensor, tuple[torch.Tensor, float, int]] = {}
+        # host copies of the per-parameter step counts: id(param) -> (param, step tensor,
+        # value, history); keyed by id because a tensor's __hash__ is a Python call. In device
+        # mode the value counts calls, overflow steps included, and only groups tensors; the
+        # history tells apart params whose device counts may differ (Note [step histories]).
+        self._host_steps: dict[int, tuple[torch.Tensor, torch.Tensor, float, int]] = {}
         self._serial = 0  # steps taken, for the histories
+        self._arenas: dict[torch.device, StepArena] = {}  # the step tensors, per device
         self._pending_first: dict[torch.Tensor, torch.Tensor] = {}
         # per param group (by id): the plan of its last step (Note [step plans])
         self._plans: dict[int, _Plan] = {}
@@ -179,6 +172,7 @@ class FusedOptimizer(Optimizer):
         self._host_steps = {}
         self._pending_first = {}
         self._plans = {}
+        self._arenas = {}
 
     def _check_grad(self, p: torch.Tensor) -> None:
         g = p.grad
@@ -282,25 +276,14 @@ class FusedOptimizer(Optimizer):
         if self.algorithm.has_step and "step" not in st:
             device = p.device if group.get("capturable") else "cpu"
             st["step"] = torch.zeros((), dtype=torch.float32, device=device)
-            self._host_steps[p] = (st["step"], 0.0, 0)
+            self._host_steps[id(p)] = (p, st["step"], 0.0, 0)
         return st
 
-    @staticmethod
-    def _packed_steps(states: list[dict], device=None) -> list[torch.Tensor]:
-        """The ``step`` tensors of a launch, as views of one storage (on ``device`` if given),
-        so that advancing them is one add instead of one per tensor. Repacked (once) when they
-        are not, e.g. after new params or a loaded checkpoint; each ``state['step']`` stays a
-        0-dim float32 tensor."""
-        steps = [st["step"] for st in states]
-        base = steps[0]._base
-        if (base is not None and base.numel() == len(steps) and all(t._base is base for t in steps)
-                and (device is None or base.device == device)):
-            return steps
-        packed = torch.stack([t.to(device) for t in steps] if device is not None else steps)
-        views = list(packed.unbind(0))
-        for st, v in zip(states, views):
-            st["step"] = v
-        return views
+    def _arena(self, device: torch.device) -> StepArena:
+        arena = self._arenas.get(device)
+        if arena is None:
+            arena = self._arenas[device] = StepArena(device)
+        return arena
 
     def _host_counts(self, params: list[torch.Tensor], states: list[dict]) -> list[tuple[float, int]]:
         """The step counts so far and their histories, from the host cache; a tensor is read
@@ -310,8 +293,9 @@ class FusedOptimizer(Optimizer):
         out = []
         for p, st in zip(params, states):
             t = st["step"]
-            hit = cache.get(p)
-            out.append(hit[1:] if hit is not None and (hit[0] is t or t.device.type != "cpu") else (float(t), 0))
+            hit = cache.get(id(p))
+            known = hit is not None and hit[0] is p and (hit[1] is t or t.device.type != "cpu")
+            out.append(hit[2:] if known else (float(t), 0))
         return out
 
     # Note [step histories]: in device mode (AMP's inf flag on the device, capturable) a step
@@ -345,11 +329,13 @@ class FusedOptimizer(Optimizer):
         plan = self._plans.pop(id(group), None)
         if plan is None or plan.state is not self.state or not self.algorithm.has_step:
             return
+        cache, params, states = self._host_steps, plan.params, plan.states
         for launch in plan.launches:
             for i in launch.idx:
-                st = plan.states[i]
+                st = states[i]
                 if "step" in st:
-                    self._host_steps[plan.params[i]] = (st["step"], launch.step, launch.history)
+                    p = params[i]
+                    cache[id(p)] = (p, st["step"], launch.step, launch.history)
 
     def _new_plan(self, group: dict, params: list[torch.Tensor]) -> _Plan:
         """Create the missing state and group the params into launches: one per (device, dtype,
@@ -372,9 +358,13 @@ class FusedOptimizer(Optimizer):
                 name = "reference"  # the fused kernels are float32/bfloat16/float16
             ps = [params[i] for i in idx]
             sts = [states[i] for i in idx]
+            arena = slots = None
+            if algo.has_step:  # the steps stay where they are (CPU unless capturable) until device mode
+                arena = self._arena(sts[0]["step"].device)
+                slots = arena.place(ps, sts)
             launches.append(_Launch(
                 device=device, backend=backends.get_backend(name, device), idx=idx, params=ps,
-                steps=self._packed_steps(sts) if algo.has_step else [], step=step, history=history,
+                arena=arena, slots=slots, step=step, history=history,
                 first=first[idx[0]], dtensor=_distributed.local_list(ps) is not ps,
                 master=bool(group.get("master_weights")) and "master_param" in sts[0]))
         plan = _Plan(group=group, state=self.state, params=params, states=states, launches=launches,
@@ -398,12 +388,12 @@ class FusedOptimizer(Optimizer):
             master = None if master is None else local(master)
         return ps, gs, slots, master
 
-    def _device_steps(self, plan: _Plan, launch: _Launch) -> list[torch.Tensor]:
-        """The launch's step tensors, moved (once) to its device: torch keeps non-capturable
+    def _device_steps(self, plan: _Plan, launch: _Launch) -> None:
+        """Move the launch's step tensors (once) to its device: torch keeps non-capturable
         steps on the CPU, and device-mode steps read them on the device."""
-        if launch.steps[0].device != launch.device:
-            launch.steps = self._packed_steps([plan.states[i] for i in launch.idx], launch.device)
-        return launch.steps
+        if launch.arena.device != launch.device:
+            launch.arena = self._arena(launch.device)
+            launch.slots = launch.arena.place(launch.params, [plan.states[i] for i in launch.idx])
 
     def _finish_first(self, launch: _Launch, ps, found_inf) -> None:
         """SGD: an overflow first step leaves the momentum buffer unwritten; the next step is
@@ -427,14 +417,15 @@ class FusedOptimizer(Optimizer):
             device_mode = (bool(group.get("capturable")) or found_inf is not None or lr_on_device
                            or isinstance(is_first, torch.Tensor))
             launch.step += 1.0  # in device mode: calls, overflow steps included (groups only)
-            step_arg, steps, advance = launch.step, None, 1.0
+            step_arg, advance = launch.step, 1.0
             if algo.has_step:
-                steps = self._device_steps(plan, launch) if device_mode else launch.steps
-                if device_mode and found_inf is not None:
-                    advance = 1.0 - found_inf  # an overflow step does not count
-                _add_steps(steps, advance)
                 if device_mode:
-                    step_arg = steps[0]
+                    self._device_steps(plan, launch)
+                    if found_inf is not None:
+                        advance = 1.0 - found_inf  # an overflow step does not count
+                launch.arena.advance(launch.slots, advance)
+                if device_mode:
+                    step_arg = plan.states[launch.idx[0]]["step"]
             scalars, flags = algo.step_args(group, step_arg, is_first)
             if device_mode:
                 scalars = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device).reshape(())
@@ -450,8 +441,8 @@ class FusedOptimizer(Optimizer):
             except Exception:
                 # refused before writing (a kernel's argument check): the counts stay as they were
                 launch.step -= 1.0
-                if steps is not None:
-                    _add_steps(steps, -advance)
+                if algo.has_step:
+                    launch.arena.advance(launch.slots, -advance)
                 raise
             if isinstance(advance, torch.Tensor):
                 self._record_flagged_step(launch)
@@ -504,7 +495,10 @@ class FusedOptimizer(Optimizer):
             entries = []
             for launch in plan.launches:
                 launch.step += 1.0  # calls: they only group tensors here
-                steps = self._device_steps(plan, launch) if self.algorithm.has_step else []
+                steps = []
+                if self.algorithm.has_step:
+                    self._device_steps(plan, launch)
+                    steps = [plan.states[i]["step"] for i in launch.idx]
                 first = None
                 if self.algorithm.needs_first_step:
                     first = launch.first
@@ -522,7 +516,7 @@ class FusedOptimizer(Optimizer):
         for launch, ps, gs, slots, scalars, flags, scale, found_inf, master, first in launches:
             launch.backend.step(self.algorithm.name, ps, gs, slots, scalars, flags,
                                 **_optional_args(scale, found_inf, master))
-            if found_inf is not None and launch.steps:
+            if found_inf is not None and launch.arena is not None:
                 self._record_flagged_step(launch)
             if first is not None:  # SGD's first momentum step, as in _step_group
                 launch.first = first
@@ -584,5 +578,6 @@ class FusedOptimizer(Optimizer):
         self._host_steps = {}
         self._pending_first = {}
         self._plans = {}
+        self._arenas = {}
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)

@@ -208,6 +208,42 @@ STEP_BACKENDS = [b for b in ("reference", "triton", "cpu") if b in fusedopt.avai
 
 
 @pytest.mark.parametrize("backend", STEP_BACKENDS)
+def test_many_params_with_gradients_that_come_and_go_match_torch(backend):
+    """150 params (past the step buffer's first growth), a random third of them without a
+    gradient each step, a second group added midway: every param's step count, moments and
+    value equal torch.optim.Adam's, and a checkpoint round trip through torch keeps them."""
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(int(torch.randint(1, 40, (), generator=gen)),) for _ in range(150)]
+    init = [torch.randn(s, generator=gen) for s in shapes]
+    steps = [[None if torch.rand((), generator=gen) < 0.33 else torch.randn(s, generator=gen) for s in shapes]
+             for _ in range(7)]
+
+    def run(make):
+        ps = [p.clone().requires_grad_(True) for p in init]
+        opt = make(ps[:100])
+        for t, gs in enumerate(steps):
+            if t == 3:
+                opt.add_param_group({"params": ps[100:], "lr": 0.02})
+            for p, g in zip(ps, gs):
+                p.grad = None if g is None else g.clone()
+            opt.step()
+        return ps, opt
+
+    pf, of = run(lambda ps: fusedopt.Adam(ps, lr=0.01, backend=backend))
+    pt, ot = run(lambda ps: torch.optim.Adam(ps, lr=0.01, foreach=False))
+    assert_same_state(pf, of, pt, ot, TOL[torch.float32], what=f"Adam {backend}")
+    counts = [float(of.state[p].get("step", 0.0)) for p in pf]
+    assert counts == [float(ot.state[p].get("step", 0.0)) for p in pt]
+    assert len(set(counts)) > 2, "the test needs params with different step counts"
+    # the step tensors are views of one buffer; a checkpoint still round-trips through torch
+    saved = copy.deepcopy(of.state_dict())
+    ot2 = torch.optim.Adam([{"params": [p.detach().clone().requires_grad_(True) for p in pt[:100]]},
+                            {"params": [p.detach().clone().requires_grad_(True) for p in pt[100:]]}])
+    ot2.load_state_dict(saved)
+    assert [float(ot2.state[p].get("step", 0.0)) for g in ot2.param_groups for p in g["params"]] == counts
+
+
+@pytest.mark.parametrize("backend", STEP_BACKENDS)
 @pytest.mark.parametrize("bad", ["shape", "sparse", "dtype"])
 def test_bad_gradient_in_the_steady_state_is_refused_and_counts_nothing(backend, bad):
     """After steps that reuse the step plan (Note [step plans]), a gradient that does not match
