@@ -61,6 +61,47 @@ def _lr_positions(algo: Algorithm, group: dict) -> tuple[int, ...]:
     return found
 
 
+class _State(defaultdict):
+    """``optimizer.state``: torch.optim's ``defaultdict(dict)`` that also counts replaced and
+    removed entries, so a step plan notices ``opt.state[p] = {}`` or ``del opt.state[p]``."""
+
+    def __init__(self, items=()):
+        super().__init__(dict, items)
+        self.version = 0
+
+    def __setitem__(self, key, value):
+        self.version += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self.version += 1
+        super().__delitem__(key)
+
+    def pop(self, *args):
+        self.version += 1
+        return super().pop(*args)
+
+    def popitem(self):
+        self.version += 1
+        return super().popitem()
+
+    def clear(self):
+        self.version += 1
+        super().clear()
+
+    def update(self, *args, **kwargs):
+        self.version += 1
+        super().update(*args, **kwargs)
+
+    def copy(self):
+        return _State(self)
+
+    __copy__ = copy
+
+    def __reduce__(self):
+        return (_State, (), None, None, iter(self.items()))
+
+
 class _Launch:
     """One fused call of a step: the params of one (device, dtype, step count, first step)."""
     __slots__ = ("device", "backend", "idx", "params", "arena", "slots", "step", "history", "first",
@@ -73,7 +114,8 @@ class _Launch:
 
 class _Plan:
     """A param group's launches and states, reused while the same params have gradients."""
-    __slots__ = ("group", "state", "params", "states", "launches", "backend", "reusable", "kernels_check")
+    __slots__ = ("group", "state", "version", "params", "states", "launches", "layout", "reusable",
+                 "kernels_check")
 
     def __init__(self, **kw):
         for k, v in kw.items():
@@ -136,6 +178,7 @@ class FusedOptimizer(Optimizer):
         # per param group (by id): the plan of its last step (Note [step plans])
         self._plans: dict[int, _Plan] = {}
         super().__init__(params, defaults)
+        self.state = _State(self.state)
         if self.algorithm.eager_state:
             # as torch.optim does for this algorithm, so checkpoints load into it both ways
             for group in self.param_groups:
@@ -166,6 +209,7 @@ class FusedOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.state = _State(self.state)
         for group in self.param_groups:
             for k, v in self.defaults.items():
                 group.setdefault(k, v)
@@ -318,11 +362,17 @@ class FusedOptimizer(Optimizer):
     def _live_plan(self, group: dict, params: list[torch.Tensor]) -> _Plan | None:
         plan = self._plans.get(id(group))
         if (plan is not None and plan.group is group and plan.state is self.state
+                and plan.version == getattr(self.state, "version", 0)
                 and plan.reusable and not self._pending_first
-                and plan.backend == group["backend"] and len(plan.params) == len(params)
+                and plan.layout == self._layout(group) and len(plan.params) == len(params)
                 and all(map(operator.is_, plan.params, params))):
             return plan
         return None
+
+    def _layout(self, group: dict) -> tuple:
+        """What a plan fixes that a param group's options can change between steps: the backend,
+        the active state slots (e.g. SGD's momentum rising from 0) and master weights."""
+        return (group["backend"], tuple(self.algorithm.slot_init(group)), bool(group.get("master_weights")))
 
     def _drop_plan(self, group: dict) -> None:
         """Forget a group's plan, writing its step counts back to the per-param host cache."""
@@ -367,8 +417,9 @@ class FusedOptimizer(Optimizer):
                 arena=arena, slots=slots, step=step, history=history,
                 first=first[idx[0]], dtensor=_distributed.local_list(ps) is not ps,
                 master=bool(group.get("master_weights")) and "master_param" in sts[0]))
-        plan = _Plan(group=group, state=self.state, params=params, states=states, launches=launches,
-                     backend=group["backend"],
+        plan = _Plan(group=group, state=self.state, version=getattr(self.state, "version", 0),
+                     params=params, states=states, launches=launches,
+                     layout=self._layout(group),
                      reusable=all(launch.first is False for launch in launches),
                      kernels_check=all(getattr(launch.backend, "checks_tensors", False)
                                        and launch.params[0].dtype != torch.float64 for launch in launches))
@@ -573,7 +624,7 @@ class FusedOptimizer(Optimizer):
             new_groups.append(ng)
         for ng in new_groups:
             self.algorithm.validate(ng)
-        self.state = new_state
+        self.state = _State(new_state)
         self.param_groups = new_groups
         self._host_steps = {}
         self._pending_first = {}

@@ -244,6 +244,59 @@ def test_many_params_with_gradients_that_come_and_go_match_torch(backend):
 
 
 @pytest.mark.parametrize("backend", STEP_BACKENDS)
+def test_options_changed_between_steps_take_effect(backend):
+    """A momentum schedule that starts at 0 (no buffer yet), weight decay and lr changed in the
+    group between steps: the next step follows them, as torch.optim's does."""
+    params, grads = make_problem([5, 70], torch.float32, steps=8, seed=31)
+
+    def run(make):
+        ps = _clone(params)
+        opt = make(ps)
+        for t, gs in enumerate(grads):
+            if t == 3:
+                opt.param_groups[0].update(momentum=0.9, weight_decay=0.01, lr=0.05)
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+            opt.step()
+        return ps, opt
+
+    pf, of = run(lambda ps: fusedopt.SGD(ps, lr=0.1, momentum=0.0, backend=backend))
+    pt, ot = run(lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.0, foreach=False))
+    assert_same_state(pf, of, pt, ot, TOL[torch.float32], what=f"SGD {backend}")
+
+
+@pytest.mark.parametrize("backend", STEP_BACKENDS)
+@pytest.mark.parametrize("how", ["replace", "delete", "clear"])
+def test_state_reset_between_steps_starts_those_params_afresh(backend, how):
+    """Resetting optimizer state between steps (``opt.state[p] = {}``, ``del opt.state[p]``,
+    ``opt.state.clear()``) restarts those params at step 1, as torch.optim does."""
+    params, grads = make_problem([5, 70, 9], torch.float32, steps=7, seed=37)
+
+    def run(make):
+        ps = _clone(params)
+        opt = make(ps)
+        for t, gs in enumerate(grads):
+            if t == 4:
+                if how == "replace":
+                    opt.state[ps[1]] = {}
+                elif how == "delete":
+                    del opt.state[ps[1]]
+                else:
+                    opt.state.clear()
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+            opt.step()
+        return ps, opt
+
+    pf, of = run(lambda ps: fusedopt.Adam(ps, lr=0.01, backend=backend))
+    pt, ot = run(lambda ps: torch.optim.Adam(ps, lr=0.01, foreach=False))
+    assert_same_state(pf, of, pt, ot, TOL[torch.float32], what=f"Adam {backend} {how}")
+    assert float(of.state[pf[1]]["step"]) == 3.0
+    clone = copy.deepcopy(of)  # the state's own type survives copies and pickling
+    assert float(clone.state[clone.param_groups[0]["params"][1]]["step"]) == 3.0
+
+
+@pytest.mark.parametrize("backend", STEP_BACKENDS)
 @pytest.mark.parametrize("bad", ["shape", "sparse", "dtype"])
 def test_bad_gradient_in_the_steady_state_is_refused_and_counts_nothing(backend, bad):
     """After steps that reuse the step plan (Note [step plans]), a gradient that does not match
