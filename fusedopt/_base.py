@@ -104,8 +104,8 @@ class _State(defaultdict):
 
 class _Launch:
     """One fused call of a step: the params of one (device, dtype, step count, first step)."""
-    __slots__ = ("device", "backend", "idx", "params", "arena", "slots", "step", "history", "first",
-                 "dtensor", "master")
+    __slots__ = ("device", "backend", "idx", "params", "states", "arena", "slots", "step", "history",
+                 "first", "dtensor", "master")
 
     def __init__(self, **kw):
         for k, v in kw.items():
@@ -414,7 +414,7 @@ class FusedOptimizer(Optimizer):
                 slots = arena.place(ps, sts)
             launches.append(_Launch(
                 device=device, backend=backends.get_backend(name, device), idx=idx, params=ps,
-                arena=arena, slots=slots, step=step, history=history,
+                states=sts, arena=arena, slots=slots, step=step, history=history,
                 first=first[idx[0]], dtensor=_distributed.local_list(ps) is not ps,
                 master=bool(group.get("master_weights")) and "master_param" in sts[0]))
         plan = _Plan(group=group, state=self.state, version=getattr(self.state, "version", 0),
@@ -428,7 +428,7 @@ class FusedOptimizer(Optimizer):
 
     def _launch_tensors(self, plan: _Plan, launch: _Launch):
         """A launch's params, grads, state slots and master weights (local shards of DTensors)."""
-        states = [plan.states[i] for i in launch.idx]
+        states = launch.states
         ps = launch.params
         gs = [p.grad for p in ps]
         slots = [[st[s] for st in states] if states[0].get(s) is not None else [] for s in self.algorithm.SLOTS]
@@ -444,7 +444,7 @@ class FusedOptimizer(Optimizer):
         steps on the CPU, and device-mode steps read them on the device."""
         if launch.arena.device != launch.device:
             launch.arena = self._arena(launch.device)
-            launch.slots = launch.arena.place(launch.params, [plan.states[i] for i in launch.idx])
+            launch.slots = launch.arena.place(launch.params, launch.states)
 
     def _finish_first(self, launch: _Launch, ps, found_inf) -> None:
         """SGD: an overflow first step leaves the momentum buffer unwritten; the next step is
@@ -476,7 +476,7 @@ class FusedOptimizer(Optimizer):
                         advance = 1.0 - found_inf  # an overflow step does not count
                 launch.arena.advance(launch.slots, advance)
                 if device_mode:
-                    step_arg = plan.states[launch.idx[0]]["step"]
+                    step_arg = launch.states[0]["step"]
             scalars, flags = algo.step_args(group, step_arg, is_first)
             if device_mode:
                 scalars = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device).reshape(())
@@ -549,7 +549,7 @@ class FusedOptimizer(Optimizer):
                 steps = []
                 if self.algorithm.has_step:
                     self._device_steps(plan, launch)
-                    steps = [plan.states[i]["step"] for i in launch.idx]
+                    steps = [st["step"] for st in launch.states]
                 first = None
                 if self.algorithm.needs_first_step:
                     first = launch.first
