@@ -427,6 +427,31 @@ def test_cuda_graph_capture_and_replay(warm):
         assert torch.equal(a, b)
 
 
+@cuda
+def test_table_built_in_capture_is_not_used_outside_it():
+    """A table first built inside a capture is uploaded by the graph, at replay: an eager call
+    with the same tensors before any replay (or after an abandoned capture) must upload its
+    own, not read the captured buffer."""
+    cu = backends.get_backend("cuda", torch.device("cuda"))
+    n = (3, 4097, 1013)  # sizes of its own: no table of an earlier test can match
+    spec, ps, gs, states, scalars, flags = _interface_problem("Adam", torch.float32, n=n, seed=29)
+    args = torch.tensor(scalars, device="cuda")
+    eager_p, eager_s = _clone(ps, states)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=side):
+        cu.step("adam", ps, gs, states, args, flags)
+    torch.cuda.synchronize()
+    cu.step("adam", ps, gs, states, args, flags)  # eager, the graph not replayed yet
+    graph.replay()
+    for _ in range(2):
+        cu.step("adam", eager_p, gs, eager_s, args, flags)
+    torch.cuda.synchronize()
+    for a, b in zip(_flat(ps, states), _flat(eager_p, eager_s)):
+        assert torch.equal(a, b)
+
+
 # -- GPU: 64-bit offsets -----------------------------------------------------------------------
 
 HUGE = 2 ** 31 + 17

@@ -135,6 +135,10 @@ struct DeviceTable {
   int64_t n_items = 0;
   void* stream = nullptr;  // the stream its memory was allocated on
   bool permanent = false;  // used on another stream or in graph capture: never evicted
+  // Uploaded inside a capture: the copy is a node of that capture's graph, so the buffer holds
+  // the table only once that graph has run. Only the same capture may use it.
+  bool captured = false;
+  unsigned long long capture_id = 0;
 };
 
 struct DeviceState {
@@ -198,8 +202,9 @@ Tables device_tables(std::vector<TensorDesc>&& descs, int32_t device, void* stre
   const size_t h = hash_bytes(descs.data(), key_bytes) ^ static_cast<size_t>(chunk);
 
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  check_cuda(cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &capture),
-             "cudaStreamIsCapturing");
+  unsigned long long capture_id = 0;
+  check_cuda(cudaStreamGetCaptureInfo(static_cast<cudaStream_t>(stream), &capture, &capture_id),
+             "cudaStreamGetCaptureInfo");
   const bool capturing = capture != cudaStreamCaptureStatusNone;
 
   std::lock_guard<std::mutex> lock(g_mu);
@@ -217,6 +222,7 @@ Tables device_tables(std::vector<TensorDesc>&& descs, int32_t device, void* stre
   };
 
   for (auto it = ds.tables.begin(); it != ds.tables.end(); ++it) {
+    if (it->captured && !(capturing && it->capture_id == capture_id)) continue;
     if (it->hash == h && it->chunk == chunk && it->key.size() == descs.size() &&
         memcmp(it->key.data(), descs.data(), key_bytes) == 0)
       return use(it);
@@ -259,6 +265,8 @@ Tables device_tables(std::vector<TensorDesc>&& descs, int32_t device, void* stre
   t.n_items = static_cast<int64_t>(items.size());
   t.stream = stream;
   t.permanent = capturing;
+  t.captured = capturing;
+  t.capture_id = capturing ? capture_id : 0;
   ds.tables.push_front(std::move(t));
   // Evict the least recently used table that may be freed (its memory returns to torch's
   // caching allocator, ordered on the stream it was allocated on).
