@@ -250,17 +250,18 @@ class FusedOptimizer(Optimizer):
                 continue
             # compiled: the plans are looked up behind the graph break (no guards on them)
             plan = None if compiling else self._live_plan(group, params)
-            if plan is None or not plan.kernels_check:
+            checked = not compiling and self._kernels_check(group, plan)
+            if not checked:
                 for p in params:
                     self._check_grad(p)
-            work.append((group, params, plan))
+            work.append((group, params, plan, checked))
         if not work:
             return loss
         # AMP: GradScaler sets these attributes for optimizers that unscale inside the step.
         amp_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         if (found_inf is not None and found_inf.device.type == "cpu"
-                and not any(g.get("capturable") for g, _, _ in work)
+                and not any(g.get("capturable") for g, _, _, _ in work)
                 and not compiling):  # compiled: the flag stays a tensor
             if float(found_inf) != 0:  # host memory: reading it is no synchronisation
                 return loss
@@ -268,7 +269,7 @@ class FusedOptimizer(Optimizer):
         scale = None if amp_scale is None else torch.reciprocal(amp_scale.to(torch.float32))
         if self.max_grad_norm is not None:
             from .clip import total_norm
-            norm = total_norm([p.grad for _, ps, _ in work for p in ps], 2.0)
+            norm = total_norm([p.grad for _, ps, _, _ in work for p in ps], 2.0)
             if scale is not None:
                 norm = norm * scale.to(norm.device)
             coef = torch.clamp(self.max_grad_norm / (norm + 1e-6), max=1.0)
@@ -286,8 +287,13 @@ class FusedOptimizer(Optimizer):
             self._step_compiled(work, on)
             return loss
         self._serial += 1
-        for group, params, plan in work:
-            self._step_group(group, plan or self._new_plan(group, params), on)
+        for group, params, plan, kernels_check in work:
+            if plan is None:
+                plan = self._new_plan(group, params)
+                if kernels_check and not plan.kernels_check:  # e.g. a float64 param came back
+                    for p in params:
+                        self._check_grad(p)
+            self._step_group(group, plan, on)
         return loss
 
     def _state_dtype(self, p: torch.Tensor, group: dict) -> torch.dtype:
@@ -358,7 +364,8 @@ class FusedOptimizer(Optimizer):
     # plan's step looks at nothing per parameter but its gradient: the compiled backends'
     # kernels check every gradient (dtype, shape, layout, device) before writing anything, so
     # their plans skip the Python check (then an earlier group of the same step may already be
-    # updated when a later one is refused); the reference and Triton backends are checked here.
+    # updated when a later one is refused), and so do rebuilt plans of a group whose last plan
+    # did; the reference and Triton backends, and every group's first step, are checked here.
     def _live_plan(self, group: dict, params: list[torch.Tensor]) -> _Plan | None:
         plan = self._plans.get(id(group))
         if (plan is not None and plan.group is group and plan.state is self.state
@@ -368,6 +375,16 @@ class FusedOptimizer(Optimizer):
                 and all(map(operator.is_, plan.params, params))):
             return plan
         return None
+
+    def _kernels_check(self, group: dict, plan: _Plan | None) -> bool:
+        """Whether this step's gradients are left to the kernels' checks: the group's plan (the
+        live one, or the last one when the set of params with gradients changed) ran on
+        compiled backends only, with the same options. A group's first step is checked here."""
+        if plan is None:
+            last = self._plans.get(id(group))
+            plan = last if (last is not None and last.group is group and last.state is self.state
+                            and last.layout == self._layout(group)) else None
+        return plan is not None and plan.kernels_check
 
     def _layout(self, group: dict) -> tuple:
         """What a plan fixes that a param group's options can change between steps: the backend,
@@ -541,7 +558,7 @@ class FusedOptimizer(Optimizer):
         launch, its tensors, step tensors, first-step flag and master weights."""
         out = []
         self._serial += 1
-        for group, params, _ in work:
+        for group, params, _, _ in work:
             plan = self._live_plan(group, params) or self._new_plan(group, params)
             entries = []
             for launch in plan.launches:

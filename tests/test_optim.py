@@ -298,10 +298,12 @@ def test_state_reset_between_steps_starts_those_params_afresh(backend, how):
 
 @pytest.mark.parametrize("backend", STEP_BACKENDS)
 @pytest.mark.parametrize("bad", ["shape", "sparse", "dtype"])
-def test_bad_gradient_in_the_steady_state_is_refused_and_counts_nothing(backend, bad):
+@pytest.mark.parametrize("regroup", [False, True], ids=["same-params", "other-params"])
+def test_bad_gradient_in_the_steady_state_is_refused_and_counts_nothing(backend, bad, regroup):
     """After steps that reuse the step plan (Note [step plans]), a gradient that does not match
     its param is still refused, by the kernel's own check on the compiled backends, and the
-    refused group keeps its params, states and step counts."""
+    refused group keeps its params, states and step counts; also on a step whose set of params
+    with gradients changed (the plan is rebuilt)."""
     ps = [torch.randn(6, requires_grad=True), torch.randn(3, 4, requires_grad=True)]
     opt = fusedopt.AdamW(ps, lr=0.1, backend=backend)
     for _ in range(3):
@@ -316,6 +318,8 @@ def test_bad_gradient_in_the_steady_state_is_refused_and_counts_nothing(backend,
         ps[1].grad = torch.eye(3, 4).to_sparse()
     else:
         ps[1].grad.data = torch.ones(3, 4, dtype=torch.float64)
+    if regroup:
+        ps[0].grad = None
     with pytest.raises((RuntimeError, ValueError), match=bad if bad != "dtype" else "dtype"):
         opt.step()
     for p, q in zip(ps, params_before):
