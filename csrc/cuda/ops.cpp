@@ -146,15 +146,26 @@ struct DeviceState {
   std::list<DeviceTable> tables;  // most recently used first
 };
 
-constexpr size_t kMaxTables = 16;
+// Tables kept per device: one per launch of a step, so room for many param groups (e.g.
+// layer-wise learning rates) before a step re-uploads its tables.
+constexpr size_t kMaxTables = 64;
 
 std::mutex g_mu;
 std::vector<DeviceState> g_devices;
 
+// A prefilter for the exact key comparison, eight bytes at a time (the key is 64 bytes per
+// tensor, so a 10,000-tensor call hashes 640 KB per step).
 size_t hash_bytes(const void* data, size_t n) {
   const unsigned char* b = static_cast<const unsigned char*>(data);
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  uint64_t h = 1469598103934665603ull ^ n;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    memcpy(&w, b + i, 8);
+    h = (h ^ w) * 0x9E3779B97F4A7C15ull;
+    h ^= h >> 29;
+  }
+  for (; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
   return static_cast<size_t>(h);
 }
 
