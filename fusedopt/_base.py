@@ -21,6 +21,14 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _SUPPORTED = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+def _on_device(values, device: torch.device) -> torch.Tensor:
+    """Per-step scalars as one float32 tensor on ``device``. Python floats become fills, not
+    host-to-device copies: a copy from pageable memory synchronises the stream and cannot be
+    captured in a CUDA graph."""
+    return torch.stack([v.to(device=device, dtype=torch.float32).reshape(()) if isinstance(v, torch.Tensor)
+                        else torch.full((), float(v), dtype=torch.float32, device=device) for v in values])
+
+
 def _fold_host_scale(scalars, factor: float):
     """Multiply the gradient-scale entry (always first) of host or device scalars by ``factor``."""
     if isinstance(scalars, torch.Tensor):
@@ -496,8 +504,7 @@ class FusedOptimizer(Optimizer):
                     step_arg = launch.states[0]["step"]
             scalars, flags = algo.step_args(group, step_arg, is_first)
             if device_mode:
-                scalars = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device).reshape(())
-                                       for v in scalars])
+                scalars = _on_device(scalars, device)
             else:
                 scalars = tuple(scalars)
             if self.accumulation_steps != 1:
@@ -542,9 +549,8 @@ class FusedOptimizer(Optimizer):
                 # the per-step scalars at lr=1, then the lr-carrying ones times lr
                 scalars, flags = algo.step_args({**group, "lr": 1.0}, step_arg, False if first is None else first)
                 lr_here = lr.to(device=device, dtype=torch.float32) if isinstance(lr, torch.Tensor) else lr
-                scalars = torch.stack([torch.as_tensor(v * lr_here if i in lr_positions else v,
-                                                       dtype=torch.float32, device=device).reshape(())
-                                       for i, v in enumerate(scalars)])
+                scalars = _on_device([v * lr_here if i in lr_positions else v for i, v in enumerate(scalars)],
+                                     device)
                 if self.accumulation_steps != 1:
                     scalars = _fold_host_scale(scalars, 1.0 / self.accumulation_steps)
                 launches.append((launch, ps, gs, slots, scalars, tuple(flags), scale, found_inf, master, first))
@@ -571,7 +577,7 @@ class FusedOptimizer(Optimizer):
                 if self.algorithm.needs_first_step:
                     first = launch.first
                     if not isinstance(first, torch.Tensor):
-                        first = torch.tensor(float(first), device=launch.device)
+                        first = torch.full((), float(first), device=launch.device)
                 ps, gs, slots, master = self._launch_tensors(plan, launch)
                 entries.append((launch, ps, gs, slots, steps, first, master))
             if any(launch.first is not False for launch in plan.launches):

@@ -392,6 +392,40 @@ def test_step_never_synchronises(options):
 
 
 @cuda
+@pytest.mark.parametrize("name", ["AdamW", "RAdam", "SGD"])
+def test_capturable_amp_step_never_synchronises_and_matches_host_mode(name):
+    """Device mode through the optimizer (capturable, a tensor lr on the GPU, an AMP scale and
+    inf flag on the GPU): per-step scalars are built on the device (floats as fills, not
+    host-to-device copies), steps advance on the device, and nothing synchronises; the result
+    equals the host-scalar optimizer's."""
+    kw = {"momentum": 0.9} if name == "SGD" else {}
+    gen = torch.Generator().manual_seed(41)
+    init = [torch.randn(n, generator=gen) for n in (3, 4097, 65537)]
+    grads = [[torch.randn(n, generator=gen) for n in (3, 4097, 65537)] for _ in range(4)]
+    ps = [p.cuda().requires_grad_(True) for p in init]
+    opt = getattr(fusedopt, name)(ps, lr=torch.tensor(0.01, device="cuda"), capturable=True,
+                                  backend="cuda", **kw)
+    opt.grad_scale = torch.tensor(4.0, device="cuda")
+    opt.found_inf = torch.zeros((), device="cuda")
+    ref_ps = [p.cuda().requires_grad_(True) for p in init]
+    ref = getattr(fusedopt, name)(ref_ps, lr=0.01, backend="cuda", **kw)
+    for t, gs in enumerate(grads):
+        for p, q, g in zip(ps, ref_ps, gs):
+            p.grad = (g * 4.0).cuda()
+            q.grad = g.cuda()
+        torch.cuda.synchronize()
+        if t > 0:  # the first step creates the state and uploads the step buffer's index
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        ref.step()
+    torch.cuda.synchronize()
+    assert_same_state(ps, opt, ref_ps, ref, (1e-5, 1e-6), what=f"{name} capturable")
+
+
+@cuda
 @pytest.mark.parametrize("warm", [True, False], ids=["cached-table", "table-built-in-capture"])
 def test_cuda_graph_capture_and_replay(warm):
     """The op captured in a CUDA graph (device scalars, AMP tensors) replays like eager calls:
