@@ -252,6 +252,9 @@ class FusedOptimizer(Optimizer):
         # the steady state of the compiled backends the kernels check (Note [step plans]).
         work = []
         compiling = torch.compiler.is_compiling()
+        if not compiling and len(self._plans) > len(self.param_groups):
+            live = {id(g) for g in self.param_groups}  # a group was removed: drop its plan
+            self._plans = {k: v for k, v in self._plans.items() if k in live}
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
