@@ -60,6 +60,11 @@ REPRESENTATIVE = [
 
 ODD_SIZES = [0, 1, 3, 4095, 4097, 65537]
 
+# Mixed-precision options crossed with bfloat16/float16 params, and their test ids.
+MIXED_PRECISION = [{"master_weights": True}, {"state_dtype": torch.bfloat16},
+                   {"master_weights": True, "state_dtype": torch.bfloat16}]
+MIXED_PRECISION_IDS = ["master", "bf16-states", "master-bf16-states"]
+
 
 def case_id(case) -> str:
     name, kw = case
@@ -109,3 +114,28 @@ def run_parity(backend: str, opt_name: str, kwargs: dict, dtype=torch.float32, s
     ps_a, opt_a = run_steps(opt_cls, params, grads, kwargs, backend)
     ps_b, opt_b = run_steps(opt_cls, params, grads, kwargs, "reference")
     assert_same_state(ps_a, opt_a, ps_b, opt_b, TOL[dtype], what=f"{opt_name}{kwargs} [{backend}, {dtype}]")
+
+
+def interface_problem(name, dtype, n=(3, 4097), seed=7, device="cpu", random_states=False):
+    """Arguments of one direct ``backend.step`` call of optimizer ``name`` (its representative
+    options, step 3): the algorithm, params, grads, state slots (at their initial values, or
+    random around them with ``random_states``), host scalars and flags."""
+    kw = dict(REPRESENTATIVE)[name]
+    spec = getattr(fusedopt, name).algorithm
+    group = {**spec.defaults, **kw}
+    if name == "AdamW":
+        group["decoupled_weight_decay"] = True
+        group.setdefault("weight_decay", 1e-2)
+    gen = torch.Generator().manual_seed(seed)
+    ps = [torch.randn(k, generator=gen).to(device=device, dtype=dtype) for k in n]
+    gs = [torch.randn(k, generator=gen).to(device=device, dtype=dtype) for k in n]
+    init = spec.slot_init(group)
+
+    def state(k, fill):
+        if random_states:
+            return torch.rand(k, generator=gen).to(device) + fill
+        return torch.full((k,), fill, device=device)
+
+    states = [[state(k, init[s]) for k in n] if s in init else [] for s in spec.SLOTS]
+    scalars, flags = spec.step_args(group, 3.0, False)
+    return spec, ps, gs, states, tuple(scalars), tuple(flags)

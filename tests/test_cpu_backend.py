@@ -18,7 +18,8 @@ import torch
 import fusedopt
 from fusedopt import _ext
 from fusedopt.backends import get_backend
-from parity import CASES, REPRESENTATIVE, ODD_SIZES, TOL, case_id, make_problem, run_parity, run_steps
+from parity import (CASES, MIXED_PRECISION, MIXED_PRECISION_IDS, ODD_SIZES, REPRESENTATIVE, TOL, case_id,
+                    make_problem, run_parity, run_steps)
 
 _OK, _WHY = _ext.cpu_status()
 if not _OK:
@@ -60,9 +61,7 @@ def test_parity_many_tensors(case, dtype):
 
 @pytest.mark.parametrize("case", REPRESENTATIVE, ids=case_id)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("extra", [{"master_weights": True}, {"state_dtype": torch.bfloat16},
-                                   {"master_weights": True, "state_dtype": torch.bfloat16}],
-                         ids=["master", "bf16-states", "master-bf16-states"])
+@pytest.mark.parametrize("extra", MIXED_PRECISION, ids=MIXED_PRECISION_IDS)
 def test_parity_mixed_precision(case, dtype, extra):
     name, kw = case
     _parity(name, {**kw, **extra}, dtype, [3, 4097, 20000])

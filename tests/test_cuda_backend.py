@@ -16,15 +16,14 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
 
 import fusedopt
 from fusedopt import _ext, algorithms, backends
-from parity import (CASES, ODD_SIZES, REPRESENTATIVE, TOL, assert_same_state, case_id, make_problem,
-                    run_parity, run_steps)
+from parity import (CASES, MIXED_PRECISION, MIXED_PRECISION_IDS, ODD_SIZES, REPRESENTATIVE, TOL,
+                    assert_same_state, case_id, interface_problem, make_problem, run_parity)
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 NAMES = [name for name, _ in REPRESENTATIVE]
@@ -184,9 +183,7 @@ def test_one_launch_per_step():
 @cuda
 @pytest.mark.parametrize("case", REPRESENTATIVE, ids=case_id)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("extra", [{"master_weights": True}, {"state_dtype": torch.bfloat16},
-                                   {"master_weights": True, "state_dtype": torch.bfloat16}],
-                         ids=["master", "bf16-states", "master-bf16-states"])
+@pytest.mark.parametrize("extra", MIXED_PRECISION, ids=MIXED_PRECISION_IDS)
 def test_parity_mixed_precision(case, dtype, extra):
     name, kw = case
     run_parity("cuda", name, {**kw, **extra}, dtype, sizes=(3, 4097, 20000), steps=8, device="cuda")
@@ -217,21 +214,8 @@ def test_radam_device_mode_unrectified_steps():
 
 # -- GPU: the backend interface directly -----------------------------------------------------
 
-def _interface_problem(name, dtype, n=(3, 4097, 20011), seed=7, device="cuda"):
-    kw = dict(REPRESENTATIVE)[name]
-    spec = getattr(fusedopt, name).algorithm
-    group = {**spec.defaults, **kw}
-    if name == "AdamW":
-        group["decoupled_weight_decay"] = True
-        group.setdefault("weight_decay", 1e-2)
-    gen = torch.Generator().manual_seed(seed)
-    ps = [torch.randn(k, generator=gen).to(device=device, dtype=dtype) for k in n]
-    gs = [torch.randn(k, generator=gen).to(device=device, dtype=dtype) for k in n]
-    init = spec.slot_init(group)
-    states = [[torch.rand(k, generator=gen).to(device) + init[s] for k in n] if s in init else []
-              for s in spec.SLOTS]
-    scalars, flags = spec.step_args(group, 3.0, False)
-    return spec, ps, gs, states, tuple(scalars), tuple(flags)
+def _interface_problem(name, dtype, n=(3, 4097, 20011), seed=7):
+    return interface_problem(name, dtype, n=n, seed=seed, device="cuda", random_states=True)
 
 
 def _clone(ps, states):

@@ -21,7 +21,7 @@ pytest.importorskip("triton", reason="triton is not installed")
 import fusedopt  # noqa: E402
 from fusedopt import algorithms, backends  # noqa: E402
 from parity import (CASES, ODD_SIZES, REPRESENTATIVE, TOL, assert_same_state, case_id,  # noqa: E402
-                    make_problem, run_parity, run_steps)
+                    interface_problem, make_problem, run_parity, run_steps)
 
 
 def _import_kernels():
@@ -148,22 +148,6 @@ def test_radam_device_mode_unrectified_steps():
 
 # -- the backend interface directly: AMP scale and inf flag ------------------------------------
 
-def _interface_problem(name, dtype, n=(3, 4097), seed=7, device="cpu"):
-    kw = dict(REPRESENTATIVE)[name]
-    spec = getattr(fusedopt, name).algorithm
-    group = {**spec.defaults, **kw}
-    if name == "AdamW":
-        group["decoupled_weight_decay"] = True
-        group.setdefault("weight_decay", 1e-2)
-    gen = torch.Generator().manual_seed(seed)
-    ps = [torch.randn(k, generator=gen).to(device=device, dtype=dtype) for k in n]
-    gs = [torch.randn(k, generator=gen).to(device=device, dtype=dtype) for k in n]
-    init = spec.slot_init(group)
-    states = [[torch.full((k,), init[s], device=device) for k in n] if s in init else [] for s in spec.SLOTS]
-    scalars, flags = spec.step_args(group, 3.0, False)
-    return spec, ps, gs, states, tuple(scalars), tuple(flags)
-
-
 def _clone(ps, states):
     return [p.clone() for p in ps], [[t.clone() for t in slot] for slot in states]
 
@@ -173,7 +157,7 @@ def _clone(ps, states):
 def test_grad_scale_and_found_inf(name):
     tri = backends.get_backend("triton", torch.device("cpu"))
     ref = backends.get_backend("reference", torch.device("cpu"))
-    spec, ps, gs, states, scalars, flags = _interface_problem(name, torch.float32)
+    spec, ps, gs, states, scalars, flags = interface_problem(name, torch.float32)
     scalars = (0.5,) + scalars[1:]  # a host scale too: both multiply into g
     scale = torch.tensor(0.25)
     p1, s1 = _clone(ps, states)
@@ -195,7 +179,7 @@ def test_sgd_first_step_is_a_runtime_scalar():
     """first_step selects the buffer copy per call from the scalar, host or device."""
     tri = backends.get_backend("triton", torch.device("cpu"))
     ref = backends.get_backend("reference", torch.device("cpu"))
-    spec, ps, gs, states, scalars, flags = _interface_problem("SGD", torch.float32)
+    spec, ps, gs, states, scalars, flags = interface_problem("SGD", torch.float32)
     for first in (1.0, 0.0):
         sc = scalars[:5] + (first,)
         for as_tensor in (False, True):
@@ -393,7 +377,7 @@ def test_cuda_step_never_synchronises(options):
         p.grad = torch.randn_like(p)
     opt.step()  # compiles the kernel, creates the state, builds the table
     tri = backends.get_backend("triton", torch.device("cuda"))
-    spec, qs, gs, states, scalars, flags = _interface_problem("Adam", dtype, device="cuda")
+    spec, qs, gs, states, scalars, flags = interface_problem("Adam", dtype, device="cuda")
     device_scalars = torch.tensor(scalars, device="cuda")
     scale, found_inf = torch.tensor(0.5, device="cuda"), torch.tensor(0.0, device="cuda")
     tri.step(spec.name, qs, gs, states, device_scalars, flags, grad_scale=scale, found_inf=found_inf)
