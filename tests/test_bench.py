@@ -1,17 +1,19 @@
-"""fusedopt-bench: a tiny run through main(argv) and the files it writes; the bytes model."""
+"""fusedopt-bench: a tiny run through main(argv) and the files it writes; the bytes model; the
+interleaved timing and the spread, with fake implementations on a fake clock."""
 from __future__ import annotations
 
 import csv
 import importlib.util
+import itertools
 
 import pytest
 import torch
 
 import fusedopt
-from fusedopt.bench import main
-from fusedopt.bench.impls import triton_interpreted
+from fusedopt.bench import cli, main, timing
+from fusedopt.bench.impls import CASES, Impl, triton_interpreted
 from fusedopt.bench.report import COLUMNS
-from fusedopt.bench.timing import bytes_per_param, time_calls
+from fusedopt.bench.timing import bytes_per_param, interleave, time_calls
 from fusedopt.bench.workloads import describe, workload_shapes
 
 F32, BF16 = torch.float32, torch.bfloat16
@@ -75,6 +77,7 @@ def test_tiny_run_writes_csv_markdown_png(tmp_path):
         r = by[("fp32", "adam", impl)]
         assert r["status"] == "ok", r
         assert float(r["ms_median"]) > 0 and float(r["gbps"]) > 0 and int(r["repeats"]) == 3
+        assert float(r["ms_min"]) <= float(r["ms_q1"]) <= float(r["ms_median"]) <= float(r["ms_q3"])
         assert int(r["bytes_per_param"]) == 28
         assert 0 < float(r["pct_of_copy"]) and float(r["copy_gbps"]) > 0
         assert r["torch_best"] in ("torch-forloop", "torch-foreach", "torch-fused")
@@ -101,3 +104,111 @@ def test_tiny_run_writes_csv_markdown_png(tmp_path):
     else:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert "![throughput chart](tiny.png)" in md
+
+
+# -- interleaving and spread, on fake implementations and a fake clock -----------------------
+class FakeClock:
+    """Stands in for the ``time`` module of fusedopt.bench.timing: time moves only when a fake
+    step says so, so every sample is known in advance."""
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+@pytest.fixture
+def fake_bench(monkeypatch, tmp_path):
+    """Run main() over fake implementations (named in ``names``) whose steps log
+    (algorithm, implementation) and take scripted milliseconds (warm-up first) on a fake
+    clock; the copy bandwidth is fixed. Returns the call log, the CSV rows by (algorithm,
+    implementation), the Markdown and the console output."""
+    clock = FakeClock()
+    monkeypatch.setattr(timing, "time", clock)
+    monkeypatch.setattr(cli, "copy_bandwidth", lambda device, nbytes: 10.0)
+    monkeypatch.setattr(cli, "inplace_bandwidth", lambda device, nbytes: 12.0)
+
+    def bench(capsys, names, argv, durations_ms=None):
+        log = []
+
+        def maker(name):
+            def make(params, case, master):
+                scripted = iter((durations_ms or {}).get((case.name, name), itertools.repeat(1.0)))
+
+                class FakeOptimizer:
+                    state = {}
+
+                    def step(self):
+                        log.append((case.name, name))
+                        clock.now += next(scripted) / 1e3
+                return FakeOptimizer()
+            return make
+        impls = [Impl(n, "fake", maker(n)) for n in names]
+        monkeypatch.setattr(cli, "implementations", lambda device, **kw: (impls, []))
+        out = tmp_path / "out"
+        assert main(argv + ["--workloads", "2x8", "--modes", "fp32", "--no-progress", "--no-png",
+                            "--out", str(out), "--name", "fake"]) == 0
+        rows = {(r["algorithm"], r["implementation"]): r for r in csv.DictReader(open(out / "fake.csv"))}
+        return log, rows, (out / "fake.md").read_text(), capsys.readouterr().out
+    return bench
+
+
+def test_contenders_are_warmed_up_then_timed_round_robin(fake_bench, capsys):
+    log, rows, md, _ = fake_bench(capsys, ["a", "b", "c"],
+                                  ["--algorithms", "adam,sgd", "--warmup", "2", "--repeats", "4"])
+    contenders = [(algo, impl) for algo in ("adam", "sgd") for impl in "abc"]
+    # every contender of the workload and mode is warmed up, in turn, before any is timed ...
+    assert log[:12] == [c for c in contenders for _ in range(2)]
+    # ... then rounds of one step of each, every algorithm's implementations in the same rounds
+    rounds = [log[12 + 6 * i:18 + 6 * i] for i in range(4)]
+    assert len(log) == 12 + 4 * 6
+    assert all(sorted(r) == sorted(contenders) for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 1  # the order changes from round to round
+    assert all(int(rows[c]["repeats"]) == 4 and rows[c]["status"] == "ok" for c in contenders)
+    assert "batches" not in md  # no memory fallback here
+
+
+def test_contenders_over_the_memory_budget_are_timed_in_batches(fake_bench, capsys, monkeypatch):
+    # the three Adam contenders (2x8 fp32: 16 params x (4 + 2 x 4) bytes each) fit, SGD's do not as well
+    adam = cli.contender_bytes(CASES["adam"], 16, torch.float32, False)
+    monkeypatch.setattr(cli, "memory_budget", lambda device: 3 * adam)
+    log, rows, md, _ = fake_bench(capsys, ["a", "b", "c"],
+                                  ["--algorithms", "adam,sgd", "--warmup", "1", "--repeats", "3"])
+    assert [algo for algo, _ in log] == ["adam"] * (3 + 3 * 3) + ["sgd"] * (3 + 3 * 3)
+    assert "2x8, fp32: the 6 contenders" in md and "timed in 2 batches" in md
+
+
+def test_batches_keep_an_algorithm_together_and_split_it_only_when_it_alone_is_too_big():
+    def contenders(algos):
+        return [cli.Contender({}, Impl(i, "fake", None), CASES[a], 10) for a in algos for i in "xy"]
+    names = lambda parts: [[(c.case.name, c.impl.name) for c in b] for b in parts]  # noqa: E731
+    assert len(cli.batches(contenders(["adam", "sgd"]), float("inf"))) == 1
+    assert names(cli.batches(contenders(["adam", "sgd", "yogi"]), 30)) == [
+        [("adam", "x"), ("adam", "y")], [("sgd", "x"), ("sgd", "y")], [("yogi", "x"), ("yogi", "y")]]
+    assert names(cli.batches(contenders(["adam"]), 15)) == [[("adam", "x")], [("adam", "y")]]
+
+
+def test_interleave_stops_at_the_time_cap_with_equal_samples(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(timing, "time", clock)
+
+    def step(ms):
+        def fn():
+            clock.now += ms / 1e3
+        return fn
+    t = interleave([step(10), step(30)], torch.device("cpu"), [10, 30], repeats=100, max_seconds=0.2)
+    assert [len(x.samples_ms) for x in t] == [5, 5]  # 5 rounds of 40 ms fill the 200 ms cap
+    assert t[1].median == pytest.approx(30)
+
+
+def test_spread_is_shown_beside_the_median(fake_bench, capsys):
+    durations = {("adam", "a"): [5, 10, 13, 11, 12], ("adam", "b"): [5, 20, 20, 20, 20]}
+    _, rows, md, out = fake_bench(capsys, ["a", "b"], ["--algorithms", "adam", "--warmup", "1", "--repeats", "4"],
+                                  durations_ms=durations)
+    r = rows[("adam", "a")]
+    assert (float(r["ms_median"]), float(r["ms_min"]), float(r["ms_q1"]), float(r["ms_q3"]), float(r["ms_iqr"])) \
+        == pytest.approx((11.5, 10, 10.25, 12.75, 2.5))
+    assert "| ms/step (q1-q3) |" in md
+    assert "| adam | a | 11.50 (10.25-12.75) |" in md and "| adam | b | 20.00 (20.00-20.00) |" in md
+    assert "ms/step (q1-q3)" in out
+    assert any(line.startswith("adam") and " a " in line and "11.50 (10.25-12.75)" in line for line in out.splitlines())

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,23 +15,26 @@ import torch
 import fusedopt
 
 from . import report
-from .impls import CASES, Impl, Skip, implementations, select
-from .timing import bytes_per_param, copy_bandwidth, inplace_bandwidth, observed_state_dtypes, synchronize, time_calls
+from .impls import CASES, Case, Impl, Skip, implementations, select
+from .timing import (bytes_per_param, copy_bandwidth, inplace_bandwidth, interleave, observed_state_dtypes,
+                     warm_up)
 from .workloads import GPT2_CONFIGS, MODES, build, describe, workload_shapes
 
-# Defaults per device type. The CPU set is sized so that a run with no arguments finishes in
-# well under 3 minutes on a 2-core machine; the GPU set is the full one.
+# Defaults per device type; max_seconds caps the timed rounds of one workload and mode. The CPU
+# set is sized so that a run with no arguments finishes in about 3 minutes on a 2-core machine
+# (most of it the warm-up: first steps allocate every contender's states); the GPU set is the
+# full one.
 DEFAULTS = {
     "cpu": dict(workloads=["gpt2-mini", "1000x4K"], modes=["fp32", "bf16", "bf16-master"],
-                repeats=10, warmup=2, max_seconds=0.3, copy_mib=256),
+                repeats=10, warmup=2, max_seconds=10.0, copy_mib=256),
     "cuda": dict(workloads=["gpt2-1b", "1000x64K", "10000x1K"], modes=["fp32", "bf16", "bf16-master"],
-                 repeats=50, warmup=5, max_seconds=2.0, copy_mib=1024),
+                 repeats=50, warmup=5, max_seconds=30.0, copy_mib=1024),
 }
 QUICK = {
-    "cpu": dict(workloads=["gpt2-mini"], modes=["fp32", "bf16"], repeats=5, warmup=2, max_seconds=0.2,
+    "cpu": dict(workloads=["gpt2-mini"], modes=["fp32", "bf16"], repeats=5, warmup=2, max_seconds=3.0,
                 copy_mib=128),
     "cuda": dict(workloads=["gpt2-small", "10000x1K"], modes=["fp32", "bf16"], repeats=10, warmup=3,
-                 max_seconds=0.5, copy_mib=512),
+                 max_seconds=10.0, copy_mib=512),
 }
 
 
@@ -62,11 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"dtype modes: {', '.join(MODES)} (default: all)")
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     ap.add_argument("--repeats", type=int, default=None,
-                    help="timed steps per row, at most (default cpu 10, cuda 50); see --max-seconds")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default cpu 2, cuda 5)")
+                    help="timed steps per implementation, at most: the rounds that time every implementation "
+                         "of a workload and mode interleaved, one step each (default cpu 10, cuda 50); see "
+                         "--max-seconds")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="untimed steps of each implementation before the rounds (default cpu 2, cuda 5)")
     ap.add_argument("--max-seconds", type=float, default=None,
-                    help="cap the timed steps of a row at about this many seconds, never fewer than 3 steps "
-                         "(default cpu 0.3, cuda 2; 0 = no cap, always --repeats)")
+                    help="cap the timed rounds of a workload and mode at about this many seconds in all, never "
+                         "fewer than 3 rounds unless those would take over four times the cap (default cpu "
+                         f"{DEFAULTS['cpu']['max_seconds']:g}, cuda {DEFAULTS['cuda']['max_seconds']:g}; "
+                         "0 = no cap, always --repeats)")
     ap.add_argument("--copy-mib", type=int, default=None,
                     help="size of the copy-bandwidth tensors in MiB (default cpu 256, cuda 1024)")
     ap.add_argument("--threads", type=int, default=None,
@@ -116,40 +126,131 @@ def backend_call(opt) -> "callable | None":
     return run
 
 
-def run_row(impl: Impl, case, base_params, base_grads, master: bool, device, cfg, kernel: bool) -> dict:
+@dataclass
+class Contender:
+    """One row to time: an implementation of an algorithm on the current workload and mode,
+    and the memory it will hold (see :func:`contender_bytes`)."""
+    row: dict
+    impl: Impl
+    case: Case
+    nbytes: int
+
+
+def contender_bytes(case: Case, n_params: int, dtype: torch.dtype, master: bool) -> int:
+    """Memory a contender keeps alive, estimated: its copy of the params, float32 states
+    (torch keeps bf16 ones for bf16 params: an upper bound) and float32 master weights."""
+    return n_params * (dtype.itemsize + 4 * case.n_states + (4 if master else 0))
+
+
+def memory_budget(device: torch.device) -> float:
+    """Bytes the contenders timed together may hold: half the memory free now (the workload's
+    params and grads are allocated by then; the other half is left for temporaries and the
+    other users of a shared machine); unlimited where the free memory is unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 2
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 / 2
+    except OSError:
+        pass
+    return float("inf")
+
+
+def batches(contenders: list[Contender], budget: float) -> list[list[Contender]]:
+    """Split a workload and mode's contenders into batches, timed one after another, whose
+    memory fits ``budget``: all in one batch where they fit; else whole algorithms per batch,
+    so that the implementations compared with each other are interleaved; an algorithm over
+    the budget on its own is split too, down to one contender per batch."""
+    out: list[list[Contender]] = [[]]
+    used = 0
+    for _, group in itertools.groupby(contenders, key=lambda c: c.case.name):
+        group = list(group)
+        if used + sum(c.nbytes for c in group) > budget and out[-1]:
+            out.append([])
+            used = 0
+        for c in group:
+            if used + c.nbytes > budget and out[-1]:
+                out.append([])
+                used = 0
+            out[-1].append(c)
+            used += c.nbytes
+    return [b for b in out if b]
+
+
+def _make(c: Contender, base_params, base_grads, master: bool):
+    """The contender's own copy of the params (sharing the read-only grads) and its optimizer."""
     params = [torch.nn.Parameter(p.clone()) for p in base_params]
     for p, g in zip(params, base_grads):
         p.grad = g  # read-only for every implementation timed here; shared to save memory
     try:
+        return params, c.impl.make(params, c.case, master)
+    except Skip:
+        raise
+    except Exception as e:  # noqa: BLE001
+        if c.impl.kind in ("apex", "deepspeed"):  # e.g. an op that fails to build: not our bug
+            raise Skip(f"could not be created: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
+        raise
+
+
+def _error(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+def measure_batch(batch: list[Contender], base_params, base_grads, master: bool, device, cfg,
+                  kernel: bool, max_seconds: float | None) -> None:
+    """Time a batch of contenders interleaved and fill in their rows.
+
+    Each contender gets its own params and optimizer, kept alive until the batch is done, and
+    its warm-up; fusedopt's also its backend call alone (the 'backend call ms' column), a
+    contender of its own in the rounds. Then :func:`interleave` takes every contender's samples
+    in the same rounds. A contender that cannot be created or fails its warm-up gets its
+    status and reason, the others go on.
+    """
+    fns, ests, owners = [], [], []  # the bound opt.step keeps the optimizer and its params alive
+    share = max_seconds * 1e3 / len(batch) if max_seconds else None  # a contender's warm-up cap
+    for c in batch:
         try:
-            opt = impl.make(params, case, master)
-        except Skip:
-            raise
-        except Exception as e:  # noqa: BLE001
-            if impl.kind in ("apex", "deepspeed"):  # e.g. an op that fails to build: not our bug
-                raise Skip(f"could not be created: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
-            raise
-        t = time_calls(opt.step, device, warmup=cfg["warmup"], repeats=cfg["repeats"],
-                       max_seconds=cfg["max_seconds"] or None)
+            params, opt = _make(c, base_params, base_grads, master)
+            ests.append(warm_up(opt.step, device, cfg["warmup"], share))
+        except Skip as e:
+            c.row.update(status="skipped", note=str(e))
+            continue
+        except Exception as e:  # noqa: BLE001 - report it and go on with the other rows
+            c.row.update(status="error", note=_error(e))
+            continue
+        fns.append(opt.step)
+        owners.append((c, "ms"))
         sdts = observed_state_dtypes(opt, params[0])
         if sdts is None:  # keeps its state elsewhere: assume the nominal states in the param dtype
-            sdts = [params[0].dtype] * case.n_states
-        row = dict(ms_median=t.median, ms_min=t.min, ms_iqr=t.iqr, repeats=len(t.samples_ms),
-                   state_dtype=",".join(sorted({str(s).removeprefix("torch.") for s in sdts})) or "-",
-                   bytes_per_param=bytes_per_param(params[0].dtype, params[0].dtype, sdts, master))
-        if kernel and impl.kind == "fusedopt":
+            sdts = [params[0].dtype] * c.case.n_states
+        c.row.update(state_dtype=",".join(sorted({str(s).removeprefix("torch.") for s in sdts})) or "-",
+                     bytes_per_param=bytes_per_param(params[0].dtype, params[0].dtype, sdts, master))
+        if kernel and c.impl.kind == "fusedopt":
             try:
                 fn = backend_call(opt)
+                if fn is not None:
+                    ests.append(warm_up(fn, device, 1, share))
+                    fns.append(fn)
+                    owners.append((c, "kernel"))
             except Exception:  # noqa: BLE001 - the optimizer's internals moved on: no column
-                fn = None
-            if fn is not None:
-                k = time_calls(fn, device, warmup=1, repeats=cfg["repeats"],
-                               max_seconds=cfg["max_seconds"] or None)
-                row["kernel_ms"] = k.median
-        return row
-    finally:
-        del params
-        synchronize(device)
+                pass
+    if not fns:
+        return
+    try:
+        timings = interleave(fns, device, ests, repeats=cfg["repeats"], max_seconds=max_seconds)
+    except Exception as e:  # noqa: BLE001
+        for c, _ in owners:
+            c.row.update(status="error", note=f"in the interleaved rounds: {_error(e)}")
+        return
+    for (c, what), t in zip(owners, timings):
+        if what == "kernel":
+            c.row["kernel_ms"] = t.median
+            continue
+        q1, q3 = t.quartiles
+        c.row.update(status="ok", ms_median=t.median, ms_min=t.min, ms_q1=q1, ms_q3=q3, ms_iqr=t.iqr,
+                     repeats=len(t.samples_ms))
 
 
 def _empty_cache(device):
@@ -188,7 +289,12 @@ def resolve(args) -> tuple[torch.device, dict]:
 
 
 def run(args) -> tuple[list[dict], dict]:
-    """Measure; return the rows and the run's context (copy bandwidth, notes, settings)."""
+    """Measure; return the rows and the run's context (copy bandwidth, notes, settings).
+
+    Per workload and mode, every implementation of every algorithm is a contender; they are
+    created and warmed up, then timed interleaved (see :func:`measure_batch`), in batches
+    where they would not all fit in memory at once.
+    """
     device, cfg = resolve(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -199,11 +305,10 @@ def run(args) -> tuple[list[dict], dict]:
     load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     copy_start = copy_bandwidth(device, cfg["copy_mib"] * 2**20)
 
-    plan = [(w, m, a, impl) for w in cfg["workloads"] for m in cfg["modes"] for a in cfg["algorithms"]
-            for impl in impls]
+    n_rows = len(cfg["workloads"]) * len(cfg["modes"]) * len(cfg["algorithms"]) * len(impls)
     try:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(plan), unit="row", disable=True if args.no_progress else None,
+        bar = tqdm(total=n_rows, unit="row", disable=True if args.no_progress else None,
                    dynamic_ncols=True, file=sys.stderr)
     except ImportError:
         bar = None
@@ -211,36 +316,53 @@ def run(args) -> tuple[list[dict], dict]:
     base_key = None
     base = None
     t0 = time.perf_counter()
-    for workload, mode, algo, impl in plan:
+    for workload in cfg["workloads"]:
         shapes = workload_shapes(workload)
         n_params, n_tensors = describe(shapes)
-        dtype, master = MODES[mode]
-        case = CASES[algo]
-        row = dict(device=str(device), workload=workload, mode=mode, algorithm=algo,
-                   implementation=impl.name, kind=impl.kind, n_params=n_params, n_tensors=n_tensors,
-                   param_dtype=str(dtype).removeprefix("torch."), master_weights=master, note="")
-        if bar is not None:
-            bar.set_postfix_str(f"{workload} {mode} {algo} {impl.name}", refresh=False)
-        try:
-            if master and impl.kind == "torch":
-                raise Skip("torch.optim has no master-weights option")
-            if case.torch_cls is None and impl.kind == "torch":
-                raise Skip(f"torch.optim has no {case.fusedopt_cls}")
-            if (workload, dtype) != base_key:
-                base = None
+        for mode in cfg["modes"]:
+            dtype, master = MODES[mode]
+            contenders = []
+            for algo in cfg["algorithms"]:
+                case = CASES[algo]
+                for impl in impls:
+                    row = dict(device=str(device), workload=workload, mode=mode, algorithm=algo,
+                               implementation=impl.name, kind=impl.kind, n_params=n_params, n_tensors=n_tensors,
+                               param_dtype=str(dtype).removeprefix("torch."), master_weights=master, note="")
+                    rows.append(row)
+                    if master and impl.kind == "torch":
+                        row.update(status="skipped", note="torch.optim has no master-weights option")
+                    elif case.torch_cls is None and impl.kind == "torch":
+                        row.update(status="skipped", note=f"torch.optim has no {case.fusedopt_cls}")
+                    else:
+                        contenders.append(Contender(row, impl, case, contender_bytes(case, n_params, dtype, master)))
+            if bar is not None:
+                bar.update(len(cfg["algorithms"]) * len(impls) - len(contenders))  # skipped already
+            if not contenders:
+                continue
+            try:
+                if (workload, dtype) != base_key:
+                    base = None
+                    _empty_cache(device)
+                    base = build(shapes, dtype, device)
+                    base_key = (workload, dtype)
+            except Exception as e:  # noqa: BLE001 - e.g. out of memory: report it and go on
+                for c in contenders:
+                    c.row.update(status="error", note=_error(e))
+                continue
+            parts = batches(contenders, memory_budget(device))
+            if len(parts) > 1:
+                need = sum(c.nbytes for c in contenders) / 2**30
+                notes.append(f"{workload}, {mode}: the {len(contenders)} contenders would hold about {need:.1f} GiB, "
+                             f"over half the free memory; timed in {len(parts)} batches one after another, "
+                             f"interleaved within each batch")
+            for part in parts:
+                if bar is not None:
+                    bar.set_postfix_str(f"{workload} {mode} {part[0].case.name}..{part[-1].case.name}", refresh=False)
+                cap = cfg["max_seconds"] * len(part) / len(contenders) if cfg["max_seconds"] else None
+                measure_batch(part, base[0], base[1], master, device, cfg, not args.no_kernel, cap)
                 _empty_cache(device)
-                base = build(shapes, dtype, device)
-                base_key = (workload, dtype)
-            row.update(run_row(impl, case, base[0], base[1], master, device, cfg, not args.no_kernel))
-            row["status"] = "ok"
-        except Skip as e:
-            row.update(status="skipped", note=str(e))
-        except Exception as e:  # noqa: BLE001 - report it and go on with the other rows
-            row.update(status="error", note=f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
-        _empty_cache(device)
-        rows.append(row)
-        if bar is not None:
-            bar.update(1)
+                if bar is not None:
+                    bar.update(len(part))
     if bar is not None:
         bar.close()
     base = None
@@ -258,8 +380,8 @@ def run(args) -> tuple[list[dict], dict]:
             if key not in torch_best or r["ms_median"] < torch_best[key][0]:
                 torch_best[key] = (r["ms_median"], r["implementation"])
     for r in rows:
-        for k in ("ms_median", "ms_min", "ms_iqr", "repeats", "kernel_ms", "gbps", "pct_of_copy",
-                  "speedup_vs_torch_best", "torch_best", "state_dtype", "bytes_per_param"):
+        for k in ("ms_median", "ms_min", "ms_q1", "ms_q3", "ms_iqr", "repeats", "kernel_ms", "gbps",
+                  "pct_of_copy", "speedup_vs_torch_best", "torch_best", "state_dtype", "bytes_per_param"):
             r.setdefault(k, None)
         r["copy_gbps"] = round(copy_gbps, 2)
         if r["status"] != "ok":
@@ -271,18 +393,17 @@ def run(args) -> tuple[list[dict], dict]:
             r["speedup_vs_torch_best"] = best[0] / r["ms_median"]
             r["torch_best"] = best[1]
     for r in rows:  # round for the CSV
-        for k in ("ms_median", "ms_min", "ms_iqr", "kernel_ms"):
-            if r[k] is not None:
-                r[k] = round(r[k], 4)
-        for k in ("gbps", "pct_of_copy", "speedup_vs_torch_best"):
+        for k in ("ms_median", "ms_min", "ms_q1", "ms_q3", "ms_iqr", "kernel_ms", "gbps", "pct_of_copy",
+                  "speedup_vs_torch_best"):
             if r[k] is not None:
                 r[k] = round(r[k], 4)
 
     threads = torch.get_num_threads()
     settings = (f"device {device}; workloads {', '.join(cfg['workloads'])}; modes {', '.join(cfg['modes'])}; "
-                f"up to {cfg['repeats']} timed steps per row (at least 3"
-                + (f", capped at about {cfg['max_seconds']:g} s" if cfg["max_seconds"] else "")
-                + f") after {cfg['warmup']} warm-up steps"
+                f"per workload and mode {cfg['warmup']} warm-up steps of every implementation, then all timed "
+                f"interleaved: up to {cfg['repeats']} rounds of one step each in a shuffled order (at least 3"
+                + (f", capped at about {cfg['max_seconds']:g} s per workload and mode" if cfg["max_seconds"] else "")
+                + ")"
                 + (f"; torch threads {threads}" if device.type == "cpu" else "")
                 + f"; wall time {time.perf_counter() - t0:.0f} s")
     ctx = dict(device=device, cfg=cfg, notes=notes, settings=settings,
@@ -324,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     report.write_markdown(rows, md_path, info=info, settings=ctx["settings"], copy=ctx["copy"],
                           notes=ctx["notes"], png_name=png_path.name if drew else None)
     print(f"fusedopt-bench on {info['device']}; torch {info['torch']}, triton {info['triton']}; {info['date']}")
-    print(f"copy bandwidth {ctx['copy']['used']:.1f} GB/s; whole step() times, medians")
+    print(f"copy bandwidth {ctx['copy']['used']:.1f} GB/s; whole step() times: medians and, in parentheses, "
+          f"first and third quartiles of the samples, the implementations timed interleaved")
     print(report.terminal_table(rows, ctx["copy"]["used"]))
     for n in ctx["notes"]:
         print(f"note: {n}")

@@ -15,7 +15,7 @@ import fusedopt
 
 COLUMNS = ["device", "workload", "mode", "algorithm", "implementation", "kind", "status",
            "n_params", "n_tensors", "param_dtype", "state_dtype", "master_weights", "bytes_per_param",
-           "ms_median", "ms_min", "ms_iqr", "repeats", "kernel_ms", "gbps", "copy_gbps",
+           "ms_median", "ms_min", "ms_iqr", "ms_q1", "ms_q3", "repeats", "kernel_ms", "gbps", "copy_gbps",
            "pct_of_copy", "speedup_vs_torch_best", "torch_best", "note"]
 
 
@@ -93,12 +93,19 @@ def _sections(rows):
     return out
 
 
-TABLE_HEAD = ["algorithm", "implementation", "ms/step", "backend call ms", "GB/s", "% of copy",
+TABLE_HEAD = ["algorithm", "implementation", "ms/step (q1-q3)", "backend call ms", "GB/s", "% of copy",
               "vs torch best", "bytes/param"]
 
 
+def _ms_cell(r):
+    """The median step time and, in parentheses, its first and third quartiles: the middle
+    half of the samples."""
+    d = 3 if r["ms_median"] < 1 else 2
+    return f"{_fmt(r['ms_median'], d)} ({_fmt(r['ms_q1'], d)}-{_fmt(r['ms_q3'], d)})"
+
+
 def _table_cells(r):
-    return [r["algorithm"], r["implementation"], _fmt(r["ms_median"], 3 if r["ms_median"] < 1 else 2),
+    return [r["algorithm"], r["implementation"], _ms_cell(r),
             _fmt(r["kernel_ms"], 3 if (r["kernel_ms"] or 0) < 1 else 2), _fmt(r["gbps"]),
             _pct(r["pct_of_copy"]), _speedup(r["speedup_vs_torch_best"]), str(r["bytes_per_param"])]
 
@@ -167,10 +174,15 @@ def write_markdown(rows, path: Path, *, info: dict, settings: dict, copy: dict, 
     out += ["", "## How to read this", "",
             "- `ms/step` is the median wall time of a whole `optimizer.step()` call (Python "
             "bookkeeping and every kernel launch included), warm-up excluded; on a GPU it is "
-            "timed with CUDA events, on the CPU with `time.perf_counter`.",
-            "- `backend call ms` (fusedopt rows only) times the backend's multi-tensor call alone, "
-            "with the arguments the step would pass (the kernel and its launch, no optimizer "
-            "bookkeeping); the difference to `ms/step` is the Python side of the step.",
+            "timed with CUDA events, on the CPU with `time.perf_counter`. In parentheses the "
+            "first and third quartiles of the samples: half the steps took a time in that range. "
+            "The implementations of a workload and mode were timed interleaved: rounds of one "
+            "step of each, in a shuffled order, so that a change in the machine's load fell on "
+            "all of them alike; a wide range still means a noisy measurement.",
+            "- `backend call ms` (fusedopt rows only, median) times the backend's multi-tensor call "
+            "alone, with the arguments the step would pass (the kernel and its launch, no optimizer "
+            "bookkeeping), in the same rounds as the steps; the difference to `ms/step` is the "
+            "Python side of the step.",
             "- `GB/s` = bytes moved / `ms/step`, with bytes per parameter from the bytes model: "
             "param read + written, gradient read, each state read + written (fp32: "
             "SGD 12, SGD+momentum/Adagrad/RMSprop 20, Adadelta/Adam/AdamW/Yogi/RAdam 28, amsgrad 36; "
@@ -211,8 +223,9 @@ def write_markdown(rows, path: Path, *, info: dict, settings: dict, copy: dict, 
 
 def write_png(rows, path: Path, copy_gbps: float, title: str) -> bool:
     """Grouped bars: for each workload and mode a panel, algorithms on the x axis, one bar per
-    implementation, GB/s on the y axis, the copy bandwidth as a dashed line. False when
-    matplotlib is missing or nothing ran."""
+    implementation, GB/s on the y axis with whiskers at the GB/s of the step time's first and
+    third quartiles, the copy bandwidth as a dashed line. False when matplotlib is missing or
+    nothing ran."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -235,21 +248,25 @@ def write_png(rows, path: Path, copy_gbps: float, title: str) -> bool:
         algos = list(OrderedDict.fromkeys(r["algorithm"] for r in rs))
         here = [i for i in impls if any(r["implementation"] == i for r in rs)]
         width = 0.8 / max(len(here), 1)
-        val = defaultdict(dict)
+        val = defaultdict(dict)  # GB/s at the median, the third and the first quartile of the time
         for r in rs:
-            val[r["algorithm"]][r["implementation"]] = r["gbps"]
+            at = r["gbps"] * r["ms_median"]
+            val[r["algorithm"]][r["implementation"]] = (r["gbps"], at / r["ms_q3"], at / r["ms_q1"])
         for j, name in enumerate(here):
             xs = [a + (j - (len(here) - 1) / 2) * width for a in range(len(algos))]
-            ys = [val[al].get(name, 0.0) for al in algos]
-            ax.bar(xs, ys, width, color=colors[name], label=name)
+            nan = float("nan")  # no bar and no whisker where this implementation did not run
+            mid, low, high = zip(*(val[al].get(name, (nan, nan, nan)) for al in algos))
+            ax.bar(xs, mid, width, color=colors[name], label=name,
+                   yerr=[[m - lo for m, lo in zip(mid, low)], [h - m for m, h in zip(mid, high)]],
+                   capsize=2, error_kw=dict(elinewidth=0.8, ecolor="black"))
         ax.axhline(copy_gbps, color="black", linestyle="--", linewidth=1)
         ax.text(len(algos) - 0.5, copy_gbps, f" copy {copy_gbps:.0f} GB/s", va="bottom", ha="right", fontsize=8)
         ax.set_xticks(range(len(algos)))
         ax.set_xticklabels(algos, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("GB/s (bytes model)")
+        ax.set_ylabel("GB/s (bytes model; whiskers: quartiles)")
         ax.set_title(f"{workload}, {mode} ({rs[0]['n_params'] / 1e6:.1f}M params, {rs[0]['n_tensors']} tensors)",
                      fontsize=10)
-        ax.set_ylim(0, max(copy_gbps, max(r["gbps"] for r in rs)) * 1.15)
+        ax.set_ylim(0, max(copy_gbps, max(v[2] for d in val.values() for v in d.values())) * 1.15)
     for ax in list(axes.flat)[len(sections):]:
         ax.axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[n]) for n in impls]

@@ -1,12 +1,16 @@
 """Timing, the copy-bandwidth roofline and the bytes model.
 
-Times are of whole ``optimizer.step()`` calls (Python bookkeeping, state creation checks and
+Times are of whole calls (``optimizer.step()``: Python bookkeeping, state creation checks and
 every kernel launch included), one sample per call: ``torch.cuda.Event`` pairs on a GPU,
-``time.perf_counter`` on the CPU. Warm-up steps (state allocation, compilation, caches) are
-excluded; the median of the timed samples is reported.
+``time.perf_counter`` on the CPU. The contenders of a comparison are timed interleaved: each
+is warmed up (state allocation, compilation, caches), then rounds call every contender once,
+in an order shuffled per round, so that a change in the machine's load during the
+measurement hits every contender alike instead of whichever ran at that moment. A
+contender's median, minimum and quartiles are over all its samples.
 """
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from dataclasses import dataclass
@@ -33,16 +37,23 @@ class Timing:
         return min(self.samples_ms)
 
     @property
-    def iqr(self) -> float:
+    def quartiles(self) -> tuple[float, float]:
+        """First and third quartile; the minimum and maximum below four samples, where
+        quartiles would be extrapolated past the data."""
         s = sorted(self.samples_ms)
         if len(s) < 4:
-            return s[-1] - s[0]
+            return s[0], s[-1]
         q = statistics.quantiles(s, n=4)
-        return q[2] - q[0]
+        return q[0], q[2]
+
+    @property
+    def iqr(self) -> float:
+        q1, q3 = self.quartiles
+        return q3 - q1
 
 
 def _one(fn: Callable[[], object], device: torch.device) -> float:
-    """Milliseconds of one call, synchronised (used for warm-up and the repeat estimate)."""
+    """Milliseconds of one call, synchronised (used for warm-up and the estimates)."""
     synchronize(device)
     t = time.perf_counter()
     fn()
@@ -50,43 +61,73 @@ def _one(fn: Callable[[], object], device: torch.device) -> float:
     return (time.perf_counter() - t) * 1e3
 
 
-def time_calls(fn: Callable[[], object], device: torch.device, *, warmup: int = 2,
-               repeats: int = 10, min_repeats: int = 3, max_seconds: float | None = None) -> Timing:
-    """Time up to ``repeats`` calls of ``fn`` after ``warmup`` untimed ones.
-
-    With ``max_seconds`` the timed calls are cut to about that long in all (estimated from the
-    last warm-up call), never below ``min_repeats`` unless those would take over four times the
-    budget. A call slower than the budget gets two warm-up calls (the first allocates state or
-    compiles) and one timed sample; one slower than ten budgets, one warm-up call and one sample. The number of
-    samples taken is part of the result.
-    """
-    budget = None if not max_seconds else max_seconds * 1e3
-    est = None
+def warm_up(fn: Callable[[], object], device: torch.device, warmup: int = 2,
+            budget_ms: float | None = None) -> float:
+    """Make ``warmup`` untimed calls of ``fn`` (at least one) and return the milliseconds of
+    the last, the estimate of a timed call. A call slower than ``budget_ms`` ends the warm-up
+    early, the first call only past ten budgets (it allocates state or compiles)."""
+    est = 0.0
     for i in range(max(warmup, 1)):
         est = _one(fn, device)
-        if budget is not None and est > (10 * budget if i == 0 else budget):
-            break  # the first call allocates state or compiles: only a very slow one stops here
-    n = repeats
-    if budget is not None and est and est > 0:
-        floor = min_repeats if est * min_repeats <= 4 * budget else 1
-        n = max(floor, min(repeats, int(budget / est)))
-    n = max(n, 1)
-    if device.type == "cuda":
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-        for s, e in zip(starts, ends):
-            s.record()
-            fn()
-            e.record()
-        torch.cuda.synchronize(device)
-        samples = [s.elapsed_time(e) for s, e in zip(starts, ends)]
-    else:
-        samples = []
-        for _ in range(n):
-            t = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t) * 1e3)
-    return Timing(samples)
+        if budget_ms is not None and est > (10 * budget_ms if i == 0 else budget_ms):
+            break
+    return est
+
+
+def interleave(fns: list[Callable[[], object]], device: torch.device, est_ms: list[float], *,
+               repeats: int = 10, min_repeats: int = 3, max_seconds: float | None = None,
+               seed: int = 0) -> list[Timing]:
+    """Time the warmed-up ``fns`` in rounds; each round calls every function once, in an order
+    shuffled per round (seeded: the same run makes the same orders), one sample per call.
+
+    Rounds go on until there are ``repeats`` of them or, with ``max_seconds``, until the next
+    round (as long as the last, at first the sum of ``est_ms``) would take the rounds past
+    about that many seconds in all; never fewer than ``min_repeats`` rounds unless those would
+    take over four times the budget by the estimates. Every function gets the same number of
+    samples. One call per turn, not several, so that every sample is taken alike: right after
+    some other contender's call, as in training, where forward and backward run between two
+    steps, rather than a mix of a first call after a switch and calls after its own.
+    """
+    budget = None if not max_seconds else max_seconds * 1e3
+    last = sum(est_ms)
+    floor = min_repeats if budget is None or last * min_repeats <= 4 * budget else 1
+    rng = random.Random(seed)
+    order = list(range(len(fns)))
+    samples: list[list[float]] = [[] for _ in fns]
+    spent = 0.0
+    while len(samples[0]) < repeats and (len(samples[0]) < floor or budget is None or spent + last <= budget):
+        rng.shuffle(order)
+        synchronize(device)
+        t_round = time.perf_counter()
+        if device.type == "cuda":
+            events = []
+            for i in order:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fns[i]()
+                end.record()
+                events.append((i, start, end))
+            torch.cuda.synchronize(device)
+            for i, start, end in events:
+                samples[i].append(start.elapsed_time(end))
+        else:
+            for i in order:
+                t = time.perf_counter()
+                fns[i]()
+                samples[i].append((time.perf_counter() - t) * 1e3)
+        last = (time.perf_counter() - t_round) * 1e3
+        spent += last
+    return [Timing(s) for s in samples]
+
+
+def time_calls(fn: Callable[[], object], device: torch.device, *, warmup: int = 2,
+               repeats: int = 10, min_repeats: int = 3, max_seconds: float | None = None) -> Timing:
+    """Time up to ``repeats`` calls of ``fn`` alone after ``warmup`` untimed ones, the timed
+    calls capped at about ``max_seconds`` in all: :func:`interleave` with one function."""
+    budget_ms = None if not max_seconds else max_seconds * 1e3
+    est = warm_up(fn, device, warmup, budget_ms)
+    return interleave([fn], device, [est], repeats=repeats, min_repeats=min_repeats,
+                      max_seconds=max_seconds)[0]
 
 
 def copy_bandwidth(device: torch.device, nbytes: int, repeats: int = 10) -> float:
@@ -140,3 +181,4 @@ def observed_state_dtypes(optimizer: torch.optim.Optimizer, param: torch.Tensor)
     return [v.dtype for k, v in st.items()
             if isinstance(v, torch.Tensor) and k != "step" and "master" not in k
             and v.shape == param.shape]
+
