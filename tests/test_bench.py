@@ -1,10 +1,15 @@
 """fusedopt-bench: a tiny run through main(argv) and the files it writes; the bytes model; the
-interleaved timing and the spread, with fake implementations on a fake clock."""
+interleaved timing, the spread and the busy-machine warning, with fake implementations on a
+fake clock."""
 from __future__ import annotations
 
 import csv
 import importlib.util
 import itertools
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -13,7 +18,7 @@ import fusedopt
 from fusedopt.bench import cli, main, timing
 from fusedopt.bench.impls import CASES, Impl, triton_interpreted
 from fusedopt.bench.report import COLUMNS
-from fusedopt.bench.timing import bytes_per_param, interleave, time_calls
+from fusedopt.bench.timing import CpuSnapshot, bytes_per_param, interleave, other_cpu_use, time_calls
 from fusedopt.bench.workloads import describe, workload_shapes
 
 F32, BF16 = torch.float32, torch.bfloat16
@@ -106,7 +111,7 @@ def test_tiny_run_writes_csv_markdown_png(tmp_path):
         assert "![throughput chart](tiny.png)" in md
 
 
-# -- interleaving and spread, on fake implementations and a fake clock -----------------------
+# -- interleaving, spread and load, on fake implementations and a fake clock -----------------
 class FakeClock:
     """Stands in for the ``time`` module of fusedopt.bench.timing: time moves only when a fake
     step says so, so every sample is known in advance."""
@@ -116,20 +121,25 @@ class FakeClock:
     def perf_counter(self):
         return self.now
 
+    def monotonic(self):
+        return self.now
+
 
 @pytest.fixture
 def fake_bench(monkeypatch, tmp_path):
     """Run main() over fake implementations (named in ``names``) whose steps log
     (algorithm, implementation) and take scripted milliseconds (warm-up first) on a fake
-    clock; the copy bandwidth is fixed. Returns the call log, the CSV rows by (algorithm,
-    implementation), the Markdown and the console output."""
+    clock; the copy bandwidth and other processes' CPU use are fixed. Returns the call log,
+    the CSV rows by (algorithm, implementation), the Markdown and the console output."""
     clock = FakeClock()
     monkeypatch.setattr(timing, "time", clock)
     monkeypatch.setattr(cli, "copy_bandwidth", lambda device, nbytes: 10.0)
     monkeypatch.setattr(cli, "inplace_bandwidth", lambda device, nbytes: 12.0)
+    monkeypatch.setattr(cli, "_empty_cache", lambda device: None)  # nothing to free; gc.collect is slow
 
-    def bench(capsys, names, argv, durations_ms=None):
+    def bench(capsys, names, argv, durations_ms=None, other_cores=0.0):
         log = []
+        monkeypatch.setattr(cli, "other_cpu_use", lambda start, end: other_cores)
 
         def maker(name):
             def make(params, case, master):
@@ -212,3 +222,35 @@ def test_spread_is_shown_beside_the_median(fake_bench, capsys):
     assert "| adam | a | 11.50 (10.25-12.75) |" in md and "| adam | b | 20.00 (20.00-20.00) |" in md
     assert "ms/step (q1-q3)" in out
     assert any(line.startswith("adam") and " a " in line and "11.50 (10.25-12.75)" in line for line in out.splitlines())
+
+
+@pytest.mark.parametrize("other_cores, warned", [(0.05, False), (0.9, True)])
+def test_busy_machine_warning(fake_bench, capsys, other_cores, warned):
+    _, _, md, out = fake_bench(capsys, ["a"], ["--algorithms", "sgd", "--warmup", "1", "--repeats", "3"],
+                               other_cores=other_cores)
+    assert f"other processes kept {other_cores:.2f} of the {os.cpu_count()} logical cores busy" in md
+    assert f"machine load: other processes kept {other_cores:.2f}" in out
+    assert ("> **Warning**: the machine was busy: other processes used 0.90 cores" in md) == warned
+    assert ("WARNING: the machine was busy" in out) == warned
+
+
+def test_other_cpu_use_leaves_out_this_process():
+    start = CpuSnapshot(wall=100.0, machine=50.0, own=10.0, load=None)
+    # 2 s of wall time: the machine used 3 CPU seconds, 1 of them ours -> others kept 1 core busy
+    assert other_cpu_use(start, CpuSnapshot(102.0, 53.0, 11.0, None)) == pytest.approx(1.0)
+    # this process busy on both cores and nothing else: no other load
+    assert other_cpu_use(start, CpuSnapshot(102.0, 54.0, 14.0, None)) == pytest.approx(0.0)
+    assert other_cpu_use(CpuSnapshot(100.0, None, 10.0, None), CpuSnapshot(102.0, None, 11.0, None)) is None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads /proc/stat")
+def test_other_cpu_use_sees_a_busy_process():
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 1.0: pass"])
+    try:
+        time.sleep(0.3)  # the child has started spinning
+        start = CpuSnapshot.take()
+        time.sleep(0.6)
+        end = CpuSnapshot.take()
+    finally:
+        child.wait()
+    assert other_cpu_use(start, end) > 0.3  # the spinning child: close to 1 core

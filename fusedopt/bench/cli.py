@@ -16,8 +16,8 @@ import fusedopt
 
 from . import report
 from .impls import CASES, Case, Impl, Skip, implementations, select
-from .timing import (bytes_per_param, copy_bandwidth, inplace_bandwidth, interleave, observed_state_dtypes,
-                     warm_up)
+from .timing import (CpuSnapshot, bytes_per_param, copy_bandwidth, inplace_bandwidth, interleave,
+                     observed_state_dtypes, other_cpu_use, warm_up)
 from .workloads import GPT2_CONFIGS, MODES, build, describe, workload_shapes
 
 # Defaults per device type; max_seconds caps the timed rounds of one workload and mode. The CPU
@@ -289,7 +289,7 @@ def resolve(args) -> tuple[torch.device, dict]:
 
 
 def run(args) -> tuple[list[dict], dict]:
-    """Measure; return the rows and the run's context (copy bandwidth, notes, settings).
+    """Measure; return the rows and the run's context (copy bandwidth, load, notes, settings).
 
     Per workload and mode, every implementation of every algorithm is a contender; they are
     created and warmed up, then timed interleaved (see :func:`measure_batch`), in batches
@@ -302,7 +302,7 @@ def run(args) -> tuple[list[dict], dict]:
     impls, notes = implementations(device, include_reference=args.include_reference,
                                    include_interpreted=bool(named & {"triton", "fusedopt-triton"}))
     impls = select(impls, args.backends, device)
-    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    cpu0 = CpuSnapshot.take()
     copy_start = copy_bandwidth(device, cfg["copy_mib"] * 2**20)
 
     n_rows = len(cfg["workloads"]) * len(cfg["modes"]) * len(cfg["algorithms"]) * len(impls)
@@ -369,7 +369,7 @@ def run(args) -> tuple[list[dict], dict]:
     _empty_cache(device)
     copy_end = copy_bandwidth(device, cfg["copy_mib"] * 2**20)
     inplace = inplace_bandwidth(device, cfg["copy_mib"] * 2**20)
-    load1 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    cpu1 = CpuSnapshot.take()
     copy_gbps = max(copy_start, copy_end)
 
     # derived columns
@@ -407,8 +407,9 @@ def run(args) -> tuple[list[dict], dict]:
                 + (f"; torch threads {threads}" if device.type == "cpu" else "")
                 + f"; wall time {time.perf_counter() - t0:.0f} s")
     ctx = dict(device=device, cfg=cfg, notes=notes, settings=settings,
-               copy=dict(start=copy_start, end=copy_end, used=copy_gbps, mib=cfg["copy_mib"], inplace=inplace,
-                         load=(f"{load0:.2f} / {load1:.2f}" if load0 is not None else "")))
+               copy=dict(start=copy_start, end=copy_end, used=copy_gbps, mib=cfg["copy_mib"], inplace=inplace),
+               load=dict(other_cores=other_cpu_use(cpu0, cpu1), cores=os.cpu_count(),
+                         before=cpu0.load, after=cpu1.load))
     return rows, ctx
 
 
@@ -442,9 +443,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_png:
         drew = report.write_png(rows, png_path, ctx["copy"]["used"],
                                 f"fusedopt-bench on {info['device']} - torch {info['torch']} - {info['date']}")
-    report.write_markdown(rows, md_path, info=info, settings=ctx["settings"], copy=ctx["copy"],
+    report.write_markdown(rows, md_path, info=info, settings=ctx["settings"], copy=ctx["copy"], load=ctx["load"],
                           notes=ctx["notes"], png_name=png_path.name if drew else None)
     print(f"fusedopt-bench on {info['device']}; torch {info['torch']}, triton {info['triton']}; {info['date']}")
+    print(f"machine load: {report.load_summary(ctx['load'])}")
+    warning = report.busy_warning(ctx["load"])
+    if warning:
+        print(f"WARNING: {warning}")
     print(f"copy bandwidth {ctx['copy']['used']:.1f} GB/s; whole step() times: medians and, in parentheses, "
           f"first and third quartiles of the samples, the implementations timed interleaved")
     print(report.terminal_table(rows, ctx["copy"]["used"]))

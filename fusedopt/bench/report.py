@@ -1,4 +1,5 @@
-"""Reporting: the terminal table, CSV, Markdown and a PNG chart, and the machine description."""
+"""Reporting: the terminal table, CSV, Markdown and a PNG chart, the machine description and its
+load during the run."""
 from __future__ import annotations
 
 import csv
@@ -65,6 +66,36 @@ def machine_info(device: torch.device) -> dict:
         python=platform.python_version(),
         date=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
     )
+
+
+# Other processes' average CPU use, in cores, above which the report warns that the machine
+# was busy: a quiet machine's daemons stay well below it.
+BUSY_CORES = 0.2
+
+
+def load_summary(load: dict) -> str:
+    """The machine's load during the run in words: the cores other processes kept busy on
+    average (see :func:`fusedopt.bench.timing.other_cpu_use`) and the load average."""
+    if load["other_cores"] is None:
+        text = "other processes' CPU use not measured (no /proc/stat)"
+    else:
+        text = (f"other processes kept {load['other_cores']:.2f} of the {load['cores']} logical cores busy "
+                f"on average during the run (the machine's busy time less this run's CPU time)")
+    if load["before"] is not None:
+        text += f"; 1-minute load average {load['before']:.2f} before, {load['after']:.2f} after (this run included)"
+    return text
+
+
+def busy_warning(load: dict) -> str | None:
+    """A warning when other processes used more than :data:`BUSY_CORES` on average, else None."""
+    other = load["other_cores"]
+    if other is None or other <= BUSY_CORES:
+        return None
+    return (f"the machine was busy: other processes used {other:.2f} cores on average during the run "
+            f"(more than {BUSY_CORES:g}). The implementations were timed interleaved, so the load fell on "
+            f"all of them alike, but the times are longer and the spreads wider than on an idle machine, "
+            f"and a step using every core loses more than one using a single core: rerun on a quiet "
+            f"machine before drawing fine conclusions.")
 
 
 # -- formatting ----------------------------------------------------------------------------------
@@ -154,8 +185,8 @@ def _skip_summary(rows):
     return by
 
 
-def write_markdown(rows, path: Path, *, info: dict, settings: dict, copy: dict, notes: list[str],
-                   png_name: str | None) -> None:
+def write_markdown(rows, path: Path, *, info: dict, settings: dict, copy: dict, load: dict,
+                   notes: list[str], png_name: str | None) -> None:
     out = [f"# fusedopt-bench: optimizer step throughput on {info['device']}", ""]
     out += [f"- **Device**: {info['device']}"]
     if info["device"] != info["cpu"]:
@@ -169,8 +200,10 @@ def write_markdown(rows, path: Path, *, info: dict, settings: dict, copy: dict, 
             f"- **In-place bandwidth** (`a.add_(b)`, read a and b, write a: 3 x {copy['mib']} MiB counted): "
             f"{copy['inplace']:.1f} GB/s, for context (see below)",
             f"- **Settings**: {settings}"]
-    if copy.get("load"):
-        out += [f"- **Load average** (1 min) before / after: {copy['load']}"]
+    out += [f"- **Machine load**: {load_summary(load)}"]
+    warning = busy_warning(load)
+    if warning:
+        out += ["", f"> **Warning**: {warning}"]
     out += ["", "## How to read this", "",
             "- `ms/step` is the median wall time of a whole `optimizer.step()` call (Python "
             "bookkeeping and every kernel launch included), warm-up excluded; on a GPU it is "

@@ -1,4 +1,4 @@
-"""Timing, the copy-bandwidth roofline and the bytes model.
+"""Timing, the copy-bandwidth roofline, the bytes model and the machine's load.
 
 Times are of whole calls (``optimizer.step()``: Python bookkeeping, state creation checks and
 every kernel launch included), one sample per call: ``torch.cuda.Event`` pairs on a GPU,
@@ -10,6 +10,7 @@ contender's median, minimum and quartiles are over all its samples.
 """
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
@@ -182,3 +183,48 @@ def observed_state_dtypes(optimizer: torch.optim.Optimizer, param: torch.Tensor)
             if isinstance(v, torch.Tensor) and k != "step" and "master" not in k
             and v.shape == param.shape]
 
+
+# -- the machine's load ------------------------------------------------------------------------
+def _machine_cpu_seconds() -> float | None:
+    """CPU seconds all processes on the machine have used since boot, from /proc/stat: every
+    state but idle and iowait, steal included (a hypervisor's other guests take the CPUs too);
+    None without /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds of this process (all its threads) and of the children it has waited for
+    (DeepSpeed's JIT build of its op, say)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """The clocks :func:`other_cpu_use` compares, at one moment."""
+    wall: float
+    machine: float | None
+    own: float
+    load: float | None  # 1-minute load average
+
+    @classmethod
+    def take(cls) -> "CpuSnapshot":
+        return cls(time.monotonic(), _machine_cpu_seconds(), _own_cpu_seconds(),
+                   os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
+
+
+def other_cpu_use(start: CpuSnapshot, end: CpuSnapshot) -> float | None:
+    """How many cores other processes kept busy on average between two snapshots: the
+    machine's CPU time less this process's, over the wall time. This run's own work is left
+    out, so the figure reads the same whether the run used one core or all of them (a load
+    average counts the run itself). None where /proc/stat is missing."""
+    if start.machine is None or end.machine is None or end.wall <= start.wall:
+        return None
+    other = (end.machine - start.machine) - (end.own - start.own)
+    return max(other, 0.0) / (end.wall - start.wall)
