@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import fusedopt
-from fusedopt.bench import cli, main, timing
+from fusedopt.bench import cli, main, report, timing
 from fusedopt.bench.impls import CASES, Impl, triton_interpreted
 from fusedopt.bench.report import COLUMNS
 from fusedopt.bench.timing import CpuSnapshot, bytes_per_param, interleave, other_cpu_use, time_calls
@@ -222,6 +222,25 @@ def test_spread_is_shown_beside_the_median(fake_bench, capsys):
     assert "| adam | a | 11.50 (10.25-12.75) |" in md and "| adam | b | 20.00 (20.00-20.00) |" in md
     assert "ms/step (q1-q3)" in out
     assert any(line.startswith("adam") and " a " in line and "11.50 (10.25-12.75)" in line for line in out.splitlines())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="draws with matplotlib")
+def test_chart_draws_quartile_whiskers(tmp_path, monkeypatch):
+    import matplotlib.axes
+    drawn = []
+    bar = matplotlib.axes.Axes.bar
+
+    def recording_bar(self, *args, **kwargs):
+        drawn.append(kwargs["yerr"])
+        return bar(self, *args, **kwargs)
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", recording_bar)
+    row = dict(status="ok", workload="2x8", mode="fp32", algorithm="adam", n_params=16, n_tensors=2)
+    rows = [dict(row, implementation="a", gbps=0.1, ms_median=3.0, ms_q1=2.0, ms_q3=3.0),  # median at q3
+            dict(row, implementation="b", gbps=0.2, ms_median=4.0, ms_q1=2.0, ms_q3=8.0)]
+    assert report.write_png(rows, tmp_path / "c.png", 1.0, "title")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    # whiskers from the GB/s at the third quartile's time to that at the first's
+    assert drawn == [[pytest.approx([0.0]), pytest.approx([0.05])], [pytest.approx([0.1]), pytest.approx([0.2])]]
 
 
 @pytest.mark.parametrize("other_cores, warned", [(0.05, False), (0.9, True)])

@@ -281,16 +281,18 @@ def write_png(rows, path: Path, copy_gbps: float, title: str) -> bool:
         algos = list(OrderedDict.fromkeys(r["algorithm"] for r in rs))
         here = [i for i in impls if any(r["implementation"] == i for r in rs)]
         width = 0.8 / max(len(here), 1)
-        val = defaultdict(dict)  # GB/s at the median, the third and the first quartile of the time
+        # GB/s at the median time, and how far below and above it the GB/s at the third and
+        # first quartile lie (as ratios, never negative: q1 <= median <= q3)
+        val = defaultdict(dict)
         for r in rs:
-            at = r["gbps"] * r["ms_median"]
-            val[r["algorithm"]][r["implementation"]] = (r["gbps"], at / r["ms_q3"], at / r["ms_q1"])
+            g = r["gbps"]
+            val[r["algorithm"]][r["implementation"]] = (g, g * (1 - r["ms_median"] / r["ms_q3"]),
+                                                        g * (r["ms_median"] / r["ms_q1"] - 1))
         for j, name in enumerate(here):
             xs = [a + (j - (len(here) - 1) / 2) * width for a in range(len(algos))]
             nan = float("nan")  # no bar and no whisker where this implementation did not run
-            mid, low, high = zip(*(val[al].get(name, (nan, nan, nan)) for al in algos))
-            ax.bar(xs, mid, width, color=colors[name], label=name,
-                   yerr=[[m - lo for m, lo in zip(mid, low)], [h - m for m, h in zip(mid, high)]],
+            mid, below, above = zip(*(val[al].get(name, (nan, nan, nan)) for al in algos))
+            ax.bar(xs, mid, width, color=colors[name], label=name, yerr=[below, above],
                    capsize=2, error_kw=dict(elinewidth=0.8, ecolor="black"))
         ax.axhline(copy_gbps, color="black", linestyle="--", linewidth=1)
         ax.text(len(algos) - 0.5, copy_gbps, f" copy {copy_gbps:.0f} GB/s", va="bottom", ha="right", fontsize=8)
@@ -299,7 +301,7 @@ def write_png(rows, path: Path, copy_gbps: float, title: str) -> bool:
         ax.set_ylabel("GB/s (bytes model; whiskers: quartiles)")
         ax.set_title(f"{workload}, {mode} ({rs[0]['n_params'] / 1e6:.1f}M params, {rs[0]['n_tensors']} tensors)",
                      fontsize=10)
-        ax.set_ylim(0, max(copy_gbps, max(v[2] for d in val.values() for v in d.values())) * 1.15)
+        ax.set_ylim(0, max(copy_gbps, max(v[0] + v[2] for d in val.values() for v in d.values())) * 1.15)
     for ax in list(axes.flat)[len(sections):]:
         ax.axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[n]) for n in impls]
