@@ -209,6 +209,9 @@ def test_interleave_stops_at_the_time_cap_with_equal_samples(monkeypatch):
     t = interleave([step(10), step(30)], torch.device("cpu"), [10, 30], repeats=100, max_seconds=0.2)
     assert [len(x.samples_ms) for x in t] == [5, 5]  # 5 rounds of 40 ms fill the 200 ms cap
     assert t[1].median == pytest.approx(30)
+    # a round over the cap on its own: still 3 rounds, the fewest that show a spread
+    t = interleave([step(10), step(300)], torch.device("cpu"), [10, 300], repeats=100, max_seconds=0.2)
+    assert [len(x.samples_ms) for x in t] == [3, 3]
 
 
 def test_spread_is_shown_beside_the_median(fake_bench, capsys):

@@ -73,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--warmup", type=int, default=None,
                     help="untimed steps of each implementation before the rounds (default cpu 2, cuda 5)")
     ap.add_argument("--max-seconds", type=float, default=None,
-                    help="cap the timed rounds of a workload and mode at about this many seconds in all, never "
-                         "fewer than 3 rounds unless those would take over four times the cap (default cpu "
+                    help="cap the timed rounds of a workload and mode at about this many seconds in all, but "
+                         "never fewer than 3 rounds (default cpu "
                          f"{DEFAULTS['cpu']['max_seconds']:g}, cuda {DEFAULTS['cuda']['max_seconds']:g}; "
                          "0 = no cap, always --repeats)")
     ap.add_argument("--copy-mib", type=int, default=None,

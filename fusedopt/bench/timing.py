@@ -83,20 +83,19 @@ def interleave(fns: list[Callable[[], object]], device: torch.device, est_ms: li
 
     Rounds go on until there are ``repeats`` of them or, with ``max_seconds``, until the next
     round (as long as the last, at first the sum of ``est_ms``) would take the rounds past
-    about that many seconds in all; never fewer than ``min_repeats`` rounds unless those would
-    take over four times the budget by the estimates. Every function gets the same number of
-    samples. One call per turn, not several, so that every sample is taken alike: right after
+    about that many seconds in all; but never fewer than ``min_repeats`` rounds (``repeats``
+    permitting), however slow: fewer samples say nothing of the spread. Every function gets
+    the same number of samples. One call per turn, not several, so that every sample is taken alike: right after
     some other contender's call, as in training, where forward and backward run between two
     steps, rather than a mix of a first call after a switch and calls after its own.
     """
     budget = None if not max_seconds else max_seconds * 1e3
     last = sum(est_ms)
-    floor = min_repeats if budget is None or last * min_repeats <= 4 * budget else 1
     rng = random.Random(seed)
     order = list(range(len(fns)))
     samples: list[list[float]] = [[] for _ in fns]
     spent = 0.0
-    while len(samples[0]) < repeats and (len(samples[0]) < floor or budget is None or spent + last <= budget):
+    while len(samples[0]) < repeats and (len(samples[0]) < min_repeats or budget is None or spent + last <= budget):
         rng.shuffle(order)
         synchronize(device)
         t_round = time.perf_counter()
