@@ -208,7 +208,8 @@ def write_markdown(rows, path: Path, *, info: dict, settings: dict, copy: dict, 
             "- `ms/step` is the median wall time of a whole `optimizer.step()` call (Python "
             "bookkeeping and every kernel launch included), warm-up excluded; on a GPU it is "
             "timed with CUDA events, on the CPU with `time.perf_counter`. In parentheses the "
-            "first and third quartiles of the samples: half the steps took a time in that range. "
+            "first and third quartiles of the samples: half the steps took a time in that range "
+            "(with fewer than 4 samples, the minimum and maximum). "
             "The implementations of a workload and mode were timed interleaved: rounds of one "
             "step of each, in a shuffled order, so that a change in the machine's load fell on "
             "all of them alike; a wide range still means a noisy measurement.",
@@ -281,8 +282,9 @@ def write_png(rows, path: Path, copy_gbps: float, title: str) -> bool:
         algos = list(OrderedDict.fromkeys(r["algorithm"] for r in rs))
         here = [i for i in impls if any(r["implementation"] == i for r in rs)]
         width = 0.8 / max(len(here), 1)
-        # GB/s at the median time, and how far below and above it the GB/s at the third and
-        # first quartile lie (as ratios, never negative: q1 <= median <= q3)
+        # GB/s at the median time, and the whiskers' lengths down to the GB/s at the third
+        # quartile's time and up to that at the first's: from ratios of the times, so never
+        # negative (q1 <= median <= q3)
         val = defaultdict(dict)
         for r in rs:
             g = r["gbps"]

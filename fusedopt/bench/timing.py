@@ -85,9 +85,10 @@ def interleave(fns: list[Callable[[], object]], device: torch.device, est_ms: li
     round (as long as the last, at first the sum of ``est_ms``) would take the rounds past
     about that many seconds in all; but never fewer than ``min_repeats`` rounds (``repeats``
     permitting), however slow: fewer samples say nothing of the spread. Every function gets
-    the same number of samples. One call per turn, not several, so that every sample is taken alike: right after
-    some other contender's call, as in training, where forward and backward run between two
-    steps, rather than a mix of a first call after a switch and calls after its own.
+    the same number of samples. One call per turn, not several, so that every sample is taken
+    alike: right after some other contender's call, as in training, where forward and
+    backward run between two steps, rather than a mix of a first call after a switch and
+    calls after its own.
     """
     budget = None if not max_seconds else max_seconds * 1e3
     last = sum(est_ms)
