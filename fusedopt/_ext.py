@@ -6,26 +6,18 @@ Importing ``fusedopt._C`` loads a library whose static initialisers register the
 ``torch.cuda.is_available()``. Nothing here raises: :func:`cpu_status` and
 :func:`cuda_status` say whether the kernels are there and, if not, why.
 
-Op schemas (one op per algorithm; state slots in the order of ``docs/kernel-interface.md``,
-an inactive slot is an empty list)::
+Op schemas (``docs/kernel-interface.md``): one op per algorithm of
+``fusedopt.algorithms.ALGORITHMS``, all with one schema, and ``lookahead``::
 
-    sgd(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffer, <tail>)
-    adagrad(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] sum, <tail>)
-    adadelta(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avg, Tensor(c!)[] acc_delta, <tail>)
-    rmsprop(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avg,
-            Tensor(c!)[] momentum_buffer, Tensor(d!)[] grad_avg, <tail>)
-    adam(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg, Tensor(c!)[] exp_avg_sq,
-         Tensor(d!)[] max_exp_avg_sq, <tail>)
-    yogi(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg, Tensor(c!)[] exp_avg_sq, <tail>)
-    radam(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg, Tensor(c!)[] exp_avg_sq, <tail>)
+    <algo>(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] s0, Tensor(c!)[] s1, Tensor(d!)[] s2,
+           Tensor(e!)[]? master, Tensor steps, Tensor index, Tensor hyper, bool[] flags,
+           Tensor? grad_scale=None, Tensor? found_inf=None) -> ()
     lookahead(Tensor(a!)[] params, Tensor(b!)[] slow, float alpha) -> ()
 
-    <tail> = float[] scalars, bool[] flags, Tensor? grad_scale=None, Tensor? found_inf=None,
-             Tensor(z!)[]? master=None) -> ()
-
-``fusedopt._C_cuda`` adds, for every step op, the overload ``<op>.tensor``: the same schema
-with ``Tensor scalars`` (float32, on the params' device) in place of ``float[] scalars``, for
-device-mode steps whose scalars the host never reads.
+``s0, s1, s2`` are the state slots in the algorithm's ``SLOTS`` order (an unused or inactive one
+an empty list); ``steps`` (float32, 1-D) and ``hyper`` (float64, ``[rows, len(HYPER)]``) live on
+the params' device, ``index`` (int64, ``[len(params), 2]``: each param's step slot and hyper row)
+on the CPU; ``flags`` follow ``FLAGS``.
 """
 from __future__ import annotations
 
@@ -34,17 +26,11 @@ import importlib.util
 
 import torch
 
-# Number of state slots of each step op, in the interface's SLOTS order.
-STEP_OPS = {
-    "sgd": 1,
-    "adagrad": 1,
-    "adadelta": 2,
-    "rmsprop": 3,
-    "adam": 3,
-    "yogi": 2,
-    "radam": 2,
-}
-OPS = tuple(STEP_OPS) + ("lookahead",)
+from .algorithms import ALGORITHMS
+
+# The step ops, one per algorithm (the C++ list in csrc/include/fusedopt/algos/all.h).
+STEP_OPS = tuple(ALGORITHMS)
+OPS = STEP_OPS + ("lookahead",)
 
 _cpu_error: str | None = None
 _cuda_error: str | None = None
@@ -68,17 +54,15 @@ def _load_cpu() -> str | None:
 _fakes_registered = False
 
 
-def _register_fakes(names=None) -> None:
+def _register_fakes() -> None:
     """Fake (meta) kernels: the ops only mutate their inputs and return nothing."""
     global _fakes_registered
-    if names is None:
-        if _fakes_registered:
-            return
-        _fakes_registered = True
-    for name in OPS if names is None else names:
-        qualname = f"fusedopt::{name}"
+    if _fakes_registered:
+        return
+    _fakes_registered = True
+    for name in OPS:
         try:
-            torch.library.register_fake(qualname)(_fake)
+            torch.library.register_fake(f"fusedopt::{name}")(_fake)
         except RuntimeError as e:  # already registered (module reloaded)
             if "already has" not in str(e) and "already registered" not in str(e):
                 raise
@@ -117,8 +101,6 @@ def cuda_status() -> tuple[bool, str]:
                     torch.ops.load_library(spec.origin)
                 except (OSError, RuntimeError) as e:
                     _cuda_error = f"fusedopt._C_cuda failed to load: {type(e).__name__}: {e}"
-                else:
-                    _register_fakes([f"{name}.tensor" for name in STEP_OPS])
     return _cuda_error is None, _cuda_error or ""
 
 

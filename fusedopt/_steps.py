@@ -1,56 +1,84 @@
-"""Step counters that advance with one op, whatever set of params took the step."""
+"""Step counters: one buffer per device, advanced on the device, read by the kernels."""
 from __future__ import annotations
 
 import torch
 
 
 class StepArena:
-    """Every ``state['step']`` of one optimizer on one device, as a 0-dim float32 view of one
-    buffer.
+    """Every step counter of one optimizer on one device, as a 0-dim float32 view of one buffer.
 
     torch.optim keeps one 0-dim tensor per param; advancing a thousand of them costs a thousand
-    tiny adds (a foreach add of CPU scalars is about 3 µs per tensor). Here the steps of any
-    set of params advance with one ``index_add_`` on the buffer, whichever params have
-    gradients this step. Each ``state['step']`` stays a plain-looking 0-dim float32 tensor, so
-    checkpoints are torch.optim's. The buffer doubles when full; the views in the states are
-    then re-pointed to the new buffer.
+    tiny adds. Here the counters of any set of params advance with one ``index_add_`` on the
+    buffer, on the device (an overflow step adds 0, with no host synchronisation), and the
+    kernels read each tensor's count from the buffer (``docs/kernel-interface.md``).
+
+    Where the algorithm keeps torch's ``state['step']``, that entry IS the view, so a count
+    edited in place (``fill_``) is what the next step reads; a count assigned as a new tensor
+    or loaded from a checkpoint is copied in when the step plan adopts it. SGD's counter, which
+    torch's SGD state has no key for, stays private: it starts at 0 when the momentum buffer is
+    created (the next step is then the buffer's first) and at 1 for a buffer that existed
+    before this optimizer saw the param (loaded: not a first step, as in torch).
+
+    The buffer doubles when full; the views in the states are then re-pointed to the new one.
     """
 
     def __init__(self, device: torch.device):
         self.device = device
         self.data = torch.zeros(0, dtype=torch.float32, device=device)
         self.views: list[torch.Tensor] = []
-        self.owners: list[dict] = []  # the state dict that holds each view
+        self.owners: list[dict | None] = []  # the state dict whose 'step' is each view
         self.slot: dict[int, tuple[torch.Tensor, int]] = {}  # id(param) -> (param, slot)
         self._ones = torch.ones(0, dtype=torch.float32, device=device)
 
-    def place(self, params: list[torch.Tensor], states: list[dict]) -> torch.Tensor:
-        """The slots of ``params`` as an index tensor on this device. A step tensor that is not
-        this arena's view (new, loaded, or on another device) has its value copied in and is
-        replaced by the view."""
-        out = []
+    def place(self, params: list[torch.Tensor], states: list[dict], exposed: bool,
+              fresh: set[int] = frozenset()) -> list[int]:
+        """The slots of ``params``, with their counts set up in as few ops as possible.
+
+        ``exposed``: the counter is ``state['step']``: a state without one starts at 0, and one
+        that is not this arena's view (loaded, or assigned by hand) is copied in and replaced by
+        the view. Otherwise the counter is private: it starts at 0 for the params whose ids are
+        in ``fresh`` (their state was just created), at 1 for others new to this arena."""
+        out, adopt, adopted, zeros, ones = [], [], [], [], []
         for p, st in zip(params, states):
             hit = self.slot.get(id(p))
-            if hit is not None and hit[0] is p:
-                k = hit[1]
-                if st["step"] is not self.views[k]:
-                    self._adopt(k, st)
-            else:
-                k = len(self.views)
-                self._grow(k + 1)
-                self.views.append(self.data[k])
-                self.owners.append(st)
-                self.slot[id(p)] = (p, k)
-                self._adopt(k, st)
+            known = hit is not None and hit[0] is p
+            k = hit[1] if known else self._new(p)  # a new slot holds 0
+            if exposed:
+                cur = st.get("step")
+                if cur is None:
+                    if known:
+                        zeros.append(k)
+                elif cur is not self.views[k]:
+                    adopt.append(k)
+                    adopted.append(cur)
+                self.owners[k] = st
+            elif id(p) in fresh:
+                if known:
+                    zeros.append(k)
+            elif not known:
+                ones.append(k)
             out.append(k)
-        index = torch.tensor(out, dtype=torch.int64)
-        # non_blocking: an upload from pageable memory that does not synchronise the stream
-        return index if self.device.type == "cpu" else index.to(self.device, non_blocking=True)
+        for ks, value in ((zeros, 0.0), (ones, 1.0)):
+            if ks:
+                self.data.index_fill_(0, torch.tensor(ks, device=self.device), value)
+        if adopt:
+            if len({t.device for t in adopted}) == 1:  # e.g. all loaded on the CPU: one copy
+                values = torch.stack([t.detach().reshape(()).to(torch.float32) for t in adopted])
+            else:
+                values = torch.stack([t.detach().reshape(()).to(self.device, torch.float32) for t in adopted])
+            self.data.index_copy_(0, torch.tensor(adopt, device=self.device), values.to(self.device))
+        if exposed:
+            for k, st in zip(out, states):
+                st["step"] = self.views[k]
+        return out
 
-    def _adopt(self, k: int, st: dict) -> None:
-        self.views[k].copy_(st["step"].reshape(()), non_blocking=True)
-        st["step"] = self.views[k]
-        self.owners[k] = st
+    def _new(self, p: torch.Tensor) -> int:
+        k = len(self.views)
+        self._grow(k + 1)
+        self.views.append(self.data[k])
+        self.owners.append(None)
+        self.slot[id(p)] = (p, k)
+        return k
 
     def _grow(self, need: int) -> None:
         if need <= self.data.numel():
@@ -61,7 +89,7 @@ class StepArena:
         self.data[:n].copy_(old[:n])
         self.views = list(self.data[:n].unbind(0)) if n else []
         for view, new, st in zip(old_views, self.views, self.owners):
-            if st.get("step") is view:
+            if st is not None and st.get("step") is view:
                 st["step"] = new
 
     def advance(self, index: torch.Tensor, amount) -> None:

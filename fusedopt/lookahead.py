@@ -8,7 +8,7 @@ import torch
 from torch.optim import Optimizer
 
 from . import backends
-from ._base import state_dtype_for
+from ._plan import state_dtype_for
 from ._grouping import bucket
 
 

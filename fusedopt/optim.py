@@ -1,11 +1,11 @@
 """The optimizer classes: torch.optim's constructors and state keys, fused steps.
 
-Each class only collects its hyperparameters; :class:`~fusedopt._base.FusedOptimizer` does the
+Each class only collects its hyperparameters; :class:`~fusedopt._optimizer.FusedOptimizer` does the
 rest. ``backend`` is ``"auto"`` (the fastest available for the parameters' device),
 ``"reference"``, ``"triton"``, ``"cpu"`` or ``"cuda"``. ``foreach`` and ``fused`` are accepted so
 that torch.optim call sites work unchanged, and ignored: the step is always fused.
 
-Every class also takes the options of :class:`~fusedopt._base.FusedOptimizer`
+Every class also takes the options of :class:`~fusedopt._optimizer.FusedOptimizer`
 (``capturable``, ``master_weights``, ``state_dtype``, ``max_grad_norm``,
 ``accumulation_steps``) as keywords.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from ._base import FusedOptimizer
+from ._optimizer import FusedOptimizer
 from .algorithms import ADADELTA, ADAGRAD, ADAM, RADAM, RMSPROP, SGD as _SGD, YOGI
 
 
@@ -90,7 +90,7 @@ class Adam(FusedOptimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, *,
                  foreach=None, maximize=False, capturable=False, differentiable=False, fused=None,
                  decoupled_weight_decay=False, backend="auto", **options):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       amsgrad=amsgrad, maximize=maximize,
                                       decoupled_weight_decay=decoupled_weight_decay),
                          backend, foreach=foreach, fused=fused, capturable=capturable,
@@ -120,7 +120,7 @@ class Yogi(FusedOptimizer):
 
     def __init__(self, params, lr=1e-2, betas=(0.9, 0.999), eps=1e-3, initial_accumulator_value=1e-6,
                  weight_decay=0.0, *, maximize=False, foreach=None, fused=None, backend="auto", **options):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps,
                                       initial_accumulator_value=initial_accumulator_value,
                                       weight_decay=weight_decay, maximize=maximize),
                          backend, foreach=foreach, fused=fused, **options)
@@ -137,7 +137,7 @@ class RAdam(FusedOptimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  decoupled_weight_decay=False, *, foreach=None, maximize=False, capturable=False,
                  differentiable=False, backend="auto", **options):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                                       decoupled_weight_decay=decoupled_weight_decay, maximize=maximize),
                          backend, foreach=foreach, capturable=capturable, differentiable=differentiable, **options)
 

@@ -116,16 +116,23 @@ def run_parity(backend: str, opt_name: str, kwargs: dict, dtype=torch.float32, s
     assert_same_state(ps_a, opt_a, ps_b, opt_b, TOL[dtype], what=f"{opt_name}{kwargs} [{backend}, {dtype}]")
 
 
-def interface_problem(name, dtype, n=(3, 4097), seed=7, device="cpu", random_states=False):
-    """Arguments of one direct ``backend.step`` call of optimizer ``name`` (its representative
-    options, step 3): the algorithm, params, grads, state slots (at their initial values, or
-    random around them with ``random_states``), host scalars and flags."""
+def interface_problem(name, dtype, n=(3, 4097), seed=7, device="cpu", random_states=False,
+                      step_counts=(3.0, 7.0, 1.0)):
+    """One direct ``backend.step`` call of optimizer ``name`` (its representative options):
+    ``(spec, call)``, ``call`` the keyword arguments of ``docs/kernel-interface.md``. The
+    tensors alternate between two hyperparameter rows (the second with half the lr, twice the
+    weight decay, maximize and the weight-decay mode flipped) and take their step counts from
+    ``step_counts`` in turn; the state slots are at their initial values, or random around them
+    with ``random_states``."""
     kw = dict(REPRESENTATIVE)[name]
     spec = getattr(fusedopt, name).algorithm
     group = {**spec.defaults, **kw}
     if name == "AdamW":
-        group["decoupled_weight_decay"] = True
-        group.setdefault("weight_decay", 1e-2)
+        group.update(decoupled_weight_decay=True, weight_decay=1e-2)
+    other = {**group, "lr": group["lr"] * 0.5, "weight_decay": group["weight_decay"] * 2 or 0.01,
+             "maximize": not group["maximize"]}
+    if spec.decoupled_key:
+        other[spec.decoupled_key] = not group.get(spec.decoupled_key, False)
     gen = torch.Generator().manual_seed(seed)
     ps = [torch.randn(k, generator=gen).to(device=device, dtype=dtype) for k in n]
     gs = [torch.randn(k, generator=gen).to(device=device, dtype=dtype) for k in n]
@@ -137,5 +144,60 @@ def interface_problem(name, dtype, n=(3, 4097), seed=7, device="cpu", random_sta
         return torch.full((k,), fill, device=device)
 
     states = [[state(k, init[s]) for k in n] if s in init else [] for s in spec.SLOTS]
-    scalars, flags = spec.step_args(group, 3.0, False)
-    return spec, ps, gs, states, tuple(scalars), tuple(flags)
+    counts = [step_counts[i % len(step_counts)] for i in range(len(n))]
+    call = dict(algo=spec.name, flags=spec.flags(group), params=ps, grads=gs, states=states, master=None,
+                steps=torch.tensor(counts, dtype=torch.float32, device=device),
+                index=torch.tensor([[i, i % 2] for i in range(len(n))], dtype=torch.int64).reshape(-1, 2),
+                hyper=torch.tensor([spec.hyper_row(group), spec.hyper_row(other)], dtype=torch.float64,
+                                   device=device))
+    return spec, call
+
+
+def set_rows(spec, call, rows):
+    """Replace the call's hyper table by `rows` (dicts of column overrides on row 0) and spread
+    the tensors over them in turn."""
+    base = call["hyper"][0]
+    table = []
+    for over in rows:
+        row = base.clone()
+        for col, value in over.items():
+            row[spec.HYPER.index(col)] = float(value)
+        table.append(row)
+    call["hyper"] = torch.stack(table)
+    call["index"][:, 1] = torch.arange(len(call["params"])) % len(rows)
+
+
+# The preamble's per-row variety: every weight-decay mode and maximize, side by side in one call.
+MIXED_ROWS = [{}, {"maximize": 1, "weight_decay": 0.03, "decoupled": 0}, {"weight_decay": 0.1, "decoupled": 1},
+              {"weight_decay": 0.0, "lr": 0.003}]
+
+
+def exact_scalars_call(name, n=60, elems=8, seed=3, device="cpu"):
+    """A call whose every non-scalar operation is exact or computed identically by the kernel
+    and the reference: second moments are perfect squares after the update (sqrt(v) exact
+    whatever sqrt is used), weight decay is decoupled, so only the per-tensor scalars could make
+    the results differ. Tensor i is at step i + 1, rows alternate between beta2 = 7/8 and 31/32."""
+    spec, call = interface_problem(name, torch.float32, n=[elems] * n, seed=seed, device=device,
+                                   step_counts=tuple(float(t) for t in range(1, n + 1)))
+    gen = torch.Generator().manual_seed(seed)
+    rows = [{"lr": 0.0123, "weight_decay": 0.0, "decoupled": 0},
+            {"lr": 0.37, "weight_decay": 0.07, "decoupled": 1, "maximize": 1}]
+    extra = {"adam": [{"beta1": 0.9, "beta2": 0.875}, {"beta1": 0.8, "beta2": 0.96875}],
+             "yogi": [{"beta1": 0.9, "beta2": 0.875}, {"beta1": 0.8, "beta2": 0.96875}],
+             "radam": [{"beta1": 0.9, "beta2": 0.875}, {"beta1": 0.8, "beta2": 0.96875}],
+             "adagrad": [{"lr_decay": 0.01}, {"lr_decay": 0.3}],
+             "sgd": [{"momentum": 0.9, "dampening": 0.0}, {"momentum": 0.5, "dampening": 0.1}]}[spec.name]
+    set_rows(spec, call, [{**r, **e} for r, e in zip(rows, extra)])
+    # g = +-4 (row 0) or +-8 (row 1) and v = 16 or 64 before and after the update:
+    # 7/8 * 16 + 1/8 * 4**2 = 16, 31/32 * 64 + 1/32 * 8**2 = 64; Yogi: sign(v - g*g) = 0.
+    root = [4.0 if i % 2 == 0 else 8.0 for i in range(n)]
+    call["grads"] = [torch.where(torch.rand(elems, generator=gen) < 0.5, -r, r).to(device) for r in root]
+    for slot, lst in zip(spec.SLOTS, call["states"]):
+        for i, t in enumerate(lst):
+            if slot in ("exp_avg_sq", "max_exp_avg_sq"):
+                t.fill_(root[i] ** 2)
+            elif slot == "sum":
+                t.zero_()  # sum = g * g
+            else:
+                t.copy_(torch.randn(elems, generator=gen).to(device))
+    return spec, call

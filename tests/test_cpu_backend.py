@@ -1,8 +1,12 @@
 """The compiled CPU backend (``fusedopt._C``) against the eager reference.
 
-Every algorithm x option x param dtype x odd sizes, groups of 1,000+ tensors, bf16 states,
-master weights, AMP's grad_scale / found_inf, device-mode scalars, Lookahead, layouts,
-instruction-set clones and thread counts, and ``torch.library.opcheck`` on every op.
+Backend level (``backend.step`` with the interface of ``docs/kernel-interface.md``): every
+algorithm x float32/bfloat16/float16 params x bfloat16 states x master weights, odd sizes, 1,100
+tensors, several hyperparameter rows and step counts in ONE call (SGD's first step and RAdam's
+two branches side by side, every weight-decay mode and maximize), the per-tensor scalars to the
+bit, AMP's grad_scale / found_inf, layouts, argument errors that write nothing, instruction-set
+clones and thread counts, and ``torch.library.opcheck`` on every op. Through the optimizer
+classes: the parity matrix of ``parity.CASES``, Lookahead.
 """
 from __future__ import annotations
 
@@ -17,9 +21,10 @@ import torch
 
 import fusedopt
 from fusedopt import _ext
+from fusedopt.algorithms import ALGORITHMS
 from fusedopt.backends import get_backend
-from parity import (CASES, MIXED_PRECISION, MIXED_PRECISION_IDS, ODD_SIZES, REPRESENTATIVE, TOL, case_id,
-                    make_problem, run_parity, run_steps)
+from parity import (CASES, MIXED_PRECISION, MIXED_PRECISION_IDS, MIXED_ROWS, ODD_SIZES, REPRESENTATIVE, TOL,
+                    case_id, exact_scalars_call, interface_problem, make_problem, run_parity, set_rows)
 
 _OK, _WHY = _ext.cpu_status()
 if not _OK:
@@ -28,18 +33,454 @@ if not _OK:
     raise RuntimeError(f"the compiled CPU backend did not load: {_WHY}")
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+NAMES = [name for name, _ in REPRESENTATIVE]
+CPU = torch.device("cpu")
 
-def _parity(name, kw, dtype, sizes, steps=10, seed=0):
-    run_parity("cpu", name, kw, dtype=dtype, sizes=sizes, steps=steps, seed=seed)
 
+def _cpu():
+    return get_backend("cpu", CPU)
+
+
+def _ref():
+    return get_backend("reference", CPU)
+
+
+# --- building calls -------------------------------------------------------------------------
+
+def _state(slot, n, gen, init):
+    """A valid random state: moments of either sign, squares positive, RMSprop's grad_avg small
+    enough that square_avg - grad_avg**2 stays positive."""
+    u = torch.rand(n, generator=gen)
+    if slot == "grad_avg":
+        return (u - 0.5) * 0.5
+    if slot in ("exp_avg", "momentum_buffer"):
+        return u - 0.5 + init
+    return 0.5 + 0.5 * u + init
+
+
+def _call(name, dtype, n=(3, 4097), state_dtype=torch.float32, master=False, counts=(3.0, 7.0, 1.0), seed=7):
+    """interface_problem's call with valid random states of `state_dtype` and, with `master`,
+    float32 master weights near the 16-bit params (not their exact values, so that a kernel
+    reading the param instead of its master weight shows)."""
+    spec, call = interface_problem(name, dtype, n=n, seed=seed, step_counts=counts)
+    gen = torch.Generator().manual_seed(seed + 1)
+    init = spec.slot_init({**spec.defaults, **dict(REPRESENTATIVE)[name]})
+    call["states"] = [[_state(slot, p.numel(), gen, init[slot]).to(state_dtype) for p in call["params"]]
+                      if len(lst) else [] for slot, lst in zip(spec.SLOTS, call["states"])]
+    if master:
+        call["master"] = [p.float() + 1e-3 * torch.randn(p.numel(), generator=gen) for p in call["params"]]
+    return spec, call
+
+
+
+
+
+
+
+def _mutable(call):
+    """Every tensor a step may write, in a fixed order."""
+    return list(call["params"]) + [t for slot in call["states"] for t in slot] + list(call["master"] or [])
+
+
+def _clone(call):
+    out = dict(call)
+    out["params"] = [p.clone() for p in call["params"]]
+    out["states"] = [[t.clone() for t in slot] for slot in call["states"]]
+    out["master"] = None if call["master"] is None else [m.clone() for m in call["master"]]
+    return out
+
+
+def _run(backend, call, **kw):
+    out = _clone(call)
+    backend.step(**out, **kw)
+    return out
+
+
+def _assert_matches(got, want, what=""):
+    """Params, every state tensor and the master weights, each within its dtype's tolerance."""
+    for i, (a, b) in enumerate(zip(_mutable(got), _mutable(want))):
+        rtol, atol = TOL[a.dtype]
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{what} tensor {i}: {m}")
+
+
+def _variants():
+    """(param dtype, state dtype, master) of the interface matrix."""
+    for dtype in DTYPES:
+        for state_dtype in (torch.float32, torch.bfloat16):
+            for master in (False, True) if dtype != torch.float32 else (False,):
+                yield dtype, state_dtype, master
+
+
+VARIANTS = list(_variants())
+VARIANT_IDS = [f"{str(d)[6:]}-{str(s)[6:]}-states" + ("-master" if m else "") for d, s, m in VARIANTS]
+
+
+# --- the backend interface against the reference --------------------------------------------
 
 def test_available():
-    backend = get_backend("cpu", torch.device("cpu"))
-    assert backend.name == "cpu"
-    assert backend.available(torch.device("cpu")) == (True, "")
+    backend = _cpu()
+    assert backend.name == "cpu" and backend.checks_tensors
+    assert backend.available(CPU) == (True, "")
     ok, why = backend.available(torch.device("meta"))
     assert not ok and why
     assert "cpu" in fusedopt.available_backends("cpu")
+
+
+def test_every_algorithm_has_an_op():
+    assert set(_ext.STEP_OPS) == set(ALGORITHMS)
+    for name in _ext.OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedopt::{name}", "CPU"), name
+    for name in _ext.STEP_OPS:
+        schema = str(getattr(torch.ops.fusedopt, name).default._schema)
+        assert ("Tensor(b!)[] s0, Tensor(c!)[] s1, Tensor(d!)[] s2, Tensor(e!)[]? master, Tensor steps, "
+                "Tensor index, Tensor hyper, bool[] flags, Tensor? grad_scale=None, Tensor? found_inf=None") in schema
+
+
+@pytest.mark.parametrize("dtype,state_dtype,master", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_interface_odd_sizes(name, dtype, state_dtype, master):
+    """Odd sizes, two rows and step counts 3, 7, 1 in one call (SGD's first step beside later
+    ones, RAdam's un-rectified and rectified branches side by side)."""
+    spec, call = _call(name, dtype, n=ODD_SIZES, state_dtype=state_dtype, master=master)
+    _assert_matches(_run(_cpu(), call), _run(_ref(), call), f"{name} {dtype}")
+
+
+def test_interface_covers_both_branches():
+    """The step counts of the interface calls above do reach both branches of SGD and RAdam."""
+    for name, key, values in (("SGD", "first_step", {0.0, 1.0}), ("RAdam", "rect", None)):
+        spec, call = _call(name, torch.float32, n=ODD_SIZES)
+        seen = {spec.scalars(call["hyper"][r].tolist(), call["steps"][k].item())._asdict()[key]
+                for k, r in call["index"].tolist()}
+        if values is None:
+            assert 0.0 in seen and any(v > 0 for v in seen), seen
+        else:
+            assert seen == values
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_interface_rows_mix_preamble_modes(name):
+    """Rows with no decay, coupled decay with maximize, and decoupled decay in one call: the
+    weight-decay mode is the tensor's own."""
+    spec, call = _call(name, torch.float32, n=(3, 4097, 5, 17, 1000, 33, 2, 70000))
+    set_rows(spec, call, MIXED_ROWS)
+    _assert_matches(_run(_cpu(), call), _run(_ref(), call), name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", NAMES)
+def test_interface_many_tensors(name, dtype):
+    """1,100 small tensors over four rows and assorted step counts: many work items, many plans,
+    one parallel region."""
+    gen = torch.Generator().manual_seed(1)
+    sizes = torch.randint(1, 300, (1100,), generator=gen).tolist()
+    counts = (1.0, 2.0, 3.0, 7.0, 50.0, 1000.0)
+    spec, call = _call(name, dtype, n=sizes, counts=counts)
+    set_rows(spec, call, MIXED_ROWS)
+    call["index"][:, 1] = torch.randint(0, len(MIXED_ROWS), (len(sizes),), generator=gen)
+    _assert_matches(_run(_cpu(), call), _run(_ref(), call), name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_interface_distinct_step_count_per_tensor(name):
+    """600 tensors, each with its own step counter and value (more distinct (row, t) pairs than
+    the plan cache holds), rows interleaved."""
+    n = 600
+    spec, call = _call(name, torch.float32, n=[7] * n, counts=(1.0,))
+    call["steps"] = torch.arange(1, n + 1, dtype=torch.float32).flip(0)
+    call["index"][:, 0] = torch.arange(n)
+    _assert_matches(_run(_cpu(), call), _run(_ref(), call), name)
+
+
+
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adagrad", "Adam", "Yogi", "RAdam"])
+def test_per_tensor_scalars_are_the_references_to_the_bit(name):
+    """Note [python pow]: the kernels compute each tensor's scalars (bias corrections, RAdam's
+    rectification and branch, Adagrad's decayed lr, the decoupled decay factor, SGD's first step)
+    in float64 from its row and t as Python does and round them once: with every other operation
+    exact, the results are the reference's bit for bit, steps 1 to 60, two rows."""
+    spec, call = exact_scalars_call(name)
+    got, want = _run(_cpu(), call), _run(_ref(), call)
+    for i, (a, b) in enumerate(zip(_mutable(got), _mutable(want))):
+        assert torch.equal(a, b), f"{name} tensor {i}: {a} != {b}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_grad_scale_and_found_inf(name, dtype):
+    """The 0-dim grad_scale multiplies g; found_inf != 0 writes nothing at all (bitwise)."""
+    spec, call = _call(name, dtype, n=(7, 5000), master=dtype != torch.float32)
+    scale = torch.tensor(0.25)
+    got = _run(_cpu(), call, grad_scale=scale, found_inf=torch.tensor(0.0))
+    _assert_matches(got, _run(_ref(), call, grad_scale=scale, found_inf=torch.tensor(0.0)), name)
+    assert not torch.equal(got["params"][1], call["params"][1])
+    # GradScaler's found_inf is one element of shape [1]: accepted as well.
+    for found_inf in (torch.tensor(1.0), torch.tensor([float("inf")])):
+        skipped = _run(_cpu(), call, grad_scale=scale, found_inf=found_inf)
+        for a, b in zip(_mutable(skipped), _mutable(call)):
+            assert torch.equal(a, b)
+
+
+def test_empty_call():
+    cpu = _cpu()
+    spec, call = _call("Adam", torch.float32, n=())
+    cpu.step(**call)
+    op = torch.ops.fusedopt.adam
+    op([], [], [], [], [], None, call["steps"], torch.zeros(0, 2, dtype=torch.int64), call["hyper"], [False])
+    cpu.lookahead([], [], 0.5)
+
+
+# --- layouts ----------------------------------------------------------------------------------
+
+def test_channels_last_runs_in_the_kernel_and_strided_falls_back():
+    """A dense non-contiguous layout shared by a param and its tensors runs in the kernel; a
+    strided view is refused by the op (writing nothing) and the backend falls back to the
+    reference."""
+    spec, call = _call("Adam", torch.float32, n=(600, 80))
+    channels_last = torch.empty(4, 6, 5, 5).contiguous(memory_format=torch.channels_last)
+
+    def shaped(t, i):
+        if i == 0:
+            return t.reshape(4, 5, 5, 6).permute(0, 3, 1, 2)  # channels_last
+        return torch.zeros(8, 20)[:, ::2].copy_(t.reshape(8, 10))  # strided, not dense
+
+    for key in ("params", "grads"):
+        call[key] = [shaped(t, i) for i, t in enumerate(call[key])]
+    call["states"] = [[shaped(t, i) for i, t in enumerate(slot)] for slot in call["states"]]
+    assert call["params"][0].stride() == channels_last.stride() and not call["params"][1].is_contiguous()
+    _assert_matches(_run(_cpu(), call), _run(_ref(), call), "layouts")
+
+    only_cl = _clone(call)  # the channels_last tensor alone: the op itself takes it
+    for key in ("params", "grads"):
+        only_cl[key] = only_cl[key][:1]
+    only_cl["states"] = [slot[:1] for slot in only_cl["states"]]
+    only_cl["index"] = only_cl["index"][:1]
+    want = _run(_ref(), only_cl)
+    torch.ops.fusedopt.adam(*_op_args(only_cl))
+    _assert_matches(only_cl, want, "channels_last")
+
+    op_call = _clone(call)
+    before = [t.clone() for t in _mutable(op_call)]
+    with pytest.raises(RuntimeError, match="share one dense layout"):
+        torch.ops.fusedopt.adam(op_call["params"], op_call["grads"], *op_call["states"], None, op_call["steps"],
+                                op_call["index"], op_call["hyper"], list(op_call["flags"]))
+    for a, b in zip(_mutable(op_call), before):
+        assert torch.equal(a, b)
+
+
+# --- argument errors: every refused call writes nothing ---------------------------------------
+
+def _op_args(call):
+    """The op's positional arguments for a backend call (every op has three state lists)."""
+    states = list(call["states"]) + [[]] * (3 - len(call["states"]))
+    return [call["params"], call["grads"], *states, call["master"], call["steps"], call["index"],
+            call["hyper"], list(call["flags"])]
+
+
+def _bad_calls():
+    """(id, algorithm, edit, message): `edit` spoils one argument of a three-tensor call (always
+    about its last tensor where it is about one tensor, so that a kernel checking as it goes
+    would already have written the others)."""
+    def grads(f):
+        return lambda a: a[1].__setitem__(2, f(a[1][2]))
+
+    def index(row):
+        def edit(a):
+            a[7] = a[7].clone()
+            a[7][2] = torch.tensor(row)
+        return edit
+
+    yield "flags", "Adam", lambda a: a.__setitem__(9, []), r"expected 1 flags"
+    yield "grad-count", "Adam", lambda a: a.__setitem__(1, a[1][:2]), r"3 params but 2 grads"
+    yield "slot-required", "Adam", lambda a: a.__setitem__(4, []), r"state slot 2 is required by the flags"
+    yield "slot-extra", "Yogi", lambda a: a.__setitem__(4, [t.clone() for t in a[2]]), r"state slot 2 must be empty"
+    yield "slot-count", "Adam", lambda a: a.__setitem__(3, a[3][:2]), r"state slot 1 has 2 tensors"
+    yield "grad-dtype", "Adam", grads(lambda g: g.double()), r"grad 2 must be"
+    yield "grad-shape", "Adam", grads(lambda g: g[:-1].clone()), r"grad 2 does not have its param's shape"
+    yield "param-dtype", "Adam", lambda a: a.__setitem__(0, [p.double() for p in a[0]]), r"params must be float32"
+    yield "state-dtype", "Adam", lambda a: a[3].__setitem__(2, a[3][2].half()), r"state slot 1 of param 2"
+    yield "master-f32", "Adam", lambda a: a.__setitem__(5, [p.clone() for p in a[0]]), r"master weights are for"
+    yield "master-count", "Adam", lambda a: a.__setitem__(5, [p.clone() for p in a[0][:2]]), r"2 master weights"
+    yield "steps-dtype", "Adam", lambda a: a.__setitem__(6, a[6].double()), r"steps must be a contiguous 1-D float32"
+    yield "steps-dim", "Adam", lambda a: a.__setitem__(6, a[6].reshape(1, -1)), r"steps must be"
+    yield "steps-strided", "Adam", lambda a: a.__setitem__(6, a[6].repeat_interleave(2)[::2]), r"steps must be"
+    yield "hyper-dtype", "Adam", lambda a: a.__setitem__(8, a[8].float()), r"hyper must be a contiguous float64"
+    yield "hyper-cols", "Adam", lambda a: a.__setitem__(8, a[8][:, :-1].contiguous()), r"hyper must be .* \[rows, 7\]"
+    yield "hyper-strided", "Adam", lambda a: a.__setitem__(8, a[8].t().contiguous().t()), r"hyper must be"
+    yield "index-dtype", "Adam", lambda a: a.__setitem__(7, a[7].int()), r"index must be a contiguous int64"
+    yield "index-shape", "Adam", lambda a: a.__setitem__(7, a[7][:2].contiguous()), r"index must have one row per param"
+    yield "index-cols", "Adam", lambda a: a.__setitem__(7, torch.zeros(3, 3, dtype=torch.int64)), r"index must be"
+    yield "index-step", "Adam", index([3, 0]), r"index\[2\] has step slot 3, out of range for steps of 3"
+    yield "index-row", "Adam", index([0, 2]), r"index\[2\] has hyper row 2, out of range for hyper of 2 rows"
+    yield "index-negative", "Adam", index([-1, 0]), r"index\[2\] has step slot -1"
+    # The dispatcher refuses a sparse tensor before the op runs.
+    yield "grad-sparse", "Adam", grads(lambda g: g.to_sparse()), r"(?i)sparse"
+
+
+BAD_CALLS = list(_bad_calls())
+
+
+@pytest.mark.parametrize("what,name,edit,message", BAD_CALLS, ids=[b[0] for b in BAD_CALLS])
+def test_errors_write_nothing(what, name, edit, message):
+    spec, call = _call(name, torch.float32, n=(10, 10, 10))
+    args = _op_args(call)
+    if what.startswith("master"):
+        call["params"] = args[0] = [p.to(torch.bfloat16) for p in args[0]]
+        call["grads"] = args[1] = [g.to(torch.bfloat16) for g in args[1]]
+        if what == "master-f32":
+            call["params"] = args[0] = [p.float() for p in args[0]]
+            call["grads"] = args[1] = [g.float() for g in args[1]]
+    edit(args)
+    before = [t.clone() for t in _mutable(call)]
+    with pytest.raises(RuntimeError, match=message):
+        getattr(torch.ops.fusedopt, spec.name)(*args)
+    for a, b in zip(_mutable(call), before):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"grad_scale": torch.tensor(0.5, dtype=torch.float64)}, r"grad_scale must be a 0-dim float32"),
+    ({"found_inf": torch.zeros(2)}, r"found_inf must be a 0-dim float32"),
+], ids=["grad_scale-dtype", "found_inf-shape"])
+def test_scalar_tensor_errors_write_nothing(kw, message):
+    spec, call = _call("Adam", torch.float32, n=(10, 10, 10))
+    before = [t.clone() for t in _mutable(call)]
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.fusedopt.adam(*_op_args(call), **kw)
+    for a, b in zip(_mutable(call), before):
+        assert torch.equal(a, b)
+
+
+def test_sparse_grad_through_the_backend():
+    spec, call = _call("Adam", torch.float32, n=(10, 10))
+    call["grads"][1] = call["grads"][1].to_sparse()
+    with pytest.raises(RuntimeError, match="grad 1 is sparse"):
+        _cpu().step(**call)
+
+
+# --- threads, instruction sets ----------------------------------------------------------------
+
+def test_thread_count_does_not_change_results():
+    spec, call = _call("Adam", torch.float32, n=[70000, 123, 40000] + [300] * 200, master=False)
+    set_rows(spec, call, MIXED_ROWS)
+    results = []
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, max(2, old)):
+            torch.set_num_threads(threads)
+            results.append(_run(_cpu(), call))
+    finally:
+        torch.set_num_threads(old)
+    for a, b in zip(_mutable(results[0]), _mutable(results[1])):
+        assert torch.equal(a, b)
+
+
+_ISA_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, sys.argv[2])
+    import test_cpu_backend as t
+    out = {}
+    for name in t.NAMES:
+        for dtype, state_dtype, master in t.VARIANTS:
+            spec, call = t._call(name, dtype, n=(5, 4097, 30001), state_dtype=state_dtype, master=master)
+            t.set_rows(spec, call, t.MIXED_ROWS)
+            out[(name, str(dtype), str(state_dtype), master)] = t._mutable(t._run(t._cpu(), call))
+    torch.save(out, sys.argv[1])
+""")
+
+
+def test_instruction_set_clones_agree(tmp_path):
+    """The baseline x86-64 clone (emulated FMA) and the best clone here agree bitwise."""
+    results = []
+    for isa in ("baseline", None):
+        env = dict(os.environ)
+        env.pop("FUSEDOPT_CPU_ISA", None)
+        if isa:
+            env["FUSEDOPT_CPU_ISA"] = isa
+        path = tmp_path / f"{isa}.pt"
+        subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(path), os.path.dirname(__file__)],
+                       check=True, env=env, cwd=tmp_path)  # not the source tree: the installed package
+        results.append(torch.load(path))
+    base, best = results
+    assert base.keys() == best.keys()
+    for key in base:
+        for x, y in zip(base[key], best[key]):
+            assert torch.equal(x, y), key
+
+
+# --- opcheck ----------------------------------------------------------------------------------
+
+def _op_samples():
+    gs, fi = torch.tensor(0.5), torch.tensor(0.0)
+    for name in NAMES:
+        for dtype, state_dtype, master, kw in ((torch.float32, torch.float32, False, {}),
+                                               (torch.bfloat16, torch.bfloat16, True, {"grad_scale": gs}),
+                                               (torch.float16, torch.float32, False, {"found_inf": fi})):
+            spec, call = _call(name, dtype, n=(5, 3, 1), state_dtype=state_dtype, master=master)
+            yield spec.name, tuple(_op_args(call)), kw
+    yield "lookahead", ([torch.randn(5), torch.randn(3)], [torch.randn(5), torch.randn(3)], 0.5), {}
+    yield "lookahead", ([torch.randn(5).bfloat16()], [torch.randn(5)], 0.5), {}
+
+
+OP_SAMPLES = list(_op_samples())
+
+
+@pytest.mark.parametrize("name,args,kwargs", OP_SAMPLES, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(OP_SAMPLES)])
+def test_opcheck(name, args, kwargs):
+    torch.library.opcheck(getattr(_ext.ops(), name).default, args, kwargs)
+
+
+def test_every_op_has_an_opcheck_sample():
+    assert {n for n, _, _ in OP_SAMPLES} == set(_ext.OPS)
+
+
+# --- Lookahead ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_lookahead_kernel(dtype):
+    params, _ = make_problem([0, 1, 3, 4097, 65537], dtype, 0)
+    slow = [p.float() + 0.5 for p in params]
+    pr, sr = [p.clone() for p in params], [s.clone() for s in slow]
+    pc, sc = [p.clone() for p in params], [s.clone() for s in slow]
+    _ref().lookahead(pr, sr, 0.5)
+    _cpu().lookahead(pc, sc, 0.5)
+    for a, b in zip(pc + sc, pr + sr):
+        torch.testing.assert_close(a, b, rtol=TOL[a.dtype][0], atol=TOL[a.dtype][1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_conversions_match_torch(dtype):
+    """Every 16-bit value upcasts exactly; float32 values (specials, subnormals, ties) round
+    to nearest even as torch does. Lookahead with alpha 0 stores p = slow; with alpha 1 and
+    slow 0 it stores slow = p."""
+    cpu = _cpu()
+    every = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype).clone()
+    slow = [torch.zeros(every.numel())]
+    p = [every.clone()]
+    cpu.lookahead(p, slow, 1.0)
+    finite = ~torch.isnan(every.float())
+    assert torch.equal(slow[0][finite], every.float()[finite] + 0.0)
+    assert torch.isnan(slow[0][~finite]).all()
+    gen = torch.Generator().manual_seed(0)
+    bits = torch.randint(-2**31, 2**31 - 1, (200000,), generator=gen, dtype=torch.int64).to(torch.int32)
+    x = torch.cat([bits.view(torch.float32), every.float(),
+                   (every.float().double() + every.float().double().nextafter(torch.tensor(math.inf))
+                    .sub(every.float().double()) / 2).float(),  # near ties
+                   torch.tensor([0.0, -0.0, 65504.0, 65520.0, 1e-8, -6e-8, 3e38])])
+    x = x[~torch.isinf(x)]  # slow + 0 * (p - inf) is NaN, in the reference too
+    p = [torch.zeros(x.numel(), dtype=dtype)]
+    cpu.lookahead(p, [x.clone()], 0.0)
+    want = x.to(dtype)
+    same = (p[0].view(torch.int16) == want.view(torch.int16)) | (torch.isnan(want) & torch.isnan(p[0]))
+    same |= (want == 0) & (p[0] == 0)  # slow + 0 * (0 - slow) turns -0 into +0
+    assert same.all(), x[~same][:10]
+
+
+# --- through the optimizer classes -------------------------------------------------------------
+
+def _parity(name, kw, dtype, sizes, steps=10, seed=0):
+    run_parity("cpu", name, kw, dtype=dtype, sizes=sizes, steps=steps, seed=seed)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -72,102 +513,24 @@ def test_parity_bf16_states_float32_params():
         _parity(name, {**kw, "state_dtype": torch.bfloat16}, torch.float32, [5, 4097])
 
 
-# --- direct backend calls: grad_scale, found_inf, device-mode scalars ----------------------
-
-def _problem(algo_name, kw, dtype, sizes, seed=0):
-    """(algorithm, params, grads, states, scalars, flags) for one direct backend call."""
-    opt_cls = getattr(fusedopt, algo_name)
-    params, grads = make_problem(sizes, dtype, 2, seed=seed)
-    ps = [p.clone().requires_grad_(True) for p in params]
-    opt = opt_cls(ps, backend="reference", **kw)
-    for p, g in zip(ps, grads[0]):
-        p.grad = g.clone()
-    opt.step()  # states exist and are non-trivial
-    algo = opt.algorithm
-    group = opt.param_groups[0]
-    states = [[opt.state[p][s] for p in ps] if s in opt.state[ps[0]] else [] for s in algo.SLOTS]
-    scalars, flags = algo.step_args(group, 2.0, False)
-    return algo, [p.detach() for p in ps], grads[1], states, tuple(scalars), tuple(flags)
-
-
-def _clone(x):
-    return [[t.clone() for t in s] for s in x] if x and isinstance(x[0], list) else [t.clone() for t in x]
-
-
-def _run_both(algo, ps, gs, states, scalars, flags, **kw):
-    ref, cpu = get_backend("reference", torch.device("cpu")), get_backend("cpu", torch.device("cpu"))
+def test_parity_param_groups_in_one_call():
+    """Param groups with their own lr, weight decay and step counts (a group added later starts
+    at step 1) step together, as the reference does."""
+    params, grads = make_problem([3, 4097, 50, 7], torch.float32, 6)
     out = []
-    for backend in (ref, cpu):
-        p, s = _clone(ps), _clone(states)
-        backend.step(algo.name, p, gs, s, scalars, flags, **kw)
-        out.append((p, s))
-    return out
-
-
-def _assert_close_lists(a, b, tol):
-    for x, y in zip(a, b):
-        torch.testing.assert_close(x, y, rtol=tol[0], atol=tol[1])
-
-
-@pytest.mark.parametrize("case", REPRESENTATIVE, ids=case_id)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_grad_scale_and_found_inf(case, dtype):
-    name, kw = case
-    algo, ps, gs, states, scalars, flags = _problem(name, kw, dtype, [7, 5000])
-    tol = TOL[dtype]
-    scale = torch.tensor(0.25)
-    (rp, rs), (cp, cs) = _run_both(algo, ps, gs, states, scalars, flags, grad_scale=scale,
-                                   found_inf=torch.tensor(0.0))
-    _assert_close_lists(cp, rp, tol)
-    for a, b in zip(cs, rs):
-        _assert_close_lists(a, b, tol)
-    # An overflow step writes nothing at all: bitwise unchanged.
-    (_, _), (cp, cs) = _run_both(algo, ps, gs, states, scalars, flags, grad_scale=scale,
-                                 found_inf=torch.tensor(1.0))
-    for x, y in zip(cp, ps):
-        assert torch.equal(x, y)
-    for a, b in zip(cs, states):
-        for x, y in zip(a, b):
-            assert torch.equal(x, y)
-
-
-@pytest.mark.parametrize("case", REPRESENTATIVE, ids=case_id)
-def test_device_mode_scalars(case):
-    """Scalars as a float32 tensor (capturable / device mode), as the reference reads them."""
-    name, kw = case
-    algo, ps, gs, states, scalars, flags = _problem(name, kw, torch.float32, [9, 3000])
-    (rp, rs), (cp, cs) = _run_both(algo, ps, gs, states, torch.tensor(scalars, dtype=torch.float32), flags)
-    _assert_close_lists(cp, rp, TOL[torch.float32])
-    for a, b in zip(cs, rs):
-        _assert_close_lists(a, b, TOL[torch.float32])
-
-
-def test_radam_both_branches():
-    """rect == 0 with rectify set takes the un-adapted branch (device mode passes rectify=True)."""
-    algo, ps, gs, states, scalars, flags = _problem("RAdam", {}, torch.float32, [100, 4097])
-    s = list(scalars)
-    i = algo.SCALARS.index("rect")
-    for rect in (0.0, 0.7):
-        s[i] = rect
-        f = list(flags)
-        f[algo.FLAGS.index("rectify")] = True
-        (rp, rs), (cp, cs) = _run_both(algo, ps, gs, states, tuple(s), tuple(f))
-        _assert_close_lists(cp, rp, TOL[torch.float32])
-
-
-# --- Lookahead ---------------------------------------------------------------------------
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_lookahead_kernel(dtype):
-    params, _ = make_problem([0, 1, 3, 4097, 65537], dtype, 0)
-    slow = [p.float() + 0.5 for p in params]
-    ref, cpu = get_backend("reference", torch.device("cpu")), get_backend("cpu", torch.device("cpu"))
-    pr, sr = _clone(params), _clone(slow)
-    pc, sc = _clone(params), _clone(slow)
-    ref.lookahead(pr, sr, 0.5)
-    cpu.lookahead(pc, sc, 0.5)
-    _assert_close_lists(pc, pr, TOL[dtype])
-    _assert_close_lists(sc, sr, TOL[torch.float32])
+    for backend in ("cpu", "reference"):
+        ps = [p.clone().requires_grad_(True) for p in params]
+        opt = fusedopt.AdamW([{"params": ps[:2]}, {"params": ps[2:3], "lr": 0.1, "weight_decay": 0.0}],
+                             backend=backend, weight_decay=0.05)
+        for s, step_grads in enumerate(grads):
+            if s == 3:
+                opt.add_param_group({"params": ps[3:], "lr": 0.01, "maximize": True})
+            for p, g in zip(ps, step_grads):
+                p.grad = g.clone()
+            opt.step()
+        out.append(ps)
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=TOL[torch.float32][0], atol=TOL[torch.float32][1])
 
 
 def test_lookahead_optimizer():
@@ -183,167 +546,3 @@ def test_lookahead_optimizer():
         out.append(ps)
     for a, b in zip(*out):
         torch.testing.assert_close(a, b, rtol=TOL[torch.float32][0], atol=TOL[torch.float32][1])
-
-
-# --- layouts, threads, instruction sets, errors ------------------------------------------
-
-def test_channels_last_and_strided_params():
-    """A dense non-contiguous layout runs in the kernel; a strided view falls back to the reference."""
-    cl = torch.randn(4, 6, 5, 5).contiguous(memory_format=torch.channels_last)
-    strided = torch.randn(8, 10)[:, ::2]
-    out = {}
-    for backend in ("cpu", "reference"):
-        ps = [cl.clone().requires_grad_(True), torch.zeros(8, 10)[:, ::2].copy_(strided).requires_grad_(True)]
-        assert not ps[0].is_contiguous() and not ps[1].is_contiguous()
-        opt = fusedopt.Adam(ps, backend=backend, weight_decay=0.01)
-        for s in range(3):
-            gen = torch.Generator().manual_seed(s)
-            ps[0].grad = torch.randn(ps[0].shape, generator=gen).contiguous(memory_format=torch.channels_last)
-            ps[1].grad = torch.randn(ps[1].shape, generator=gen)
-            opt.step()
-        out[backend] = ps
-    for a, b in zip(out["cpu"], out["reference"]):
-        torch.testing.assert_close(a, b)
-
-
-def test_thread_count_does_not_change_results():
-    params, grads = make_problem([70000, 123, 40000] + [300] * 200, torch.float32, 3)
-    results = []
-    old = torch.get_num_threads()
-    try:
-        for threads in (1, max(2, old)):
-            torch.set_num_threads(threads)
-            ps, _ = run_steps(fusedopt.AdamW, params, grads, {"weight_decay": 0.1}, "cpu")
-            results.append(ps)
-    finally:
-        torch.set_num_threads(old)
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
-
-
-_ISA_SCRIPT = textwrap.dedent("""
-    import sys, torch, fusedopt
-    from fusedopt.backends import get_backend
-    sys.path.insert(0, sys.argv[2])
-    from parity import REPRESENTATIVE, make_problem, run_steps
-    out = {}
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        params, grads = make_problem([5, 4097, 30001], dtype, 3)
-        for name, kw in REPRESENTATIVE:
-            ps, opt = run_steps(getattr(fusedopt, name), params, grads, kw, "cpu")
-            out[(name, str(dtype))] = [p.detach() for p in ps] + [
-                t for p in ps for t in opt.state[p].values() if isinstance(t, torch.Tensor)]
-    torch.save(out, sys.argv[1])
-""")
-
-
-def test_instruction_set_clones_agree(tmp_path):
-    """The baseline x86-64 clone (emulated FMA) and the best clone here agree bitwise."""
-    results = []
-    for isa in ("baseline", None):
-        env = dict(os.environ)
-        env.pop("FUSEDOPT_CPU_ISA", None)
-        if isa:
-            env["FUSEDOPT_CPU_ISA"] = isa
-        path = tmp_path / f"{isa}.pt"
-        subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(path), os.path.dirname(__file__)],
-                       check=True, env=env, cwd=tmp_path)  # not the source tree: the installed package
-        results.append(torch.load(path))
-    base, best = results
-    assert base.keys() == best.keys()
-    for key in base:
-        for x, y in zip(base[key], best[key]):
-            assert torch.equal(x, y), key
-
-
-def test_errors_write_nothing():
-    p = [torch.randn(10), torch.randn(10)]
-    g = [torch.randn(10), torch.randn(10, dtype=torch.float64)]
-    m = [torch.zeros(10), torch.zeros(10)]
-    before = [t.clone() for t in p]
-    op = _ext.ops().adam
-    sc = [1.0, 1e-3, 0.0, 0.9, 0.999, 1e-8, 1e-2, 0.03]
-    with pytest.raises(RuntimeError, match="grad 1"):
-        op(p, g, m, [t.clone() for t in m], [], sc, [False, False, False])
-    with pytest.raises(RuntimeError, match="scalars"):
-        op(p, [torch.randn(10)] * 2, m, m, [], sc[:-1], [False, False, False])
-    with pytest.raises(RuntimeError, match="slot 2"):
-        op(p, [torch.randn(10)] * 2, m, m, [], sc, [False, False, True])
-    for x, y in zip(p, before):
-        assert torch.equal(x, y)
-
-
-def test_empty_group():
-    cpu = get_backend("cpu", torch.device("cpu"))
-    cpu.step("adam", [], [], [[], [], []], (1.0, 1e-3, 0.0, 0.9, 0.999, 1e-8, 1e-2, 0.03),
-             (False, False, False))
-    cpu.lookahead([], [], 0.5)
-
-
-# --- opcheck --------------------------------------------------------------------------------
-
-def _op_samples():
-    def t(n, dtype=torch.float32):
-        return torch.randn(n, dtype=dtype)
-
-    def pg(dtype):
-        return [t(5, dtype), t(3, dtype)], [t(5, dtype), t(3, dtype)]
-
-    def st(k, dtype=torch.float32):
-        return [[torch.rand(5).to(dtype), torch.rand(3).to(dtype)] for _ in range(k)]
-
-    gs, fi = torch.tensor(0.5), torch.tensor(0.0)
-    common = [1.0, 1e-2, 0.01]
-    yield "sgd", (*pg(torch.float32), *st(1), common + [0.9, 0.0, 0.0], [False, False, True]), {}
-    yield "sgd", (*pg(torch.bfloat16), [], common + [0.0, 0.0, 0.0], [True, True, False]), {}
-    yield "adagrad", (*pg(torch.float16), *st(1), common + [1e-10], [False, False]), {"grad_scale": gs}
-    yield "adadelta", (*pg(torch.float32), *st(2), common + [0.9, 1e-6], [False, True]), {"found_inf": fi}
-    yield "rmsprop", (*pg(torch.float32), *st(3), common + [0.99, 1e-8, 0.9], [False, False, True]), {}
-    yield "adam", (*pg(torch.float32), *st(3), common + [0.9, 0.999, 1e-8, 0.01, 0.03], [False, True, True]), {}
-    bf = pg(torch.bfloat16)
-    yield "adam", (*bf, *st(2, torch.bfloat16), [], common + [0.9, 0.999, 1e-8, 0.01, 0.03],
-                   [False, True, False]), {"master": [p.float() for p in bf[0]]}
-    yield "yogi", (*pg(torch.float32), *st(2), common + [0.9, 0.999, 1e-3, 0.01, 0.03], [False, False]), {}
-    yield "radam", (*pg(torch.float16), *st(2), common + [0.9, 0.999, 1e-8, 0.1, 0.03, 0.5], [False, False, True]), {}
-    yield "lookahead", ([t(5), t(3)], [t(5), t(3)], 0.5), {}
-    yield "lookahead", ([t(5, torch.bfloat16)], [t(5)], 0.5), {}
-
-
-@pytest.mark.parametrize("name,args,kwargs", list(_op_samples()),
-                         ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(_op_samples())])
-def test_opcheck(name, args, kwargs):
-    torch.library.opcheck(getattr(_ext.ops(), name).default, args, kwargs)
-
-
-def test_every_op_has_an_opcheck_sample():
-    assert {n for n, _, _ in _op_samples()} == set(_ext.OPS)
-
-
-# --- storage conversions ------------------------------------------------------------------
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_conversions_match_torch(dtype):
-    """Every 16-bit value upcasts exactly; float32 values (specials, subnormals, ties) round
-    to nearest even as torch does. Lookahead with alpha 0 stores p = slow; with alpha 1 and
-    slow 0 it stores slow = p."""
-    cpu = get_backend("cpu", torch.device("cpu"))
-    every = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(dtype).clone()
-    slow = [torch.zeros(every.numel())]
-    p = [every.clone()]
-    cpu.lookahead(p, slow, 1.0)
-    finite = ~torch.isnan(every.float())
-    assert torch.equal(slow[0][finite], every.float()[finite] + 0.0)
-    assert torch.isnan(slow[0][~finite]).all()
-    gen = torch.Generator().manual_seed(0)
-    bits = torch.randint(-2**31, 2**31 - 1, (200000,), generator=gen, dtype=torch.int64).to(torch.int32)
-    x = torch.cat([bits.view(torch.float32), every.float(),
-                   (every.float().double() + every.float().double().nextafter(torch.tensor(math.inf))
-                    .sub(every.float().double()) / 2).float(),  # near ties
-                   torch.tensor([0.0, -0.0, 65504.0, 65520.0, 1e-8, -6e-8, 3e38])])
-    x = x[~torch.isinf(x)]  # slow + 0 * (p - inf) is NaN, in the reference too
-    p = [torch.zeros(x.numel(), dtype=dtype)]
-    cpu.lookahead(p, [x.clone()], 0.0)
-    want = x.to(dtype)
-    same = (p[0].view(torch.int16) == want.view(torch.int16)) | (torch.isnan(want) & torch.isnan(p[0]))
-    same |= (want == 0) & (p[0] == 0)  # slow + 0 * (0 - slow) turns -0 into +0
-    assert same.all(), x[~same][:10]

@@ -1,13 +1,18 @@
 """The CUDA backend (``fusedopt._C_cuda``) against the eager reference.
 
-On a GPU: every algorithm x option x param dtype x odd sizes, 1,100-tensor groups in one launch
-per step, bf16 states and master weights, AMP's grad_scale / found_inf, device-mode scalars
-(capturable, ``<op>.tensor``), CUDA graph capture, Lookahead, layouts, no host synchronisation
-in ``step()``, and one tensor of 2**31 + 17 elements (64-bit offsets; needs ~17 GiB free).
+On a GPU: every algorithm x option x param dtype x odd sizes through the optimizer classes,
+1,100-tensor calls and several param groups in one launch per step, bf16 states and master
+weights, AMP's grad_scale / found_inf, a tensor lr on the device, and at the backend level
+(``docs/kernel-interface.md``): several hyperparameter rows and per-tensor step counts in ONE
+launch (SGD's first step and RAdam's two branches side by side, every weight-decay mode), the
+per-tensor scalars against the reference's and the CPU kernels' to the bit, tables read at run
+time and cached on their full contents, argument errors that write nothing, CUDA graph capture,
+Lookahead, layouts, no host synchronisation, and one tensor of 2**31 + 17 elements (64-bit
+offsets; needs ~17 GiB free).
 
 Without a GPU (CI): the built library itself — present when the build had nvcc, exporting its
 marker symbol, linked only against torch's CPU libraries and the system's, and registering a
-CUDA kernel for every op (and the ``.tensor`` overloads) when loaded into a CPU-only torch.
+CUDA kernel for every op, all with the one step schema, when loaded into a CPU-only torch.
 """
 from __future__ import annotations
 
@@ -22,8 +27,9 @@ import torch
 
 import fusedopt
 from fusedopt import _ext, algorithms, backends
-from parity import (CASES, MIXED_PRECISION, MIXED_PRECISION_IDS, ODD_SIZES, REPRESENTATIVE, TOL,
-                    assert_same_state, case_id, interface_problem, make_problem, run_parity)
+from parity import (CASES, MIXED_PRECISION, MIXED_PRECISION_IDS, MIXED_ROWS, ODD_SIZES, REPRESENTATIVE, TOL,
+                    assert_same_state, case_id, exact_scalars_call, interface_problem, make_problem, run_parity,
+                    set_rows)
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 NAMES = [name for name, _ in REPRESENTATIVE]
@@ -92,15 +98,18 @@ assert _ext.cpu_status()[0], _ext.cpu_status()
 torch.ops.load_library(sys.argv[1])
 lib = ctypes.CDLL(sys.argv[1])
 lib.fusedopt_cuda_info.restype = ctypes.c_char_p
-print(lib.fusedopt_cuda_info().decode())
+info = lib.fusedopt_cuda_info().decode()
+print(info)
 has = torch._C._dispatch_has_kernel_for_dispatch_key
 for name in _ext.OPS:
     assert has(f"fusedopt::{name}", "CUDA"), name
     assert has(f"fusedopt::{name}", "CPU"), name
 for name in _ext.STEP_OPS:
-    schema = str(getattr(torch.ops.fusedopt, name).tensor._schema)
-    assert "Tensor scalars, bool[] flags" in schema, schema
-    assert has(f"fusedopt::{name}.tensor", "CUDA"), name
+    assert f" {name}" in info, (name, info)
+    packet = getattr(torch.ops.fusedopt, name)
+    assert packet.overloads() == ["default"], packet.overloads()
+    schema = str(packet.default._schema)
+    assert "Tensor steps, Tensor index, Tensor hyper, bool[] flags" in schema, schema
 print("ok")
 '''
 
@@ -125,12 +134,106 @@ def test_unavailable_reasons():
         assert not ok and why
 
 
+# -- helpers -----------------------------------------------------------------------------------
+
+def _cu():
+    return backends.get_backend("cuda", torch.device("cuda"))
+
+
+def _ref():
+    return backends.get_backend("reference", torch.device("cuda"))
+
+
+def _count_kernels(fn) -> int:
+    """Launches of fusedopt's CUDA kernels while running fn()."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if "step_kernel" in e.name or "lookahead_kernel" in e.name)
+
+
+def _state(slot, n, gen, init):
+    """A valid random state: moments of either sign, squares positive, RMSprop's grad_avg small
+    enough that square_avg - grad_avg**2 stays positive."""
+    u = torch.rand(n, generator=gen)
+    if slot == "grad_avg":
+        return (u - 0.5) * 0.5
+    if slot in ("exp_avg", "momentum_buffer"):
+        return u - 0.5 + init
+    return 0.5 + 0.5 * u + init
+
+
+# The preamble's per-row variety: every weight-decay mode and maximize, side by side in one call.
+
+
+
+
+
+
+def _call(name, dtype, n=(3, 4097, 20011), state_dtype=torch.float32, master=False, counts=(3.0, 7.0, 1.0),
+          seed=7, rows=MIXED_ROWS):
+    """A backend call on the GPU (interface_problem's), with valid random states of
+    `state_dtype`, float32 master weights near the params with `master`, and the tensors spread
+    over `rows`."""
+    spec, call = interface_problem(name, dtype, n=n, seed=seed, device="cuda", step_counts=counts)
+    gen = torch.Generator().manual_seed(seed + 1)
+    init = spec.slot_init({**spec.defaults, **dict(REPRESENTATIVE)[name]})
+    call["states"] = [[_state(slot, p.numel(), gen, init[slot]).to("cuda", state_dtype) for p in call["params"]]
+                      if len(lst) else [] for slot, lst in zip(spec.SLOTS, call["states"])]
+    if master:
+        call["master"] = [(p.float().cpu() + 1e-3 * torch.randn(p.numel(), generator=gen)).cuda()
+                          for p in call["params"]]
+    if rows:
+        set_rows(spec, call, rows)
+    return spec, call
+
+
+def _mutable(call):
+    """Every tensor a step may write, in a fixed order."""
+    return list(call["params"]) + [t for slot in call["states"] for t in slot] + list(call["master"] or [])
+
+
+def _clone(call, device=None):
+    out = dict(call)
+    for key in ("params", "grads"):
+        out[key] = [t.to(device, copy=True) for t in call[key]]
+    out["states"] = [[t.to(device, copy=True) for t in slot] for slot in call["states"]]
+    out["master"] = None if call["master"] is None else [m.to(device, copy=True) for m in call["master"]]
+    if device is not None:
+        out["steps"], out["hyper"] = call["steps"].to(device), call["hyper"].to(device)
+    return out
+
+
+def _run(backend, call, **kw):
+    out = _clone(call)
+    backend.step(**out, **kw)
+    return out
+
+
+def _assert_matches(got, want, what=""):
+    for i, (a, b) in enumerate(zip(_mutable(got), _mutable(want))):
+        rtol, atol = TOL[a.dtype]
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{what} tensor {i}: {m}")
+
+
+def _assert_unchanged(call, before):
+    for a, b in zip(_mutable(call), before):
+        assert torch.equal(a, b)
+
+
+VARIANTS = [(d, s, m) for d in DTYPES for s in (torch.float32, torch.bfloat16)
+            for m in ((False, True) if d != torch.float32 else (False,))]
+VARIANT_IDS = [f"{str(d)[6:]}-{str(s)[6:]}-states" + ("-master" if m else "") for d, s, m in VARIANTS]
+
+
 # -- GPU: parity through the optimizer classes -----------------------------------------------
 
 @cuda
 def test_available():
-    backend = backends.get_backend("cuda", torch.device("cuda"))
-    assert backend.name == "cuda"
+    backend = _cu()
+    assert backend.name == "cuda" and backend.checks_tensors
     assert backend.available(torch.device("cuda")) == (True, "")
     assert "cuda" in fusedopt.available_backends("cuda")
     assert backends.get_backend("auto", torch.device("cuda")).name == "cuda"
@@ -144,16 +247,6 @@ def test_parity_odd_sizes(case, dtype):
     run_parity("cuda", name, kw, dtype, sizes=ODD_SIZES, steps=10, device="cuda")
 
 
-def _count_kernels(fn) -> int:
-    """Launches of fusedopt's CUDA kernels while running fn()."""
-    from torch.profiler import ProfilerActivity, profile
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if "step_kernel" in e.name or "lookahead_kernel" in e.name)
-
-
 @cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", REPRESENTATIVE, ids=case_id)
@@ -162,22 +255,6 @@ def test_parity_many_tensors(case, dtype):
     name, kw = case
     sizes = torch.randint(1, 5000, (1100,), generator=torch.Generator().manual_seed(1)).tolist()
     run_parity("cuda", name, kw, dtype, sizes=sizes, steps=5, device="cuda")
-
-
-@cuda
-def test_one_launch_per_step():
-    sizes = torch.randint(1, 5000, (1100,), generator=torch.Generator().manual_seed(3)).tolist()
-    params, grads = make_problem(sizes, torch.float32, 4, device="cuda", seed=4)
-    ps = [p.clone().requires_grad_(True) for p in params]
-    opt = fusedopt.Adam(ps, backend="cuda", amsgrad=True)
-
-    def steps():
-        for step_grads in grads:
-            for p, g in zip(ps, step_grads):
-                p.grad = g
-            opt.step()
-
-    assert _count_kernels(steps) == len(grads)
 
 
 @cuda
@@ -197,112 +274,79 @@ def test_parity_bf16_states_float32_params():
 
 
 @cuda
-@pytest.mark.parametrize("case", REPRESENTATIVE, ids=case_id)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_device_scalars_capturable(case, dtype):
-    """capturable=True: the scalars are a float32 tensor on the device, read by the kernel."""
-    name, kw = case
-    run_parity("cuda", name, {**kw, "capturable": True}, dtype, sizes=(3, 4097), steps=8, device="cuda")
+def test_one_launch_per_step():
+    sizes = torch.randint(1, 5000, (1100,), generator=torch.Generator().manual_seed(3)).tolist()
+    params, grads = make_problem(sizes, torch.float32, 4, device="cuda", seed=4)
+    ps = [p.clone().requires_grad_(True) for p in params]
+    opt = fusedopt.Adam(ps, backend="cuda", amsgrad=True)
+
+    def steps():
+        for step_grads in grads:
+            for p, g in zip(ps, step_grads):
+                p.grad = g
+            opt.step()
+
+    assert _count_kernels(steps) == len(grads)
 
 
 @cuda
-def test_radam_device_mode_unrectified_steps():
-    """Device mode passes rectify=True with rect == 0 on early steps: the kernel must take the
-    un-adapted branch there (RAdam rectifies from step 6 with the default betas)."""
-    run_parity("cuda", "RAdam", {"capturable": True}, torch.float32, sizes=(5, 4097), steps=8, device="cuda")
-
-
-# -- GPU: the backend interface directly -----------------------------------------------------
-
-def _interface_problem(name, dtype, n=(3, 4097, 20011), seed=7):
-    return interface_problem(name, dtype, n=n, seed=seed, device="cuda", random_states=True)
-
-
-def _clone(ps, states):
-    return [p.clone() for p in ps], [[t.clone() for t in slot] for slot in states]
-
-
-def _flat(ps, states):
-    return list(ps) + [t for slot in states for t in slot]
-
-
-@cuda
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("mode", ["host", "device"])
-def test_amp_grad_scale_and_found_inf(name, dtype, mode):
-    """AMP: the scale tensor multiplies g on the device; found_inf != 0 writes nothing at all."""
-    ref = backends.get_backend("reference", torch.device("cuda"))
-    cu = backends.get_backend("cuda", torch.device("cuda"))
-    spec, ps, gs, states, scalars, flags = _interface_problem(name, dtype)
-    scalars = (0.5,) + scalars[1:]  # a host scale too: both multiply into g
-    args = torch.tensor(scalars, device="cuda") if mode == "device" else scalars
-    scale = torch.tensor(0.25, device="cuda")
-    p1, s1 = _clone(ps, states)
-    p2, s2 = _clone(ps, states)
-    cu.step(spec.name, p1, gs, s1, args, flags, grad_scale=scale, found_inf=torch.zeros((), device="cuda"))
-    ref.step(spec.name, p2, gs, s2, args, flags, grad_scale=scale, found_inf=torch.zeros((), device="cuda"))
-    rtol, atol = TOL[dtype]
-    for a, b in zip(_flat(p1, s1), _flat(p2, s2)):
-        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
-    assert not torch.equal(p1[1], ps[1])
-    p3, s3 = _clone(ps, states)
-    cu.step(spec.name, p3, gs, s3, args, flags, grad_scale=scale, found_inf=torch.ones((), device="cuda"))
-    for a, b in zip(_flat(p3, s3), _flat(ps, states)):
-        assert torch.equal(a, b)
+def test_param_groups_share_one_launch_per_step():
+    """Groups with their own lr, weight decay, maximize and step counts (one added two steps
+    later starts at step 1) are one launch per step, and match the reference."""
+    params, grads = make_problem([3, 4097, 50, 7, 20011], torch.float32, 6, device="cuda", seed=8)
+    out = []
+    for backend in ("cuda", "reference"):
+        ps = [p.clone().requires_grad_(True) for p in params]
+        opt = fusedopt.AdamW([{"params": ps[:2]}, {"params": ps[2:3], "lr": 0.1, "weight_decay": 0.0},
+                              {"params": ps[3:4], "lr": 0.02, "maximize": True}],
+                             backend=backend, weight_decay=0.05)
+        launches = []
+        for s, step_grads in enumerate(grads):
+            if s == 2:
+                opt.add_param_group({"params": ps[4:], "lr": 0.01})
+            for p, g in zip(ps, step_grads):
+                p.grad = g.clone()
+            if backend == "cuda":
+                launches.append(_count_kernels(opt.step))
+            else:
+                opt.step()
+        assert backend == "reference" or launches == [1] * len(grads)
+        out.append((ps, opt))
+    (pc, oc), (pr, orf) = out
+    assert_same_state(pc, oc, pr, orf, TOL[torch.float32], what="param groups")
 
 
 @cuda
-@pytest.mark.skipif(not _ext.cpu_status()[0], reason="the compiled CPU backend is not loaded")
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("name", NAMES)
-def test_bitwise_equal_to_the_cpu_kernels(name, dtype):
-    """Host scalars: the CUDA and CPU kernels compile the same header, in float32 with the same
-    explicit FMAs and IEEE division and square root, so they agree to the bit."""
-    cpu = backends.get_backend("cpu", torch.device("cpu"))
-    cu = backends.get_backend("cuda", torch.device("cuda"))
-    spec, ps, gs, states, scalars, flags = _interface_problem(name, dtype)
-    p1, s1 = _clone(ps, states)
-    p2 = [p.cpu() for p in ps]
-    s2 = [[t.cpu() for t in slot] for slot in states]
-    cu.step(spec.name, p1, gs, s1, scalars, flags)
-    cpu.step(spec.name, p2, [g.cpu() for g in gs], s2, scalars, flags)
-    for a, b in zip(_flat(p1, s1), _flat(p2, s2)):
-        assert torch.equal(a.cpu(), b), (a.cpu() - b).abs().max()
-
-
-@cuda
-def test_sgd_first_step_is_a_runtime_scalar():
-    """first_step selects the buffer copy per call from the scalar, host or device."""
-    ref = backends.get_backend("reference", torch.device("cuda"))
-    cu = backends.get_backend("cuda", torch.device("cuda"))
-    spec, ps, gs, states, scalars, flags = _interface_problem("SGD", torch.float32)
-    for first in (1.0, 0.0):
-        sc = scalars[:5] + (first,)
-        for as_tensor in (False, True):
-            args = torch.tensor(sc, device="cuda") if as_tensor else sc
-            p1, s1 = _clone(ps, states)
-            p2, s2 = _clone(ps, states)
-            cu.step("sgd", p1, gs, s1, args, flags)
-            ref.step("sgd", p2, gs, s2, sc, flags)
-            for a, b in zip(_flat(p1, s1), _flat(p2, s2)):
-                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-
-
-@cuda
-def test_unaligned_tensors_take_the_element_path():
-    """Views at odd offsets cannot use 16-byte accesses; results are the same."""
-    ref = backends.get_backend("reference", torch.device("cuda"))
-    cu = backends.get_backend("cuda", torch.device("cuda"))
-    spec, ps, gs, states, scalars, flags = _interface_problem("Adam", torch.float32, n=(5000, 9000))
-    p1, s1 = _clone(ps, states)
-    p1 = [torch.cat([torch.zeros(1, device="cuda"), p])[1:] for p in p1]  # 4-byte offset
-    p2, s2 = _clone(ps, states)
-    cu.step("adam", p1, gs, s1, scalars, flags)
-    ref.step("adam", p2, gs, s2, scalars, flags)
-    assert p1[0].data_ptr() % 16 != 0
-    for a, b in zip(_flat(p1, s1), _flat(p2, s2)):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("name", ["AdamW", "RAdam", "SGD"])
+def test_tensor_lr_and_amp_step_never_synchronises_and_matches(name):
+    """A tensor lr on the GPU and an AMP scale and inf flag on the GPU: the rows are filled on the
+    device, the counters advance there, the kernels read both, and nothing synchronises; the
+    result equals a float-lr optimizer's on unscaled gradients (RAdam crosses into its rectified
+    branch at step 6, SGD's buffer starts with its first step)."""
+    kw = {"momentum": 0.9} if name == "SGD" else {}
+    gen = torch.Generator().manual_seed(41)
+    init = [torch.randn(n, generator=gen) for n in (3, 4097, 65537)]
+    grads = [[torch.randn(n, generator=gen) for n in (3, 4097, 65537)] for _ in range(7)]
+    ps = [p.cuda().requires_grad_(True) for p in init]
+    opt = getattr(fusedopt, name)(ps, lr=torch.tensor(0.01, device="cuda"), backend="cuda", **kw)
+    opt.grad_scale = torch.tensor(4.0, device="cuda")
+    opt.found_inf = torch.zeros((), device="cuda")
+    ref_ps = [p.cuda().requires_grad_(True) for p in init]
+    ref = getattr(fusedopt, name)(ref_ps, lr=0.01, backend="cuda", **kw)
+    for t, gs in enumerate(grads):
+        for p, q, g in zip(ps, ref_ps, gs):
+            p.grad = (g * 4.0).cuda()
+            q.grad = g.cuda()
+        torch.cuda.synchronize()
+        if t > 0:  # the first step creates the state and builds the plan
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        ref.step()
+    torch.cuda.synchronize()
+    assert_same_state(ps, opt, ref_ps, ref, (1e-5, 1e-6), what=f"{name} tensor lr")
 
 
 @cuda
@@ -321,6 +365,162 @@ def test_transposed_params_and_non_dense_fallback():
         assert_same_state([pc], oc, [pr], orf, TOL[torch.float32], what="layout")
 
 
+# -- GPU: the backend interface directly -----------------------------------------------------
+
+@cuda
+@pytest.mark.parametrize("dtype,state_dtype,master", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_interface_matches_reference(name, dtype, state_dtype, master):
+    """Odd sizes over four rows (every weight-decay mode, maximize) and step counts 3, 7, 1 in
+    one launch: SGD's first step beside later ones, RAdam's two branches side by side."""
+    spec, call = _call(name, dtype, n=ODD_SIZES, state_dtype=state_dtype, master=master)
+    assert _count_kernels(lambda: _run(_cu(), call)) == 1
+    _assert_matches(_run(_cu(), call), _run(_ref(), call), f"{name} {dtype}")
+
+
+@cuda
+@pytest.mark.skipif(not _ext.cpu_status()[0], reason="the compiled CPU backend is not loaded")
+@pytest.mark.parametrize("dtype,state_dtype,master", VARIANTS, ids=VARIANT_IDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_bitwise_equal_to_the_cpu_kernels(name, dtype, state_dtype, master):
+    """The CUDA and CPU kernels compile the same header, in float32 with the same explicit FMAs
+    and IEEE division and square root, and derive the same per-tensor scalars from the rows and
+    step counts (float64, rounded once; Note [python pow]), so they agree to the bit."""
+    spec, call = _call(name, dtype, state_dtype=state_dtype, master=master,
+                       counts=(1.0, 2.0, 3.0, 6.0, 7.0, 100.0), n=(3, 4097, 20011, 5, 1, 65537))
+    got = _run(_cu(), call)
+    want = _run(backends.get_backend("cpu", torch.device("cpu")), _clone(call, "cpu"))
+    for i, (a, b) in enumerate(zip(_mutable(got), _mutable(want))):
+        assert torch.equal(a.cpu(), b), (name, i, (a.cpu().float() - b.float()).abs().max())
+
+
+
+
+
+@cuda
+@pytest.mark.parametrize("name", ["SGD", "Adagrad", "Adam", "Yogi", "RAdam"])
+def test_per_tensor_scalars_are_the_references(name):
+    """Each block derives its tensor's scalars on the device from its row and step count; with
+    every other operation exact, the results are the reference's bit for bit, steps 1 to 60.
+    (CUDA's float64 pow is within 2 ulp of libm's, which moves a float32 scalar only when it
+    lies within 2 ulp of a rounding boundary: not for these.)"""
+    spec, call = exact_scalars_call(name, device="cuda")
+    got, want = _run(_cu(), call), _run(_ref(), call)
+    for i, (a, b) in enumerate(zip(_mutable(got), _mutable(want))):
+        assert torch.equal(a, b), f"{name} tensor {i}: {a} != {b}"
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", NAMES)
+def test_amp_grad_scale_and_found_inf(name, dtype):
+    """The scale tensor multiplies g on the device; found_inf != 0 (0-dim, or GradScaler's [1])
+    writes nothing at all."""
+    spec, call = _call(name, dtype, master=dtype != torch.float32)
+    scale = torch.tensor(0.25, device="cuda")
+    zero = torch.zeros((), device="cuda")
+    got = _run(_cu(), call, grad_scale=scale, found_inf=zero)
+    _assert_matches(got, _run(_ref(), call, grad_scale=scale, found_inf=zero), name)
+    assert not torch.equal(got["params"][1], call["params"][1])
+    for found_inf in (torch.ones((), device="cuda"), torch.full((1,), float("inf"), device="cuda")):
+        _assert_unchanged(_run(_cu(), call, grad_scale=scale, found_inf=found_inf), _mutable(call))
+
+
+@cuda
+def test_tables_are_read_at_run_time():
+    """The kernels read steps and hyper when they run: new values in the same tensors (the
+    same params, so the cached device table) give the new update."""
+    spec, call = _call("RAdam", torch.float32, counts=(3.0,), rows=[{}])
+    cu, ref = _cu(), _ref()
+    cu.step(**call)  # the table is cached now
+    call["steps"].fill_(9.0)  # the rectified branch
+    call["hyper"][0, spec.HYPER.index("lr")] = 0.5
+    call["hyper"][0, spec.HYPER.index("maximize")] = 1.0
+    want = _run(ref, call)
+    cu.step(**call)
+    _assert_matches(call, want, "new values")
+
+
+@cuda
+def test_table_cache_keys_on_each_tensors_slot_and_row():
+    """The same tensors with another index (rows, then step slots, swapped) are another table."""
+    spec, call = _call("Adam", torch.float32, n=(4097, 4097), counts=(1.0, 50.0),
+                       rows=[{}, {"lr": 0.1, "weight_decay": 0.0}])
+    cu, ref = _cu(), _ref()
+    for column in (None, 1, 0):
+        if column is not None:
+            call["index"] = call["index"].clone()
+            call["index"][:, column] = call["index"][:, column].flip(0)
+        want = _run(ref, call)
+        cu.step(**call)
+        _assert_matches(call, want, f"index column {column} swapped")
+
+
+@cuda
+def test_unaligned_tensors_take_the_element_path():
+    """Views at odd offsets cannot use 16-byte accesses; results are the same."""
+    spec, call = _call("Adam", torch.float32, n=(5000, 9000))
+    want = _run(_ref(), call)
+    got = _clone(call)
+    got["params"] = [torch.cat([torch.zeros(1, device="cuda"), p])[1:] for p in got["params"]]  # 4-byte offset
+    assert got["params"][0].data_ptr() % 16 != 0
+    _cu().step(**got)
+    _assert_matches(got, want, "unaligned")
+
+
+def _op_args(call):
+    return [call["params"], call["grads"], *call["states"], call["master"], call["steps"], call["index"],
+            call["hyper"], list(call["flags"])]
+
+
+def _bad_calls():
+    """(id, edit, message): one spoiled argument of a three-tensor Adam call."""
+    def index(row):
+        def edit(a):
+            a[7] = a[7].clone()
+            a[7][2] = torch.tensor(row)
+        return edit
+
+    yield "steps-on-cpu", lambda a: a.__setitem__(6, a[6].cpu()), r"steps must be .* on the params' device \(cuda"
+    yield "hyper-on-cpu", lambda a: a.__setitem__(8, a[8].cpu()), r"hyper must be .* on the params' device \(cuda"
+    yield "hyper-dtype", lambda a: a.__setitem__(8, a[8].float()), r"hyper must be a contiguous float64"
+    yield "index-on-gpu", lambda a: a.__setitem__(7, a[7].cuda()), r"index must be a contiguous int64 CPU tensor"
+    yield "index-row", index([0, 4]), r"index\[2\] has hyper row 4"
+    yield "index-step", index([3, 0]), r"index\[2\] has step slot 3"
+    yield "grad-on-cpu", lambda a: a[1].__setitem__(2, a[1][2].cpu()), r"grad 2 must be"
+    yield "state-dtype", lambda a: a[3].__setitem__(2, a[3][2].half()), r"state slot 1 of param 2"
+
+
+BAD_CALLS = list(_bad_calls())
+
+
+@cuda
+@pytest.mark.parametrize("what,edit,message", BAD_CALLS, ids=[b[0] for b in BAD_CALLS])
+def test_errors_write_nothing(what, edit, message):
+    spec, call = _call("Adam", torch.float32, n=(10, 10, 10))
+    args = _op_args(call)
+    edit(args)
+    before = [t.clone() for t in _mutable(call)]
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.fusedopt.adam(*args)
+    torch.cuda.synchronize()
+    _assert_unchanged(call, before)
+
+
+@cuda
+@pytest.mark.parametrize("key,make,message", [
+    ("grad_scale", lambda: torch.tensor(0.5), r"grad_scale must be a 0-dim float32 tensor on the params' device"),
+    ("found_inf", lambda: torch.zeros(2, device="cuda"), r"found_inf must be"),
+], ids=["grad_scale-on-cpu", "found_inf-shape"])
+def test_scalar_tensor_errors_write_nothing(key, make, message):
+    spec, call = _call("Adam", torch.float32, n=(10, 10, 10))
+    before = [t.clone() for t in _mutable(call)]
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.fusedopt.adam(*_op_args(call), **{key: make()})
+    torch.cuda.synchronize()
+    _assert_unchanged(call, before)
+
+
 # -- GPU: Lookahead ----------------------------------------------------------------------------
 
 @cuda
@@ -334,8 +534,8 @@ def test_lookahead(pdtype, sdtype):
     slow = [torch.randn(n, generator=gen).to("cuda", sdtype) for n in sizes]
     p1, s1 = [p.clone() for p in ps], [s.clone() for s in slow]
     p2, s2 = [p.clone() for p in ps], [s.clone() for s in slow]
-    assert _count_kernels(lambda: backends.get_backend("cuda", torch.device("cuda")).lookahead(p1, s1, 0.5)) == 1
-    backends.get_backend("reference", torch.device("cuda")).lookahead(p2, s2, 0.5)
+    assert _count_kernels(lambda: _cu().lookahead(p1, s1, 0.5)) == 1
+    _ref().lookahead(p2, s2, 0.5)
     rtol, atol = TOL[pdtype]
     for a, b in zip(p1 + s1, p2 + s2):
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
@@ -344,23 +544,22 @@ def test_lookahead(pdtype, sdtype):
 # -- GPU: no host synchronisation, CUDA graphs -------------------------------------------------
 
 @cuda
-@pytest.mark.parametrize("options", [{}, {"master_weights": True}], ids=["host", "master"])
+@pytest.mark.parametrize("options", [{}, {"master_weights": True}], ids=["plain", "master"])
 def test_step_never_synchronises(options):
-    """The optimizer's step (host scalars), a table rebuild, and backend calls with device
-    scalars, an AMP scale and an inf flag, and Lookahead: no host synchronisation anywhere."""
+    """The optimizer's step, a table rebuild, a backend call with an AMP scale and inf flag, and
+    Lookahead: no host synchronisation anywhere."""
     dtype = torch.bfloat16 if options.get("master_weights") else torch.float32
     gen = torch.Generator().manual_seed(13)
     ps = [torch.randn(n, generator=gen).to("cuda", dtype).requires_grad_(True) for n in (3, 4097, 65537)]
     opt = fusedopt.AdamW(ps, backend="cuda", **options)
     for p in ps:
         p.grad = torch.randn_like(p)
-    opt.step()  # creates the state, builds the table
-    cu = backends.get_backend("cuda", torch.device("cuda"))
-    spec, qs, gs, states, scalars, flags = _interface_problem("Adam", dtype)
-    device_scalars = torch.tensor(scalars, device="cuda")
+    opt.step()  # creates the state, builds the plan and the table
+    cu = _cu()
+    spec, call = _call("Adam", dtype, master=options.get("master_weights", False))
     scale, found_inf = torch.tensor(0.5, device="cuda"), torch.tensor(0.0, device="cuda")
-    slow = [q.float() for q in qs]
-    cu.step(spec.name, qs, gs, states, device_scalars, flags, grad_scale=scale, found_inf=found_inf)
+    slow = [q.float() for q in call["params"]]
+    cu.step(**call, grad_scale=scale, found_inf=found_inf)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -368,81 +567,54 @@ def test_step_never_synchronises(options):
             opt.step()
         ps[0].grad = torch.randn_like(ps[0])  # a new address: a new table is uploaded, no sync
         opt.step()
-        cu.step(spec.name, qs, gs, states, device_scalars, flags, grad_scale=scale, found_inf=found_inf)
-        cu.lookahead(qs, slow, 0.5)
+        cu.step(**call, grad_scale=scale, found_inf=found_inf)
+        cu.lookahead(call["params"], slow, 0.5)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     torch.cuda.synchronize()
 
 
 @cuda
-@pytest.mark.parametrize("name", ["AdamW", "RAdam", "SGD"])
-def test_capturable_amp_step_never_synchronises_and_matches_host_mode(name):
-    """Device mode through the optimizer (capturable, a tensor lr on the GPU, an AMP scale and
-    inf flag on the GPU): per-step scalars are built on the device (floats as fills, not
-    host-to-device copies), steps advance on the device, and nothing synchronises; the result
-    equals the host-scalar optimizer's."""
-    kw = {"momentum": 0.9} if name == "SGD" else {}
-    gen = torch.Generator().manual_seed(41)
-    init = [torch.randn(n, generator=gen) for n in (3, 4097, 65537)]
-    grads = [[torch.randn(n, generator=gen) for n in (3, 4097, 65537)] for _ in range(4)]
-    ps = [p.cuda().requires_grad_(True) for p in init]
-    opt = getattr(fusedopt, name)(ps, lr=torch.tensor(0.01, device="cuda"), capturable=True,
-                                  backend="cuda", **kw)
-    opt.grad_scale = torch.tensor(4.0, device="cuda")
-    opt.found_inf = torch.zeros((), device="cuda")
-    ref_ps = [p.cuda().requires_grad_(True) for p in init]
-    ref = getattr(fusedopt, name)(ref_ps, lr=0.01, backend="cuda", **kw)
-    for t, gs in enumerate(grads):
-        for p, q, g in zip(ps, ref_ps, gs):
-            p.grad = (g * 4.0).cuda()
-            q.grad = g.cuda()
-        torch.cuda.synchronize()
-        if t > 0:  # the first step creates the state and uploads the step buffer's index
-            torch.cuda.set_sync_debug_mode("error")
-        try:
-            opt.step()
-        finally:
-            torch.cuda.set_sync_debug_mode(0)
-        ref.step()
-    torch.cuda.synchronize()
-    assert_same_state(ps, opt, ref_ps, ref, (1e-5, 1e-6), what=f"{name} capturable")
-
-
-@cuda
 @pytest.mark.parametrize("warm", [True, False], ids=["cached-table", "table-built-in-capture"])
 def test_cuda_graph_capture_and_replay(warm):
-    """The op captured in a CUDA graph (device scalars, AMP tensors) replays like eager calls:
-    with its table cached before capture (used from the capture stream), and with the table
-    built and uploaded inside the capture."""
-    cu = backends.get_backend("cuda", torch.device("cuda"))
+    """The op captured in a CUDA graph (rows and step counts, AMP tensors on the device) replays
+    like eager calls: with its table cached before capture (used from the capture stream), and
+    with the table built and uploaded inside the capture. The rows, the counts and the inf flag
+    are read at replay time."""
+    cu = _cu()
     n = (3, 4097, 65537, 1000 + (0 if warm else 7))  # a size of its own: a cold table
-    spec, ps, gs, states, scalars, flags = _interface_problem("Adam", torch.float32, n=n, seed=23)
-    args = torch.tensor(scalars, device="cuda")
+    spec, call = _call("Adam", torch.float32, n=n, seed=23)
     scale, found_inf = torch.tensor(0.5, device="cuda"), torch.zeros((), device="cuda")
-    eager_p, eager_s = _clone(ps, states)
+    eager = _clone(call)
     for _ in range(4 if warm else 3):
-        cu.step("adam", eager_p, gs, eager_s, args, flags, grad_scale=scale, found_inf=found_inf)
+        cu.step(**eager, grad_scale=scale, found_inf=found_inf)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     if warm:
         with torch.cuda.stream(side):
-            cu.step("adam", ps, gs, states, args, flags, grad_scale=scale, found_inf=found_inf)
+            cu.step(**call, grad_scale=scale, found_inf=found_inf)
         torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        cu.step("adam", ps, gs, states, args, flags, grad_scale=scale, found_inf=found_inf)
+        cu.step(**call, grad_scale=scale, found_inf=found_inf)
     for _ in range(3):
         graph.replay()
     torch.cuda.synchronize()
-    for a, b in zip(_flat(ps, states), _flat(eager_p, eager_s)):
+    for a, b in zip(_mutable(call), _mutable(eager)):
+        assert torch.equal(a, b)
+    # New step counts and a new lr in the same tensors: the replay reads them.
+    call["steps"].add_(5.0)
+    call["hyper"][:, spec.HYPER.index("lr")] *= 2.0
+    graph.replay()
+    cu.step(**eager, grad_scale=scale, found_inf=found_inf)
+    torch.cuda.synchronize()
+    for a, b in zip(_mutable(call), _mutable(eager)):
         assert torch.equal(a, b)
     found_inf.fill_(1.0)  # the flag is read at replay time
-    before = [t.clone() for t in _flat(ps, states)]
+    before = [t.clone() for t in _mutable(call)]
     graph.replay()
     torch.cuda.synchronize()
-    for a, b in zip(_flat(ps, states), before):
-        assert torch.equal(a, b)
+    _assert_unchanged(call, before)
 
 
 @cuda
@@ -450,24 +622,56 @@ def test_table_built_in_capture_is_not_used_outside_it():
     """A table first built inside a capture is uploaded by the graph, at replay: an eager call
     with the same tensors before any replay (or after an abandoned capture) must upload its
     own, not read the captured buffer."""
-    cu = backends.get_backend("cuda", torch.device("cuda"))
+    cu = _cu()
     n = (3, 4097, 1013)  # sizes of its own: no table of an earlier test can match
-    spec, ps, gs, states, scalars, flags = _interface_problem("Adam", torch.float32, n=n, seed=29)
-    args = torch.tensor(scalars, device="cuda")
-    eager_p, eager_s = _clone(ps, states)
+    spec, call = _call("Adam", torch.float32, n=n, seed=29)
+    eager = _clone(call)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, stream=side):
-        cu.step("adam", ps, gs, states, args, flags)
+        cu.step(**call)
     torch.cuda.synchronize()
-    cu.step("adam", ps, gs, states, args, flags)  # eager, the graph not replayed yet
+    cu.step(**call)  # eager, the graph not replayed yet
     graph.replay()
     for _ in range(2):
-        cu.step("adam", eager_p, gs, eager_s, args, flags)
+        cu.step(**eager)
     torch.cuda.synchronize()
-    for a, b in zip(_flat(ps, states), _flat(eager_p, eager_s)):
+    for a, b in zip(_mutable(call), _mutable(eager)):
         assert torch.equal(a, b)
+
+
+@cuda
+def test_optimizer_step_in_a_cuda_graph():
+    """A whole optimizer step (counters advanced on the device, then one launch that reads them)
+    captured once and replayed equals the same number of eager steps."""
+    gen = torch.Generator().manual_seed(31)
+    init = [torch.randn(n, generator=gen) for n in (3, 4097, 20011)]
+    grads = [[torch.randn(n, generator=gen).cuda() for n in (3, 4097, 20011)] for _ in range(6)]
+    out = []
+    for graphed in (True, False):
+        ps = [p.cuda().requires_grad_(True) for p in init]
+        opt = fusedopt.RAdam(ps, backend="cuda", weight_decay=0.01)
+        for p, g in zip(ps, grads[0]):
+            p.grad = g.clone()
+        opt.step()  # eager: state, plan, tables
+        if graphed:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=side):
+                opt.step()
+        for k, step_grads in enumerate(grads[1:]):
+            for p, g in zip(ps, step_grads):
+                p.grad.copy_(g)
+            if graphed:
+                graph.replay()
+            else:
+                opt.step()
+        torch.cuda.synchronize()
+        out.append((ps, opt))
+    (pg, og), (pe, oe) = out
+    assert_same_state(pg, og, pe, oe, (0.0, 0.0), what="graphed")
 
 
 # -- GPU: 64-bit offsets -----------------------------------------------------------------------
@@ -478,15 +682,17 @@ HUGE = 2 ** 31 + 17
 @cuda
 @pytest.mark.skipif(os.environ.get("FUSEDOPT_SKIP_HUGE") == "1", reason="FUSEDOPT_SKIP_HUGE=1")
 def test_huge_tensor_of_2_31_plus_17_elements():
-    """HUGE MEMORY (~17 GiB): one bfloat16 Adam group of 2**31 + 17 elements (param, grad, two
+    """HUGE MEMORY (~17 GiB): one bfloat16 Adam call of 2**31 + 17 elements (param, grad, two
     bf16 states), beside a small tensor, compared with the same update on a small copy."""
     need = HUGE * 2 * 4 + (2 << 30)
     if torch.cuda.mem_get_info()[0] < need:
         pytest.skip(f"needs {need / 2 ** 30:.1f} GiB of free GPU memory")
-    cu = backends.get_backend("cuda", torch.device("cuda"))
+    cu = _cu()
     spec = algorithms.ALGORITHMS["adam"]
     group = dict(spec.defaults, lr=0.01, weight_decay=0.1)
-    scalars, flags = spec.step_args(group, 1.0)
+    tables = dict(steps=torch.ones(1, device="cuda"),
+                  hyper=torch.tensor([spec.hyper_row(group)], dtype=torch.float64, device="cuda"))
+    flags = spec.flags(group)
     # A pattern of 4099 values, tiled: every element's expected result is the small run's.
     gen = torch.Generator().manual_seed(5)
     pat_p = torch.randn(4099, generator=gen).to("cuda", torch.bfloat16)
@@ -501,9 +707,11 @@ def test_huge_tensor_of_2_31_plus_17_elements():
     v = torch.zeros(HUGE, dtype=torch.bfloat16, device="cuda")
     small_p, small_g = pat_p[:5].clone(), pat_g[:5].clone()
     small_m, small_v = torch.zeros(5, dtype=torch.bfloat16, device="cuda"), torch.zeros(5, dtype=torch.bfloat16, device="cuda")
-    cu.step("adam", [small_p, p], [small_g, g], [[small_m, m], [small_v, v], []], tuple(scalars), tuple(flags))
+    cu.step("adam", flags, [small_p, p], [small_g, g], [[small_m, m], [small_v, v], []], None,
+            index=torch.zeros(2, 2, dtype=torch.int64), **tables)
     ref_p, ref_m, ref_v = pat_p.clone(), torch.zeros_like(pat_p), torch.zeros_like(pat_p)
-    cu.step("adam", [ref_p], [pat_g], [[ref_m], [ref_v], []], tuple(scalars), tuple(flags))
+    cu.step("adam", flags, [ref_p], [pat_g], [[ref_m], [ref_v], []], None,
+            index=torch.zeros(1, 2, dtype=torch.int64), **tables)
     del g
     for lo in (0, 2 ** 31 - 4099 * 2, 2 ** 31 - 3, HUGE - 4099 * 3):
         hi = min(lo + 4099 * 3, HUGE)

@@ -161,7 +161,7 @@ BAD_HYPERPARAMS = [
     ("Adam", {"weight_decay": -0.1}, "weight_decay"), ("Adam", {"betas": (1.0, 0.999)}, "betas"),
     ("Adam", {"betas": (0.9, -0.1)}, "betas"), ("AdamW", {"betas": (0.9, math.nan)}, "betas"),
     ("RAdam", {"betas": (0.9, 1.5)}, "betas"), ("Yogi", {"betas": (0.9, 1.0)}, "betas"),
-    ("Adadelta", {"rho": 1.0}, "rho"), ("Adadelta", {"rho": -0.5}, "rho"),
+    ("Adadelta", {"rho": 1.5}, "rho"), ("Adadelta", {"rho": -0.5}, "rho"),
     ("RMSprop", {"alpha": 1.2}, "alpha"), ("RMSprop", {"momentum": -1.0}, "momentum"),
     ("Adagrad", {"lr_decay": -1.0}, "lr_decay"), ("Adagrad", {"eps": math.nan}, "eps"),
     ("Yogi", {"initial_accumulator_value": -1.0}, "initial_accumulator_value"),

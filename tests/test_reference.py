@@ -114,10 +114,15 @@ def test_yogi_second_moment_moves_additively_and_boundedly():
 
 def test_radam_rectification_switches_on_after_threshold():
     from fusedopt.algorithms import rectification
-    flags = [rectification(0.999, t)[0] for t in range(1, 10)]
+    flags = [rectification(0.999, t) > 0 for t in range(1, 10)]
     assert flags[:5] == [False] * 5 and all(flags[5:])  # rho_t first exceeds 5 at step 6
-    rect = rectification(0.999, 1000)[1]
-    assert 0 < rect < 1
+    # r_t from the paper's formula at step 1000 (rho_t computed independently here)
+    b2, t = 0.999, 1000
+    rho_inf = 2 / (1 - b2) - 1
+    rho_t = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
+    expected = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+    assert 0 < expected < 1
+    assert abs(rectification(b2, t) - expected) < 1e-15
 
 
 # -- Lookahead: against an independent computation ---------------------------------------------

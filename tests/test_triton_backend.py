@@ -1,5 +1,6 @@
-"""The Triton backend against the reference: every algorithm, option, dtype and odd size, one
-launch per group and step, cached tables, AMP and device scalars, 64-bit offsets.
+"""The Triton backend against the reference: every algorithm, option, dtype and odd size; param
+groups (rows of the hyperparameter table) and step counts mixed in one launch per call; cached
+tables; AMP's scale and inf flag; 64-bit offsets.
 
 On a machine without a GPU the kernels run in Triton's interpreter on CPU tensors
 (``TRITON_INTERPRET=1``, set here and by conftest.py before triton is imported). With a GPU,
@@ -20,8 +21,8 @@ pytest.importorskip("triton", reason="triton is not installed")
 
 import fusedopt  # noqa: E402
 from fusedopt import algorithms, backends  # noqa: E402
-from parity import (CASES, ODD_SIZES, REPRESENTATIVE, TOL, assert_same_state, case_id,  # noqa: E402
-                    interface_problem, make_problem, run_parity, run_steps)
+from parity import (CASES, MIXED_PRECISION, MIXED_PRECISION_IDS, ODD_SIZES, REPRESENTATIVE, TOL,  # noqa: E402
+                    assert_same_state, case_id, interface_problem, make_problem, run_parity, run_steps)
 
 
 def _import_kernels():
@@ -50,6 +51,364 @@ cuda = pytest.mark.skipif(INTERPRETED or not HAS_CUDA,
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 DT_IDS = ["f32", "bf16", "f16"]
 NAMES = [name for name, _ in REPRESENTATIVE]
+# Odd sizes the interpreter runs quickly (one program per 4,096 elements): empty, a single
+# element, a partial chunk, one element short of a chunk, a full chunk and one more.
+SIZES = (0, 1, 3, 4095, 4097)
+
+
+def _backend(name, device="cpu"):
+    return backends.get_backend(name, torch.device(device))
+
+
+# -- direct backend calls ----------------------------------------------------------------------
+
+def _random_states(name, dtype, **kw):
+    """``interface_problem`` with random states, valid ones: RMSprop's centered square average
+    stays clear above grad_avg**2 (else sqrt(sq - ga * ga) is NaN, or not, by a rounding)."""
+    spec, call = interface_problem(name, dtype, random_states=True, **kw)
+    states = call["states"]
+    if spec.name == "rmsprop" and states[2]:
+        states[0] = [sq + ga * ga + 0.1 for sq, ga in zip(states[0], states[2])]
+    return spec, call
+
+
+def _problem(name, dtype, n=SIZES, device="cpu", master=False, state_dtype=None, **kw):
+    """A random ``interface_problem``, with optional float32 master weights that differ from
+    the params (so a kernel reading the param instead would be caught) and optional bfloat16
+    states."""
+    spec, call = _random_states(name, dtype, n=n, device=device, **kw)
+    if state_dtype is not None:
+        call["states"] = [[t.to(state_dtype) for t in slot] for slot in call["states"]]
+    if master:
+        gen = torch.Generator().manual_seed(17)
+        call["master"] = [p.float() + 1e-3 * torch.randn(p.shape, generator=gen).to(p.device) for p in call["params"]]
+    return spec, call
+
+
+def _copy(call):
+    """The call with copies of the tensors it writes."""
+    return dict(call, params=[p.clone() for p in call["params"]],
+                states=[[t.clone() for t in slot] for slot in call["states"]],
+                master=None if call["master"] is None else [m.clone() for m in call["master"]])
+
+
+def _written(call):
+    return call["params"] + [t for slot in call["states"] for t in slot] + (call["master"] or [])
+
+
+def _assert_close(got, want, what):
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(got, want)):
+        rtol, atol = TOL[a.dtype]
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{what} output {i}: {m}")
+
+
+def _run(backend, call):
+    """Run ``backend.step`` on copies of the call's written tensors; return them, flattened:
+    params, every state tensor, master."""
+    c = _copy(call)
+    _backend(backend, call["steps"].device).step(**c)
+    return _written(c)
+
+
+def _assert_matches_reference(call, what=""):
+    """The Triton result equals the reference's, each tensor within the tolerance of its dtype."""
+    got = _run("triton", call)
+    _assert_close(got, _run("reference", call), what)
+    return got
+
+
+@interp
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_step_matches_reference(name, dtype):
+    """Every algorithm, odd sizes, two rows and step counts 3, 7, 1 in one call (SGD's first
+    step, RAdam's both branches): params and every state tensor as the reference."""
+    spec, call = _problem(name, dtype)
+    before = ft.launch_count()
+    _assert_matches_reference(call, f"{name} {dtype}")
+    assert ft.launch_count() - before == 1
+
+
+@interp
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("options", MIXED_PRECISION, ids=MIXED_PRECISION_IDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_master_weights_and_bf16_states(name, options, dtype):
+    spec, call = _problem(name, dtype, master=options.get("master_weights", False),
+                          state_dtype=options.get("state_dtype"))
+    _assert_matches_reference(call, f"{name} {options} {dtype}")
+
+
+# (algorithm, flags, slots left out): the variants the representative options do not reach.
+VARIANTS = [
+    ("SGD", (False,), ()),                               # heavy-ball momentum
+    ("SGD", (False,), ("momentum_buffer",)),             # no momentum: no buffer
+    ("RMSprop", (False,), ("grad_avg",)),                # not centered, momentum
+    ("RMSprop", (False,), ("momentum_buffer", "grad_avg")),
+    ("RMSprop", (True,), ("momentum_buffer",)),          # centered, no momentum
+    ("Adam", (False,), ("max_exp_avg_sq",)),             # no amsgrad
+]
+
+
+@interp
+@pytest.mark.parametrize("name,flags,absent", VARIANTS, ids=lambda v: str(v))
+def test_flag_and_slot_variants(name, flags, absent):
+    spec, call = _problem(name, torch.float32)
+    call["flags"] = flags
+    call["states"] = [[] if s in absent else slot for s, slot in zip(spec.SLOTS, call["states"])]
+    _assert_matches_reference(call, f"{name} {flags} without {absent}")
+
+
+# Other values of the algorithms' own hyperparameters, for the rows that vary them.
+_OTHER = {"momentum": 0.5, "dampening": 0.5, "lr_decay": 0.1, "eps": 1e-6, "rho": 0.5, "alpha": 0.9,
+          "beta1": 0.8, "beta2": 0.99}
+# Step counts: the first step, both sides of RAdam's threshold for beta2 0.999 (rect > 0 from
+# t = 6) and 0.99, and large counts (b ** t through exp2/log2 in float64).
+_COUNTS = (1.0, 2.0, 3.0, 5.0, 6.0, 7.0, 10.0, 1000.0, 123457.0)
+
+
+def _many_rows_call(name, dtype, n_tensors, seed=21):
+    """One call of ``n_tensors`` small tensors over six rows (every combination of maximize and
+    weight decay off / coupled / decoupled, two lrs, the algorithm's own hyperparameters
+    varied on odd rows) and step counts from ``_COUNTS``, tensors and slots mixed."""
+    spec, call = _random_states(name, dtype, n=tuple(k % 40 + 1 for k in range(n_tensors)), seed=seed)
+    base = call["hyper"][0].tolist()
+    rows = []
+    for r, (wd, maximize, decoupled) in enumerate([(0.0, 0.0, 0.0), (0.01, 0.0, 0.0), (0.02, 0.0, 1.0),
+                                                   (0.0, 1.0, 1.0), (0.01, 1.0, 0.0), (0.03, 1.0, 1.0)]):
+        row = [base[0] * (1.0 if r % 3 else 0.5), wd, maximize, decoupled] + base[4:]
+        if r % 2:
+            for k, key in enumerate(spec.EXTRA_HYPER):
+                row[4 + k] = _OTHER[key]
+        rows.append(row)
+    gen = torch.Generator().manual_seed(seed)
+    slots = torch.randperm(n_tensors, generator=gen)  # steps entries in another order than the tensors
+    call["steps"] = torch.tensor([_COUNTS[i % len(_COUNTS)] for i in range(n_tensors)], dtype=torch.float32)
+    call["index"] = torch.stack([slots, torch.randint(0, len(rows), (n_tensors,), generator=gen)], 1).contiguous()
+    call["hyper"] = torch.tensor(rows, dtype=torch.float64)
+    return spec, call
+
+
+@interp
+@pytest.mark.parametrize("name", NAMES)
+def test_rows_and_step_counts_mixed_in_one_launch(name):
+    """Maximize, the weight-decay mode, lr, the algorithm's own hyperparameters and the step
+    count differ from tensor to tensor of one call: one launch, every tensor as the reference."""
+    spec, call = _many_rows_call(name, torch.float32, 60)
+    if spec.name == "radam":  # the call reaches both of RAdam's branches
+        pairs = {(int(r), float(call["steps"][k])) for k, r in call["index"].tolist()}
+        rects = [algorithms.rectification(float(call["hyper"][r, 5]), t) for r, t in pairs]
+        assert min(rects) == 0 and max(rects) > 0
+    before = ft.launch_count()
+    _assert_matches_reference(call, name)
+    assert ft.launch_count() - before == 1
+
+
+@interp
+def test_many_tensors_one_launch():
+    """1,024 tensors of one call: one launch (the interpreter's cost is per program, i.e. per
+    tensor here)."""
+    spec, call = _many_rows_call("Adam", torch.float32, 1024)
+    before = ft.launch_count()
+    _assert_matches_reference(call, "1024 tensors")
+    assert ft.launch_count() - before == 1
+
+
+@interp
+def test_sgd_first_step_copies_the_gradient():
+    """t == 1 selects the buffer copy, per tensor: the buffer becomes g exactly, while a tensor
+    at t == 2 in the same call takes the momentum update."""
+    spec, call = _problem("SGD", torch.float32, n=(5, 6))
+    call["hyper"][:, 1] = 0.0  # no weight decay: the buffer is the gradient itself
+    call["steps"] = torch.tensor([1.0, 2.0])
+    out = _assert_matches_reference(call, "sgd first step")
+    buf0, buf1 = out[2], out[3]
+    assert torch.equal(buf0, call["grads"][0])
+    assert not torch.equal(buf1, call["grads"][1])
+
+
+@interp
+def test_radam_branch_follows_each_tensors_step_count():
+    """With beta2 = 0.999 RAdam rectifies from t = 6: t = 5 and t = 6 in one call take the two
+    branches, as the reference does."""
+    assert algorithms.rectification(0.999, 5.0) == 0 and algorithms.rectification(0.999, 6.0) > 0
+    spec, call = _problem("RAdam", torch.float32, n=(7, 9), step_counts=(5.0, 6.0))
+    _assert_matches_reference(call, "radam t = 5, 6")
+
+
+@interp
+@pytest.mark.parametrize("name", NAMES)
+def test_grad_scale_and_found_inf(name):
+    spec, call = _problem(name, torch.float32)
+    call["grad_scale"] = torch.tensor(0.25)
+    call["found_inf"] = torch.tensor(0.0)
+    out = _assert_matches_reference(call, f"{name} scaled")
+    assert not torch.equal(out[4], call["params"][4])
+    # an overflow step writes nothing at all
+    call["found_inf"] = torch.tensor(1.0)
+    for a, b in zip(_run("triton", call), _written(call)):
+        assert torch.equal(a, b)
+
+
+@interp
+def test_transposed_params_with_matching_layouts():
+    """A non-contiguous but dense parameter (a transpose) is walked as its storage, in step
+    with grads and states of the same strides."""
+    spec, call = _problem("Adam", torch.float32, n=(1,))
+    gen = torch.Generator().manual_seed(9)
+    call["params"] = [torch.randn(37, 50, generator=gen).t()]
+    call["grads"] = [torch.randn(37, 50, generator=gen).t()]
+    call["states"] = [[torch.rand(37, 50, generator=gen).t()] for _ in range(3)]
+    _assert_matches_reference(call, "transposed")
+
+
+# -- Lookahead --------------------------------------------------------------------------------
+
+@interp
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+def test_lookahead(dtype):
+    tri, ref = _backend("triton"), _backend("reference")
+    gen = torch.Generator().manual_seed(11)
+    ps = [torch.randn(n, generator=gen).to(dtype) for n in SIZES]
+    slow = [torch.randn(n, generator=gen) for n in SIZES]  # float32 for every param dtype
+    p1, s1 = [p.clone() for p in ps], [s.clone() for s in slow]
+    p2, s2 = [p.clone() for p in ps], [s.clone() for s in slow]
+    before = ft.launch_count()
+    tri.lookahead(p1, s1, 0.3)
+    assert ft.launch_count() - before == 1
+    ref.lookahead(p2, s2, 0.3)
+    rtol, atol = TOL[dtype]
+    for a, b in zip(p1 + s1, p2 + s2):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
+# -- launches and tables ----------------------------------------------------------------------
+
+@interp
+def test_tables_cached_on_index_contents():
+    """A table is built once per (addresses, sizes, index contents): an equal index in a new
+    tensor finds it, changed step counts and hyperparameters (read by the kernel on every call)
+    need no rebuild, a changed index entry does."""
+    spec, call = _problem("Adam", torch.float32, n=(3, 5, 7))
+    tri, ref = _copy(call), _copy(call)  # stepped side by side, in place
+    cache = ft.table_cache()
+
+    def step(steps, index, hyper):
+        builds = cache.builds
+        _backend("triton").step(**dict(tri, steps=steps, index=index, hyper=hyper))
+        _backend("reference").step(**dict(ref, steps=steps, index=index, hyper=hyper))
+        _assert_close(_written(tri), _written(ref), f"index {index.tolist()}")
+        return cache.builds - builds
+
+    steps, index, hyper = call["steps"], call["index"], call["hyper"]
+    other_lr = hyper.clone()
+    other_lr[:, 0] *= 0.5
+    step(steps, index, hyper)
+    assert step(steps, index, hyper) == 0
+    assert step(steps, index.clone(), hyper) == 0           # contents, not identity
+    assert step(steps + 1, index, other_lr) == 0            # values the kernel reads itself
+    swapped = index.clone()
+    swapped[:, 1] = 1 - swapped[:, 1]
+    assert step(steps, swapped, hyper) == 1                 # other rows: a new table
+    assert step(steps, index, hyper) == 0                   # the first is still cached
+
+
+@interp
+def test_empty_and_zero_sized_calls_launch_nothing():
+    tri = _backend("triton")
+    spec, call = _problem("Adam", torch.float32, n=(0, 0))
+    before = ft.launch_count()
+    tri.step(**dict(call, params=[], grads=[], states=[[], [], []], index=torch.empty(0, 2, dtype=torch.int64)))
+    tri.step(**call)
+    tri.lookahead([], [], 0.5)
+    tri.lookahead([torch.empty(0)], [torch.empty(0)], 0.5)
+    assert ft.launch_count() == before
+
+
+@interp
+def test_64bit_offsets():
+    """A work item 2**31 elements into a tensor: the table points the tensor's base 2**31
+    elements before a small real buffer, so offsets past int32 land in it (no 8 GiB needed)."""
+    block = ft.block_size()
+    big = 2 ** 31
+    buf = torch.randn(block + 2 * block)  # guard chunk on each side of the one written
+    target = buf[block: 2 * block]
+    p_base = target.data_ptr() - big * 4
+    g = torch.randn(block)
+    g_base = g.data_ptr() - big * 4
+    n = big + block - 5  # the chunk's last five elements are past the end: masked
+    # addrs: param, grad, momentum buffer (absent), master (absent); meta: n, step slot, row;
+    # work: tensor 0 at chunk start 2**31
+    host = torch.tensor([p_base, g_base, 0, 0,   n, 0, 0, 0,   0, big], dtype=torch.int64)
+    table = tables.Table(host, host[:4], host[4:8], host[8:], 1, p_base % 16 == 0 and g_base % 16 == 0, host)
+    hyper = torch.tensor([algorithms.SGD.hyper_row(dict(algorithms.SGD.defaults, lr=0.1))], dtype=torch.float64)
+    expected = buf.clone()
+    expected[block: 2 * block - 5] -= 0.1 * g[: block - 5]
+    f32 = launcher._TL_DTYPES[torch.float32]
+    launcher._launch(table, ft.kernels.ALGO_IDS["sgd"], 4, p_dtype=f32, g_dtype=f32, nhyper=len(algorithms.SGD.HYPER),
+                     steps=torch.ones(1), hyper=hyper)
+    torch.testing.assert_close(buf, expected, rtol=0, atol=1e-6)
+
+
+# -- availability and rejections --------------------------------------------------------------
+
+@interp
+def test_available():
+    b = _backend("triton")
+    assert b.name == "triton"
+    assert b.checks_tensors is False
+    assert b.available(torch.device("cpu")) == (True, "")
+    ok, why = b.available(torch.device("cuda"))
+    assert not ok and why
+    ok, why = b.available(torch.device("meta"))
+    assert not ok and "meta" in why
+    assert "triton" in fusedopt.available_backends("cpu")
+
+
+def _rejected(call, error, match):
+    """The call raises, having written nothing, and raises again (nothing was cached)."""
+    before = [t.clone() for t in _written(call)]
+    for _ in range(2):
+        with pytest.raises(error, match=match):
+            _backend("triton").step(**call)
+    for a, b in zip(_written(call), before):
+        assert torch.equal(a, b)
+
+
+@interp
+def test_rejections():
+    spec, call = _problem("Adam", torch.float32, n=(3, 5))
+    p64 = [torch.zeros(4, dtype=torch.float64)]
+    _rejected(dict(call, params=p64, grads=[p64[0].clone()], states=[[], [], []], flags=(False,),
+                   index=call["index"][:1].clone()), TypeError, "float64")
+    p = torch.zeros(4, 6)
+    g = torch.zeros(6, 4).t()  # same shape, other layout: cannot be walked alongside p
+    _rejected(dict(call, params=[p], grads=[g], states=[[], [], []], flags=(False,),
+                   index=call["index"][:1].clone()), ValueError, "laid out")
+    _rejected(dict(call, algo="lion"), ValueError, "unknown algorithm")
+    _rejected(dict(call, states=call["states"][:2]), ValueError, "3 state slots")
+    _rejected(dict(call, flags=()), ValueError, "flags")
+    _rejected(dict(call, hyper=call["hyper"][:, :5].contiguous()), ValueError, r"\[rows, 7\]")
+    _rejected(dict(call, hyper=call["hyper"].float()), TypeError, "hyper is torch.float32")
+    _rejected(dict(call, steps=call["steps"].double()), TypeError, "steps is torch.float64")
+    _rejected(dict(call, steps=call["steps"].to("meta")), ValueError, "steps is on meta")
+    _rejected(dict(call, index=call["index"].reshape(-1)), ValueError, r"int64 \[2, 2\] CPU")
+    _rejected(dict(call, index=call["index"].to(torch.int32)), ValueError, "int64")
+    bad = call["index"].clone()
+    bad[1, 1] = 2  # two rows in hyper
+    _rejected(dict(call, index=bad), ValueError, r"index\[1, 1\] = 2 is out of range for hyper")
+    bad = call["index"].clone()
+    bad[0, 0] = -1
+    _rejected(dict(call, index=bad), ValueError, r"index\[0, 0\] = -1 is out of range for steps")
+    _rejected(dict(call, grad_scale=torch.tensor(0.5, dtype=torch.float64)), TypeError, "grad_scale")
+    _rejected(dict(call, found_inf=torch.zeros(2)), ValueError, "found_inf must hold one value")
+    _rejected(dict(call, states=call["states"][:2] + [[]]), ValueError, "amsgrad=True needs the max_exp_avg_sq")
+    _rejected(dict(call, states=[call["states"][0], [t.to(torch.bfloat16) for t in call["states"][1]],
+                                 call["states"][2]]), TypeError, "all float32 or all bfloat16")
+
+
+# -- through the optimizer classes -------------------------------------------------------------
 
 # RMSprop's momentum buffer (magnitude ~30 after 10 steps) accumulates float32 rounding: the
 # float32 reference itself is ~1e-5 away from a float64 run there, beyond TOL[float32]'s atol,
@@ -88,8 +447,6 @@ def _matrix():
             for case in CASES for dtype, dt_id in zip(DTYPES, DT_IDS)]
 
 
-# -- the option matrix (interpreter) -----------------------------------------------------------
-
 @interp
 @pytest.mark.parametrize("case,dtype", _matrix())
 def test_parity_every_option(case, dtype):
@@ -102,115 +459,79 @@ def test_parity_every_option(case, dtype):
 @pytest.mark.parametrize("case", REPRESENTATIVE, ids=case_id)
 def test_parity_odd_sizes(case, dtype):
     name, kw = case
-    _parity(name, kw, dtype, sizes=ODD_SIZES, steps=10)
+    _parity(name, kw, dtype, sizes=SIZES, steps=10)
 
-
-@interp
-def test_many_tensors_one_launch_per_step():
-    """1,024 small tensors in one group: one launch per step, params and states as the reference.
-    (SGD with Nesterov momentum: the interpreter's cost is per program, i.e. per tensor here.)"""
-    gen = torch.Generator().manual_seed(3)
-    sizes = torch.randint(1, 40, (1024,), generator=gen).tolist()
-    steps = 10
-    params, grads = make_problem(sizes, torch.float32, steps, seed=4)
-    kw = {"lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}
-    before = ft.launch_count()
-    ps_t, opt_t = run_steps(fusedopt.SGD, params, grads, kw, "triton")
-    assert ft.launch_count() - before == steps
-    ps_r, opt_r = run_steps(fusedopt.SGD, params, grads, kw, "reference")
-    assert_same_state(ps_t, opt_t, ps_r, opt_r, TOL[torch.float32], what="1024 tensors")
-
-
-# -- more features through the optimizer classes -----------------------------------------------
 
 @interp
 @pytest.mark.parametrize("case", REPRESENTATIVE, ids=case_id)
-def test_device_scalars(case):
-    """capturable=True: the scalars are a tensor the kernel reads (and derives from) itself."""
+def test_parity_capturable(case):
+    """capturable=True: step counters and lr stay on the device, as the kernels read them."""
     name, kw = case
     _parity(name, {**kw, "capturable": True}, torch.float32, sizes=(3, 4097), steps=8)
 
 
 @interp
 @pytest.mark.parametrize("case", REPRESENTATIVE, ids=case_id)
-def test_master_weights_and_bf16_states(case):
+def test_parity_master_weights_and_bf16_states(case):
     name, kw = case
-    run_parity("triton", name, {**kw, "master_weights": True}, torch.bfloat16, sizes=(3, 4097), steps=8)
-    run_parity("triton", name, {**kw, "state_dtype": torch.bfloat16}, torch.bfloat16, sizes=(3, 4097), steps=8)
+    for options in MIXED_PRECISION:
+        run_parity("triton", name, {**kw, **options}, torch.bfloat16, sizes=(3, 4097), steps=8)
 
 
 @interp
-def test_radam_device_mode_unrectified_steps():
-    """Device mode passes rectify=True with rect == 0 on early steps: the kernel must take the
-    un-adapted branch there (RAdam rectifies from step 6 with the default betas)."""
-    run_parity("triton", "RAdam", {"capturable": True}, torch.float32, sizes=(5,), steps=8)
-
-
-# -- the backend interface directly: AMP scale and inf flag ------------------------------------
-
-def _clone(ps, states):
-    return [p.clone() for p in ps], [[t.clone() for t in slot] for slot in states]
-
-
-@interp
-@pytest.mark.parametrize("name", NAMES)
-def test_grad_scale_and_found_inf(name):
-    tri = backends.get_backend("triton", torch.device("cpu"))
-    ref = backends.get_backend("reference", torch.device("cpu"))
-    spec, ps, gs, states, scalars, flags = interface_problem(name, torch.float32)
-    scalars = (0.5,) + scalars[1:]  # a host scale too: both multiply into g
-    scale = torch.tensor(0.25)
-    p1, s1 = _clone(ps, states)
-    p2, s2 = _clone(ps, states)
-    tri.step(spec.name, p1, gs, s1, scalars, flags, grad_scale=scale, found_inf=torch.tensor(0.0))
-    ref.step(spec.name, p2, gs, s2, scalars, flags, grad_scale=scale, found_inf=torch.tensor(0.0))
-    for a, b in zip(p1 + [t for sl in s1 for t in sl], p2 + [t for sl in s2 for t in sl]):
-        torch.testing.assert_close(a, b, rtol=TOL[torch.float32][0], atol=TOL[torch.float32][1])
-    assert not torch.equal(p1[1], ps[1])
-    # an overflow step writes nothing at all
-    p3, s3 = _clone(ps, states)
-    tri.step(spec.name, p3, gs, s3, scalars, flags, grad_scale=scale, found_inf=torch.tensor(1.0))
-    for a, b in zip(p3 + [t for sl in s3 for t in sl], ps + [t for sl in states for t in sl]):
-        assert torch.equal(a, b)
+def test_param_groups_share_one_launch_per_step():
+    """Three param groups with different lrs, weight decays and maximize, 1,024 tensors
+    between them: one launch per step, params and states as the reference."""
+    gen = torch.Generator().manual_seed(3)
+    sizes = torch.randint(1, 40, (1024,), generator=gen).tolist()
+    steps = 10
+    params, grads = make_problem(sizes, torch.float32, steps, seed=4)
+    group_kw = [{"lr": 0.01}, {"lr": 0.02, "weight_decay": 0.01}, {"lr": 0.005, "maximize": True}]
+    out = []
+    for backend in ("triton", "reference"):
+        ps = [p.clone().requires_grad_(True) for p in params]
+        opt = fusedopt.SGD([dict(params=ps[k::3], **kw) for k, kw in enumerate(group_kw)], backend=backend,
+                           lr=0.01, momentum=0.9, nesterov=True)
+        before = ft.launch_count()
+        for gs in grads:
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+            opt.step()
+        if backend == "triton":
+            assert ft.launch_count() - before == steps
+        out.append((ps, opt))
+    (ps_t, opt_t), (ps_r, opt_r) = out
+    assert_same_state(ps_t, opt_t, ps_r, opt_r, TOL[torch.float32], what="1024 tensors, 3 groups")
 
 
 @interp
-def test_sgd_first_step_is_a_runtime_scalar():
-    """first_step selects the buffer copy per call from the scalar, host or device."""
-    tri = backends.get_backend("triton", torch.device("cpu"))
-    ref = backends.get_backend("reference", torch.device("cpu"))
-    spec, ps, gs, states, scalars, flags = interface_problem("SGD", torch.float32)
-    for first in (1.0, 0.0):
-        sc = scalars[:5] + (first,)
-        for as_tensor in (False, True):
-            args = torch.tensor(sc) if as_tensor else sc
-            p1, s1 = _clone(ps, states)
-            p2, s2 = _clone(ps, states)
-            tri.step("sgd", p1, gs, s1, args, flags)
-            ref.step("sgd", p2, gs, s2, sc, flags)
-            for a, b in zip(p1 + s1[0], p2 + s2[0]):
-                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-
-
-# -- Lookahead --------------------------------------------------------------------------------
-
-@interp
-@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
-def test_lookahead(dtype):
-    tri = backends.get_backend("triton", torch.device("cpu"))
-    ref = backends.get_backend("reference", torch.device("cpu"))
-    gen = torch.Generator().manual_seed(11)
-    ps = [torch.randn(n, generator=gen).to(dtype) for n in ODD_SIZES]
-    slow = [torch.randn(n, generator=gen) for n in ODD_SIZES]  # float32 for every param dtype
-    p1, s1 = [p.clone() for p in ps], [s.clone() for s in slow]
-    p2, s2 = [p.clone() for p in ps], [s.clone() for s in slow]
-    before = ft.launch_count()
-    tri.lookahead(p1, s1, 0.3)
-    assert ft.launch_count() - before == 1
-    ref.lookahead(p2, s2, 0.3)
-    rtol, atol = TOL[dtype]
-    for a, b in zip(p1 + s1, p2 + s2):
-        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+def test_one_launch_per_bucket_and_cached_tables():
+    """Two param groups, one holding two dtypes: two buckets (float32 across both groups,
+    bfloat16), so two launches per step. Tables are built on the first step and reused while no
+    address changes; a reallocated grad rebuilds one."""
+    gen = torch.Generator().manual_seed(5)
+    a = [torch.randn(n, generator=gen).requires_grad_(True) for n in (3, 4097)]
+    b = [torch.randn(5, generator=gen).requires_grad_(True),
+         torch.randn(7, generator=gen).to(torch.bfloat16).requires_grad_(True)]
+    opt = fusedopt.Adam([{"params": a}, {"params": b, "lr": 1e-2}], backend="triton")
+    for p in a + b:
+        p.grad = torch.randn(p.shape, generator=gen).to(p.dtype)
+    cache = ft.table_cache()
+    launches, builds = ft.launch_count(), cache.builds
+    opt.step()
+    assert ft.launch_count() - launches == 2
+    assert cache.builds - builds == 2
+    launches, builds = ft.launch_count(), cache.builds
+    for _ in range(3):
+        for p in a + b:
+            p.grad.mul_(0.5)  # same storage: the tables stay valid
+        opt.step()
+    assert ft.launch_count() - launches == 6
+    assert cache.builds == builds
+    a[0].grad = a[0].grad.clone()  # a new address: that bucket's table is rebuilt, once
+    opt.step()
+    opt.step()
+    assert cache.builds - builds == 1
 
 
 @interp
@@ -232,122 +553,29 @@ def test_lookahead_optimizer():
                                    rtol=TOL[torch.bfloat16][0], atol=TOL[torch.bfloat16][1])
 
 
-# -- launches and tables ----------------------------------------------------------------------
-
-@interp
-def test_one_launch_per_group_and_cached_tables():
-    """Two param groups, one holding two dtypes: three launches per step. Tables are built on
-    the first step and reused while no address changes; a reallocated grad rebuilds one."""
-    gen = torch.Generator().manual_seed(5)
-    a = [torch.randn(n, generator=gen).requires_grad_(True) for n in (3, 4097)]
-    b = [torch.randn(5, generator=gen).requires_grad_(True), torch.randn(7, generator=gen).to(torch.bfloat16).requires_grad_(True)]
-    opt = fusedopt.Adam([{"params": a}, {"params": b, "lr": 1e-2}], backend="triton")
-    for p in a + b:
-        p.grad = torch.randn(p.shape, generator=gen).to(p.dtype)
-    cache = ft.table_cache()
-    launches, builds = ft.launch_count(), cache.builds
-    opt.step()
-    assert ft.launch_count() - launches == 3
-    assert cache.builds - builds == 3
-    launches, builds = ft.launch_count(), cache.builds
-    for _ in range(3):
-        for p in a + b:
-            p.grad.mul_(0.5)  # same storage: the tables stay valid
-        opt.step()
-    assert ft.launch_count() - launches == 9
-    assert cache.builds == builds
-    a[0].grad = a[0].grad.clone()  # a new address: that group's table is rebuilt, once
-    opt.step()
-    opt.step()
-    assert cache.builds - builds == 1
-
-
-@interp
-def test_empty_and_zero_sized_calls_launch_nothing():
-    tri = backends.get_backend("triton", torch.device("cpu"))
-    spec = algorithms.ALGORITHMS["adam"]
-    scalars, flags = spec.step_args(dict(spec.defaults), 1.0)
-    before = ft.launch_count()
-    tri.step("adam", [], [], [[], [], []], tuple(scalars), tuple(flags))
-    z = [torch.empty(0), torch.empty(0, 3)]
-    tri.step("adam", z, [t.clone() for t in z], [[t.clone() for t in z], [t.clone() for t in z], []],
-             tuple(scalars), tuple(flags))
-    tri.lookahead([], [], 0.5)
-    assert ft.launch_count() == before
-
-
-@interp
-def test_64bit_offsets():
-    """A work item 2**31 elements into a tensor: the table points the tensor's base 2**31
-    elements before a small real buffer, so offsets past int32 land in it (no 8 GiB needed)."""
-    block = ft.block_size()
-    big = 2 ** 31
-    buf = torch.randn(block + 2 * block)  # guard chunk on each side of the one written
-    target = buf[block: 2 * block]
-    p_base = target.data_ptr() - big * 4
-    g = torch.randn(block)
-    g_base = g.data_ptr() - big * 4
-    n = big + block - 5  # the chunk's last five elements are past the end: masked
-    host = torch.tensor([p_base, g_base, 0, 0,   n, 0,   0, big], dtype=torch.int64)
-    table = tables.Table(host, host[:4], host[4:6], host[6:], 1, p_base % 16 == 0 and g_base % 16 == 0, host)
-    expected = buf.clone()
-    expected[block: 2 * block - 5] -= 0.1 * g[: block - 5]
-    launcher._launch(table, ft.kernels.SGD, 4, p_dtype=ft.launcher._TL_DTYPES[torch.float32],
-                     g_dtype=ft.launcher._TL_DTYPES[torch.float32], host=(1.0, 0.1, 0.0),
-                     a=(0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0))
-    torch.testing.assert_close(buf, expected, rtol=0, atol=1e-6)
-
-
-# -- availability and rejections --------------------------------------------------------------
-
-@interp
-def test_available():
-    b = backends.get_backend("triton", torch.device("cpu"))
-    assert b.name == "triton"
-    assert b.available(torch.device("cpu")) == (True, "")
-    ok, why = b.available(torch.device("cuda"))
-    assert not ok and why
-    ok, why = b.available(torch.device("meta"))
-    assert not ok and "meta" in why
-    assert "triton" in fusedopt.available_backends("cpu")
-
-
-@interp
-def test_rejections():
-    tri = backends.get_backend("triton", torch.device("cpu"))
-    spec = algorithms.ALGORITHMS["sgd"]
-    scalars, flags = spec.step_args(dict(spec.defaults), 1.0)
-    p64 = [torch.zeros(4, dtype=torch.float64)]
-    with pytest.raises(TypeError, match="float64"):
-        tri.step("sgd", p64, [t.clone() for t in p64], [[]], tuple(scalars), tuple(flags))
-    p = torch.zeros(4, 6)
-    g = torch.zeros(6, 4).t()  # same shape, other layout: cannot be walked alongside p
-    with pytest.raises(ValueError, match="laid out"):
-        tri.step("sgd", [p], [g], [[]], tuple(scalars), tuple(flags))
-    with pytest.raises(ValueError, match="unknown algorithm"):
-        tri.step("lion", [p], [p.clone()], [[]], tuple(scalars), tuple(flags))
-
-
-@interp
-def test_transposed_params_with_matching_layouts():
-    """A non-contiguous but dense parameter (a transpose) is walked as its storage, in step
-    with grads and states of the same strides."""
-    gen = torch.Generator().manual_seed(9)
-    out = []
-    base = torch.randn(37, 50, generator=gen)
-    grads = [torch.randn(37, 50, generator=gen).t() for _ in range(3)]
-    for backend in ("triton", "reference"):
-        p = base.clone().t().requires_grad_(True)
-        opt = fusedopt.Adam([p], backend=backend)
-        for g in grads:
-            p.grad = g.clone(memory_format=torch.preserve_format)
-            opt.step()
-        out.append((p, opt))
-    (pt, ot), (pr, orf) = out
-    assert_same_state([pt], ot, [pr], orf, TOL[torch.float32], what="transposed")
-
-
 # -- CUDA (compiled Triton) --------------------------------------------------------------------
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_cuda_step_matches_reference(name, dtype):
+    spec, call = _problem(name, dtype, n=ODD_SIZES, device="cuda")
+    _assert_matches_reference(call, f"{name} {dtype} cuda")
+    spec, call = _many_rows_call(name, dtype, 300)
+    call = dict(call, params=[p.cuda() for p in call["params"]], grads=[g.cuda() for g in call["grads"]],
+                states=[[t.cuda() for t in slot] for slot in call["states"]], steps=call["steps"].cuda(),
+                hyper=call["hyper"].cuda())
+    _assert_matches_reference(call, f"{name} {dtype} cuda, many rows")
+
+
+@cuda
+@pytest.mark.parametrize("options", MIXED_PRECISION, ids=MIXED_PRECISION_IDS)
+@pytest.mark.parametrize("name", NAMES)
+def test_cuda_master_weights_and_bf16_states(name, options):
+    spec, call = _problem(name, torch.bfloat16, n=ODD_SIZES, device="cuda",
+                          master=options.get("master_weights", False), state_dtype=options.get("state_dtype"))
+    _assert_matches_reference(call, f"{name} {options} cuda")
+
 
 @cuda
 @pytest.mark.parametrize("dtype", DTYPES, ids=DT_IDS)
@@ -365,10 +593,10 @@ def test_cuda_parity_every_option(case, dtype):
 
 
 @cuda
-@pytest.mark.parametrize("options", [{}, {"master_weights": True}], ids=["host", "master"])
+@pytest.mark.parametrize("options", [{}, {"master_weights": True}], ids=["plain", "master"])
 def test_cuda_step_never_synchronises(options):
-    """The optimizer's step (host scalars), a table rebuild, and backend calls with device
-    scalars, an AMP scale and an inf flag: no host synchronisation anywhere."""
+    """The optimizer's step, a table rebuild, and backend calls with an AMP scale and an inf
+    flag: no host synchronisation anywhere."""
     dtype = torch.bfloat16 if options.get("master_weights") else torch.float32
     gen = torch.Generator().manual_seed(13)
     ps = [torch.randn(n, generator=gen).to("cuda", dtype).requires_grad_(True) for n in (3, 4097, 65537)]
@@ -376,11 +604,11 @@ def test_cuda_step_never_synchronises(options):
     for p in ps:
         p.grad = torch.randn_like(p)
     opt.step()  # compiles the kernel, creates the state, builds the table
-    tri = backends.get_backend("triton", torch.device("cuda"))
-    spec, qs, gs, states, scalars, flags = interface_problem("Adam", dtype, device="cuda")
-    device_scalars = torch.tensor(scalars, device="cuda")
-    scale, found_inf = torch.tensor(0.5, device="cuda"), torch.tensor(0.0, device="cuda")
-    tri.step(spec.name, qs, gs, states, device_scalars, flags, grad_scale=scale, found_inf=found_inf)
+    tri = _backend("triton", "cuda")
+    spec, call = _problem("Adam", dtype, n=(3, 4097, 65537), device="cuda",
+                          master=bool(options.get("master_weights")))
+    call = dict(call, grad_scale=torch.tensor(0.5, device="cuda"), found_inf=torch.tensor(0.0, device="cuda"))
+    tri.step(**call)
     torch.cuda.synchronize()
     before = ft.launch_count()
     torch.cuda.set_sync_debug_mode("error")
@@ -389,12 +617,13 @@ def test_cuda_step_never_synchronises(options):
             opt.step()
         ps[0].grad = torch.randn_like(ps[0])  # a new address: the table is rebuilt, no sync
         opt.step()
-        tri.step(spec.name, qs, gs, states, device_scalars, flags, grad_scale=scale, found_inf=found_inf)
-        tri.lookahead(qs, [q.float() for q in qs], 0.5)
+        tri.step(**call)
+        tri.step(**dict(call, index=torch.tensor([[2, 1], [1, 0], [0, 1]])))  # a new table, no sync
+        tri.lookahead(call["params"], [q.float() for q in call["params"]], 0.5)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     torch.cuda.synchronize()
-    assert ft.launch_count() - before == 6
+    assert ft.launch_count() - before == 7
 
 
 @cuda
@@ -414,13 +643,13 @@ def test_cuda_tensor_of_2_31_elements():
     need = n * 2 * 2 + (1 << 30)
     if torch.cuda.mem_get_info()[0] < need:
         pytest.skip("not enough GPU memory for a 2**31-element bfloat16 tensor and its grad")
-    tri = backends.get_backend("triton", torch.device("cuda"))
     p = torch.zeros(n, dtype=torch.bfloat16, device="cuda")
     g = torch.ones(n, dtype=torch.bfloat16, device="cuda")
     g[-3:] = 2.0
-    spec = algorithms.ALGORITHMS["sgd"]
-    scalars, flags = spec.step_args(dict(spec.defaults, lr=0.5), 1.0)
-    tri.step("sgd", [p], [g], [[]], tuple(scalars), tuple(flags))
+    spec = algorithms.SGD
+    hyper = torch.tensor([spec.hyper_row(dict(spec.defaults, lr=0.5))], dtype=torch.float64, device="cuda")
+    _backend("triton", "cuda").step("sgd", (False,), [p], [g], [[]], None, torch.ones(1, device="cuda"),
+                                    torch.zeros(1, 2, dtype=torch.int64), hyper)
     assert p[-3:].float().tolist() == [-1.0, -1.0, -1.0]
     assert p[2 ** 31 - 2: 2 ** 31 + 2].float().tolist() == [-0.5] * 4
     assert p[:2].float().tolist() == [-0.5, -0.5]
@@ -429,7 +658,6 @@ def test_cuda_tensor_of_2_31_elements():
 # -- the compiled kernel, without a GPU --------------------------------------------------------
 
 _AOT_SCRIPT = r'''
-import re
 import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
@@ -437,40 +665,34 @@ from triton.compiler import ASTSource
 from fusedopt.triton import kernels as K
 
 fn = K.multi_tensor_kernel
-base = dict(ALGO=4, NCOL=6, P_DTYPE=tl.bfloat16, G_DTYPE=tl.bfloat16, S_DTYPE=tl.float32,
-            HAS_S0=True, HAS_S1=True, HAS_S2=False, HAS_MASTER=False, DEVICE_SCALARS=False,
-            MAXIMIZE=True, SCALE=True, HAS_GRAD_SCALE=True, HAS_FOUND_INF=True, WEIGHT_DECAY=True,
-            DECOUPLED=False, F0=False, F1=False, RNE_P=False, RNE_G=False, RNE_S=False, ALIGNED=True,
+base = dict(ALGO=4, NCOL=6, NHYPER=7, P_DTYPE=tl.bfloat16, G_DTYPE=tl.bfloat16, S_DTYPE=tl.float32,
+            HAS_S0=True, HAS_S1=True, HAS_S2=False, HAS_MASTER=False, HAS_GRAD_SCALE=True,
+            HAS_FOUND_INF=True, FLAG=False, RNE_P=False, RNE_G=False, RNE_S=False, ALIGNED=True,
             BLOCK=2048)
 variants = [
-    dict(ALGO=0, NCOL=4, P_DTYPE=tl.float32, G_DTYPE=tl.float32, HAS_S1=False, F0=True),
-    dict(ALGO=1, NCOL=4, HAS_S1=False, DEVICE_SCALARS=True),
-    dict(ALGO=2, NCOL=5, P_DTYPE=tl.float16, G_DTYPE=tl.float16),
-    dict(ALGO=3, NCOL=6, HAS_S2=True, F0=True, DEVICE_SCALARS=True),
-    dict(ALGO=4, NCOL=6, HAS_S2=True, F0=True, HAS_MASTER=True, S_DTYPE=tl.bfloat16),
-    dict(ALGO=5, NCOL=5, DECOUPLED=True),
-    dict(ALGO=6, NCOL=5, F0=True, DEVICE_SCALARS=True, DECOUPLED=True),
-    dict(ALGO=7, NCOL=2, G_DTYPE=tl.float32, HAS_S0=False, HAS_S1=False, HAS_GRAD_SCALE=False,
+    dict(ALGO=0, NCOL=4, NHYPER=6, P_DTYPE=tl.float32, G_DTYPE=tl.float32, HAS_S1=False, FLAG=True),
+    dict(ALGO=1, NCOL=4, NHYPER=6, HAS_S1=False, HAS_GRAD_SCALE=False),
+    dict(ALGO=2, NCOL=5, NHYPER=6, P_DTYPE=tl.float16, G_DTYPE=tl.float16),
+    dict(ALGO=3, NCOL=6, NHYPER=7, HAS_S2=True, FLAG=True, HAS_FOUND_INF=False),
+    dict(ALGO=4, NCOL=6, NHYPER=7, HAS_S2=True, FLAG=True, HAS_MASTER=True, S_DTYPE=tl.bfloat16),
+    dict(ALGO=5, NCOL=5, NHYPER=7),
+    dict(ALGO=6, NCOL=5, NHYPER=7, HAS_MASTER=True),
+    dict(ALGO=7, NCOL=2, NHYPER=0, G_DTYPE=tl.float32, HAS_S0=False, HAS_S1=False, HAS_GRAD_SCALE=False,
          HAS_FOUND_INF=False),
 ]
+pointers = dict(addrs="*i64", meta="*i64", work="*i64", steps="*fp32", hyper="*fp64",
+                grad_scale_ptr="*fp32", found_inf_ptr="*fp32", alpha="fp32")
 for v in variants:
     cx = dict(base, **v)
-    sig = {}
-    for name in fn.arg_names:
-        if name in cx:
-            sig[name] = "constexpr"
-        elif name in ("addrs", "sizes", "work"):
-            sig[name] = "*i64"
-        elif name.endswith("_ptr"):
-            sig[name] = "*fp32"
-        else:
-            sig[name] = "fp32"
+    sig = {name: "constexpr" if name in cx else pointers[name] for name in fn.arg_names}
     k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": 4})
     ptx = k.asm["ptx"]
     assert "ld.global.v4" in ptx and "st.global.v4" in ptx, ("no 16-byte accesses", v)
     for approx in ("div.full", "div.approx", "sqrt.approx", "rsqrt.approx"):
         assert approx not in ptx, (approx, v)
+    if cx["ALGO"] in (4, 5, 6):  # the bias corrections in float64
+        assert "sqrt.rn.f64" in ptx, ("float64 scalars", v)
     print("ok", cx["ALGO"])
 '''
 
@@ -478,7 +700,8 @@ for v in variants:
 @pytest.mark.skipif(not hasattr(__import__("triton"), "compile"), reason="triton.compile unavailable")
 def test_kernel_compiles_for_sm90_with_vector_accesses(tmp_path):
     """Every algorithm's kernel compiles for an H100 (sm_90) here, without a GPU, with 16-byte
-    vector loads and stores on full chunks and IEEE division and square root."""
+    vector loads and stores on full chunks, IEEE float32 division and square root, and the
+    per-tensor scalars in float64."""
     import subprocess
     nvidia = os.path.join(os.path.dirname(__import__("triton").__file__), "backends", "nvidia")
     if not os.path.isdir(nvidia):

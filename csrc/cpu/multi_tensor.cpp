@@ -1,34 +1,12 @@
-// Host-side checking and unpacking of a step's arguments.
-//
-// Note [raw shim calls]: the checks run once per tensor per step, for groups of
-// thousands of tensors, so they call the C shim directly with cached dtype
-// codes instead of going through torch::stable::Tensor::scalar_type(), which
-// translates every dtype through a switch of shim calls.
+// The non-template parts of the CPU traversal: instruction-set detection and the per-call
+// (row, t) keys of the plans.
 #include "multi_tensor.h"
-
-#include "fusedopt/tensor_info.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include <algorithm>
-#include <array>
-#include <string>
-
 namespace fusedopt {
 namespace cpu {
-
-namespace {
-
-using host::codes;
-using host::Codes;
-using host::dtype_name;
-using host::fail;
-using host::info;
-using host::Info;
-
-
-}  // namespace
 
 Isa cpu_isa() {
   static const Isa isa = [] {
@@ -59,73 +37,41 @@ const char* isa_name() {
   }
 }
 
-float read_scalar_tensor(const Tensor& t, const char* what) {
-  Info i = info(t);
-  STD_TORCH_CHECK(i.numel == 1 && i.dtype == codes().f32 && i.device_type == codes().cpu,
-                  "fusedopt cpu: ", what, " must be a one-element float32 CPU tensor");
-  return *static_cast<const float*>(i.data);
-}
-
-StepArgs prepare_step(const char* algo,
-                      const TensorList& params, const TensorList& grads,
-                      const TensorList* slots[kMaxSlots], int required,
-                      const std::vector<double>& scalars, size_t n_scalars,
-                      const std::vector<bool>& flags, size_t n_flags,
-                      const std::optional<Tensor>& grad_scale,
-                      const std::optional<Tensor>& found_inf,
-                      const std::optional<TensorList>& master) {
-  StepArgs out;
-  const std::string name = std::string("fusedopt::") + algo;
-  STD_TORCH_CHECK(scalars.size() == n_scalars, name, ": expected ", n_scalars,
-                  " scalars, got ", scalars.size());
-  STD_TORCH_CHECK(flags.size() == n_flags, name, ": expected ", n_flags, " flags, got ",
-                  flags.size());
-  const size_t n = params.size();
-  host::check_counts(name, params, grads, slots, required, master);
-  const bool has_master = master.has_value();
-
-  // found_inf first: an overflow step writes nothing at all.
-  if (found_inf.has_value() && read_scalar_tensor(*found_inf, "found_inf") != 0.0f) {
-    out.skip = true;
-    return out;
-  }
-  if (n == 0) {
-    out.skip = true;
-    return out;
-  }
-
-  host::CheckedCall call = host::check_tensors(name, params, grads, slots, required, master, codes().cpu);
-  Group& grp = out.grp;
-  grp.pdtype = call.pd;
-  grp.sdtype = call.sd;
-  grp.master = has_master;
-  grp.p.resize(n);
-  grp.g.resize(n);
-  grp.n.resize(n);
-  if (has_master) grp.m.resize(n);
-  for (int k = 0; k < kMaxSlots; ++k)
-    if ((required >> k) & 1) grp.s[k].resize(n);
+// A tensor's key is its row (below 2^31, checked) and the bits of its step count. Consecutive
+// tensors usually share one (a param group at one step count); other repeats (groups that
+// interleave) are found in a small direct-mapped cache, and a pair the cache has lost just gets
+// a second, identical plan.
+PlanKeys plan_keys(const host::StepTables& tables, size_t n) {
+  constexpr int kCacheBits = 8;
+  struct Slot {
+    uint64_t key;
+    int32_t pos;
+  };
+  Slot cache[1 << kCacheBits];
+  for (Slot& s : cache) s.key = ~uint64_t{0};  // no key: rows are below 2^31
+  PlanKeys out;
+  out.of.resize(n);
+  uint64_t last = ~uint64_t{0};
+  int32_t last_pos = -1;
   for (size_t t = 0; t < n; ++t) {
-    const host::CheckedTensor& d = call.tensors[t];
-    grp.p[t] = d.p;
-    grp.g[t] = d.g;
-    grp.n[t] = d.n;
-    if (has_master) grp.m[t] = d.master;
-    for (int k = 0; k < kMaxSlots; ++k)
-      if ((required >> k) & 1) grp.s[k][t] = d.s[k];
+    const int64_t row = tables.index[2 * t + 1];
+    const float count = tables.steps[tables.index[2 * t]];
+    uint32_t bits;
+    memcpy(&bits, &count, sizeof(bits));
+    const uint64_t key = (static_cast<uint64_t>(row) << 32) | bits;
+    if (key != last) {
+      Slot& s = cache[(key * 0x9E3779B97F4A7C15ull) >> (64 - kCacheBits)];
+      if (s.key != key) {
+        s.key = key;
+        s.pos = static_cast<int32_t>(out.rows.size());
+        out.rows.push_back(row);
+        out.counts.push_back(count);
+      }
+      last = key;
+      last_pos = s.pos;
+    }
+    out.of[t] = last_pos;
   }
-
-  const double gs = scalars[kGradScale];
-  const double lr = scalars[kLr];
-  const double wd = scalars[kWeightDecay];
-  const bool maximize = flags[kMaximize];
-  const bool decoupled = flags[kDecoupled];
-  out.pre.scale = static_cast<float>(maximize ? -gs : gs);
-  out.pre.scale_tensor = grad_scale.has_value() ? read_scalar_tensor(*grad_scale, "grad_scale") : 1.0f;
-  out.pre.wd = static_cast<float>(wd);
-  out.wd_mode = (wd == 0.0) ? kWdNone : (decoupled ? kWdDecoupled : kWdCoupled);
-  // Exactly 1 unless decoupled decay is on (the loop always multiplies by it).
-  out.pre.decay = out.wd_mode == kWdDecoupled ? static_cast<float>(1.0 - lr * wd) : 1.0f;
   return out;
 }
 

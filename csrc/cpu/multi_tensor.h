@@ -1,19 +1,26 @@
 // The CPU multi-tensor traversal: one per language, serving every algorithm.
 //
-// A group (params, grads, up to three float32 state slots) is cut into work
-// items of at most kChunk elements of one tensor. The items are split into as
-// many contiguous runs as there are threads, balanced by element count, and
-// the whole group runs in ONE parallel region (torch's intra-op pool, so it
-// follows torch.get_num_threads()). Each item runs an inner loop that the
-// compiler vectorises; the loop is compiled once per instruction set and
-// picked at load time (function multiversioning), so the binary runs on any
+// A call (params, grads, up to three state slots, master weights, of any number of param groups)
+// is cut into work items of at most kChunk elements of one tensor. The items are split into as
+// many contiguous runs as there are threads, balanced by element count, and the whole call runs
+// in ONE parallel region (torch's intra-op pool, so it follows torch.get_num_threads()). Each
+// item runs an inner loop that the compiler vectorises; the loop is compiled once per
+// instruction set and picked at load time (function multiversioning), so the binary runs on any
 // x86-64 and uses AVX2/AVX-512 where present.
+//
+// Note [per-tensor plans]: a tensor's update depends on its hyperparameter row and its step
+// count t: the algorithm's Args (float64 → float32 once, algos/<name>.h), the preamble, and the
+// instantiation its items call (coupled weight decay or not, the algorithm's per-tensor variant
+// bit). All of it is computed on the host before the parallel region, once per distinct
+// (row, t) pair of the call (consecutive tensors of a param group share one), and each work item
+// calls its plan's function on its plan's arguments.
 #pragma once
 
 #include <stdint.h>
 
 #include <algorithm>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include <torch/csrc/stable/library.h>
@@ -22,6 +29,8 @@
 
 #include "fusedopt/common.h"
 #include "fusedopt/dtype.h"
+#include "fusedopt/tensor_info.h"
+#include "step.h"
 
 // Note [instruction sets]: every inner loop is compiled three times: for the
 // x86-64 baseline (SSE2), x86-64-v3 (AVX2, FMA, F16C) and x86-64-v4 (AVX-512),
@@ -39,30 +48,15 @@
 namespace fusedopt {
 namespace cpu {
 
-using torch::stable::Tensor;
-using TensorList = std::vector<Tensor>;
-
 // Elements per work item. Big enough that per-item overhead vanishes, small
-// enough that 1,000-tensor groups and single huge tensors both balance.
+// enough that 1,000-tensor calls and single huge tensors both balance.
 constexpr int64_t kChunk = 16384;
 // Below this many elements per thread, waking the pool costs more than it saves.
 constexpr int64_t kMinElementsPerThread = 32768;
 // Per-item fixed cost, in element equivalents, for load balancing.
 constexpr int64_t kItemCost = 64;
 
-constexpr int kMaxSlots = 3;
-
-// The raw pointers of one group, validated.
-struct Group {
-  DType pdtype = DType::kFloat;  // params and grads
-  DType sdtype = DType::kFloat;  // states: float32 or bfloat16
-  bool master = false;           // float32 master weights (16-bit params only)
-  std::vector<void*> p;
-  std::vector<const void*> g;
-  std::vector<float*> m;  // master weights
-  std::vector<void*> s[kMaxSlots];
-  std::vector<int64_t> n;
-};
+constexpr int kMaxSlots = host::kStateSlots;
 
 // ---------------------------------------------------------------------------
 // Instruction-set dispatch.
@@ -73,12 +67,13 @@ const char* isa_name();  // of cpu_isa()
 // The inner loop of one work item: load, upcast, preamble, update, round, store.
 // With MASTER the float32 master weight is the parameter the update reads and
 // writes; the 16-bit param receives its rounding in the same pass.
-template <class M, class F, DType PD, DType SD, bool MASTER, int WD>
-FUSEDOPT_INLINE void update_loop(const F& f_, const Preamble& pre_, void* p_, const void* g_,
-                                 float* master_, void* s0_, void* s1_, void* s2_, int64_t n) {
+template <class M, class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED>
+FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre_, void* p_,
+                                 const void* g_, float* master_, void* s0_, void* s1_, void* s2_,
+                                 int64_t n) {
   // Note [local copies]: the scalars are copied out of memory the stores could alias as far
   // as the compiler knows; read through the references, they defeat vectorisation.
-  const F f = f_;
+  const typename A::Args a = a_;
   const Preamble pre = pre_;
   using PT = typename Storage<PD>::type;
   using ST = typename Storage<SD>::type;
@@ -88,63 +83,91 @@ FUSEDOPT_INLINE void update_loop(const F& f_, const Preamble& pre_, void* p_, co
   ST* __restrict s0 = static_cast<ST*>(s0_);
   ST* __restrict s1 = static_cast<ST*>(s1_);
   ST* __restrict s2 = static_cast<ST*>(s2_);
-  constexpr int kSlots = F::kSlots;
+  constexpr int kSlots = A::slots(V);
   for (int64_t i = 0; i < n; ++i) {
     float pv = MASTER ? master[i] : load_as_float<PD>(p[i]);
     float gv = load_as_float<PD>(g[i]);
-    float a = 0.0f, b = 0.0f, c = 0.0f;
-    if (kSlots & kSlot0) a = load_as_float<SD>(s0[i]);
-    if (kSlots & kSlot1) b = load_as_float<SD>(s1[i]);
-    if (kSlots & kSlot2) c = load_as_float<SD>(s2[i]);
-    pre.template apply<WD, M>(pv, gv);
-    f.template apply<M>(pv, gv, a, b, c);
+    float x = 0.0f, y = 0.0f, z = 0.0f;
+    if (kSlots & kSlot0) x = load_as_float<SD>(s0[i]);
+    if (kSlots & kSlot1) y = load_as_float<SD>(s1[i]);
+    if (kSlots & kSlot2) z = load_as_float<SD>(s2[i]);
+    pre.template apply<COUPLED, M>(pv, gv);
+    A::template apply<V, M>(a, pv, gv, x, y, z);
     if (MASTER) master[i] = pv;
     p[i] = store_from_float<PD>(pv);
-    if (kSlots & kSlot0) s0[i] = store_from_float<SD>(a);
-    if (kSlots & kSlot1) s1[i] = store_from_float<SD>(b);
-    if (kSlots & kSlot2) s2[i] = store_from_float<SD>(c);
+    if (kSlots & kSlot0) s0[i] = store_from_float<SD>(x);
+    if (kSlots & kSlot1) s1[i] = store_from_float<SD>(y);
+    if (kSlots & kSlot2) s2[i] = store_from_float<SD>(z);
   }
 }
 
-#define FUSEDOPT_RANGE_PARAMS                                                              \
-  const F &f, const Preamble &pre, void *p, const void *g, float *master, void *s0, void *s1, \
-      void *s2, int64_t n
-#define FUSEDOPT_RANGE_ARGS f, pre, p, g, master, s0, s1, s2, n
+#define FUSEDOPT_RANGE_PARAMS                                                                   \
+  const typename A::Args &a, const Preamble &pre, void *p, const void *g, float *master, void *s0, \
+      void *s1, void *s2, int64_t n
+#define FUSEDOPT_RANGE_ARGS a, pre, p, g, master, s0, s1, s2, n
+#define FUSEDOPT_LOOP_TARGS A, V, PD, SD, MASTER, COUPLED
 
-template <class F, DType PD, DType SD, bool MASTER, int WD>
+template <class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED>
 __attribute__((noinline)) void update_range_baseline(FUSEDOPT_RANGE_PARAMS) {
 #if FUSEDOPT_X86_CLONES
-  update_loop<SoftFma, F, PD, SD, MASTER, WD>(FUSEDOPT_RANGE_ARGS);
+  update_loop<SoftFma, FUSEDOPT_LOOP_TARGS>(FUSEDOPT_RANGE_ARGS);
 #else
-  update_loop<HwFma, F, PD, SD, MASTER, WD>(FUSEDOPT_RANGE_ARGS);
+  update_loop<HwFma, FUSEDOPT_LOOP_TARGS>(FUSEDOPT_RANGE_ARGS);
 #endif
 }
 
 #if FUSEDOPT_X86_CLONES
-template <class F, DType PD, DType SD, bool MASTER, int WD>
+template <class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED>
 FUSEDOPT_TARGET_V3 __attribute__((noinline)) void update_range_v3(FUSEDOPT_RANGE_PARAMS) {
-  update_loop<HwFma, F, PD, SD, MASTER, WD>(FUSEDOPT_RANGE_ARGS);
+  update_loop<HwFma, FUSEDOPT_LOOP_TARGS>(FUSEDOPT_RANGE_ARGS);
 }
-template <class F, DType PD, DType SD, bool MASTER, int WD>
+template <class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED>
 FUSEDOPT_TARGET_V4 __attribute__((noinline)) void update_range_v4(FUSEDOPT_RANGE_PARAMS) {
-  update_loop<HwFma, F, PD, SD, MASTER, WD>(FUSEDOPT_RANGE_ARGS);
+  update_loop<HwFma, FUSEDOPT_LOOP_TARGS>(FUSEDOPT_RANGE_ARGS);
 }
 #endif
 
-template <class F>
-using UpdateRangeFn = void (*)(const F&, const Preamble&, void*, const void*, float*, void*, void*,
-                               void*, int64_t);
+template <class A>
+using RangeFn = void (*)(const typename A::Args&, const Preamble&, void*, const void*, float*, void*,
+                         void*, void*, int64_t);
 
-template <class F, DType PD, DType SD, bool MASTER, int WD>
-UpdateRangeFn<F> pick_update_range() {
+template <class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED>
+RangeFn<A> pick_isa() {
 #if FUSEDOPT_X86_CLONES
   switch (cpu_isa()) {
-    case Isa::kAvx512: return &update_range_v4<F, PD, SD, MASTER, WD>;
-    case Isa::kAvx2: return &update_range_v3<F, PD, SD, MASTER, WD>;
+    case Isa::kAvx512: return &update_range_v4<FUSEDOPT_LOOP_TARGS>;
+    case Isa::kAvx2: return &update_range_v3<FUSEDOPT_LOOP_TARGS>;
     default: break;
   }
 #endif
-  return &update_range_baseline<F, PD, SD, MASTER, WD>;
+  return &update_range_baseline<FUSEDOPT_LOOP_TARGS>;
+}
+
+// The instantiations one call can need: fn[tensor bit][coupled], for its call-wide variant,
+// storage dtypes and master weights (a tensor's plan picks one of the four).
+template <class A>
+struct Kernels {
+  RangeFn<A> fn[2][2];
+};
+
+template <class A>
+Kernels<A> pick_kernels(const std::string& name, int variant, DType pd, DType sd, bool master) {
+  Kernels<A> k{};
+  const bool found = with_call_variant<A>(variant, [&](auto v) {
+    with_storage(pd, sd, master, [&](auto pdc, auto sdc, auto mc) {
+      constexpr int V = decltype(v)::value;
+      constexpr int VT = A::canonical(V | A::kTensorBit);
+      static_assert(A::slots(VT) == A::slots(V), "a per-tensor variant must not change the slots");
+      constexpr DType PD = decltype(pdc)::value, SD = decltype(sdc)::value;
+      constexpr bool MASTER = decltype(mc)::value;
+      k.fn[0][0] = pick_isa<A, V, PD, SD, MASTER, false>();
+      k.fn[0][1] = pick_isa<A, V, PD, SD, MASTER, true>();
+      k.fn[1][0] = pick_isa<A, VT, PD, SD, MASTER, false>();
+      k.fn[1][1] = pick_isa<A, VT, PD, SD, MASTER, true>();
+    });
+  });
+  STD_TORCH_CHECK(found, name, ": no kernel for variant ", variant, " (a bug in its descriptor)");
+  return k;
 }
 
 // ---------------------------------------------------------------------------
@@ -155,15 +178,16 @@ struct Item {
   int64_t len;
 };
 
-// Calls body(tensor, begin, len) for every item of a group of sizes `n`, in
-// one parallel region whose runs are balanced by element count.
-template <class Body>
-void for_each_item(const std::vector<int64_t>& n, const Body& body) {
+// Calls body(tensor, begin, len) for every item of `count` tensors of sizes size(t), in one
+// parallel region whose runs are balanced by element count.
+template <class Size, class Body>
+void for_each_item(size_t count, const Size& size, const Body& body) {
   std::vector<Item> items;
   int64_t total = 0;
-  for (size_t t = 0; t < n.size(); ++t) {
-    for (int64_t b = 0; b < n[t]; b += kChunk) {
-      int64_t len = std::min(kChunk, n[t] - b);
+  for (size_t t = 0; t < count; ++t) {
+    const int64_t n = size(t);
+    for (int64_t b = 0; b < n; b += kChunk) {
+      int64_t len = std::min(kChunk, n - b);
       items.push_back({static_cast<int64_t>(t), b, len});
       total += len + kItemCost;
     }
@@ -197,95 +221,62 @@ void for_each_item(const std::vector<int64_t>& n, const Body& body) {
 
 inline size_t dtype_size(DType d) { return d == DType::kFloat ? 4 : 2; }
 
-template <class F>
-void run_group(const Group& grp, const F& f, const Preamble& pre, UpdateRangeFn<F> fn) {
-  const size_t pb = dtype_size(grp.pdtype);
-  const size_t sb = dtype_size(grp.sdtype);
-  for_each_item(grp.n, [&](int64_t t, int64_t b, int64_t len) {
-    void* p = static_cast<char*>(grp.p[t]) + b * pb;
-    const void* g = static_cast<const char*>(grp.g[t]) + b * pb;
-    float* m = grp.master ? grp.m[t] + b : nullptr;
-    void* s0 = (F::kSlots & kSlot0) ? static_cast<char*>(grp.s[0][t]) + b * sb : nullptr;
-    void* s1 = (F::kSlots & kSlot1) ? static_cast<char*>(grp.s[1][t]) + b * sb : nullptr;
-    void* s2 = (F::kSlots & kSlot2) ? static_cast<char*>(grp.s[2][t]) + b * sb : nullptr;
-    fn(f, pre, p, g, m, s0, s1, s2, len);
-  });
-}
-
-// Runtime (param dtype, state dtype, master, weight decay mode) -> instantiation.
-// Decoupled decay is a multiply by (1 - lr * wd), exactly 1 when there is none,
-// so only coupled decay needs its own instantiation.
-template <class F, DType PD, DType SD, bool MASTER>
-UpdateRangeFn<F> pick_wd(bool coupled) {
-  return coupled ? pick_update_range<F, PD, SD, MASTER, kWdCoupled>()
-                 : pick_update_range<F, PD, SD, MASTER, kWdDecoupled>();
-}
-
-template <class F, DType SD>
-UpdateRangeFn<F> pick_param(DType pd, bool master, bool coupled) {
-  switch (pd) {
-    case DType::kBFloat16:
-      return master ? pick_wd<F, DType::kBFloat16, SD, true>(coupled)
-                    : pick_wd<F, DType::kBFloat16, SD, false>(coupled);
-    case DType::kHalf:
-      return master ? pick_wd<F, DType::kHalf, SD, true>(coupled)
-                    : pick_wd<F, DType::kHalf, SD, false>(coupled);
-    default:
-      return pick_wd<F, DType::kFloat, SD, false>(coupled);
-  }
-}
-
-template <class F>
-void launch(const Group& grp, const F& f, const Preamble& pre, int wd_mode) {
-  const bool coupled = wd_mode == kWdCoupled;
-  UpdateRangeFn<F> fn = grp.sdtype == DType::kBFloat16
-                            ? pick_param<F, DType::kBFloat16>(grp.pdtype, grp.master, coupled)
-                            : pick_param<F, DType::kFloat>(grp.pdtype, grp.master, coupled);
-  run_group(grp, f, pre, fn);
-}
+// The distinct (hyper row, step count) pairs of a call in first-seen order, and each tensor's
+// position among them (Note [per-tensor plans]).
+struct PlanKeys {
+  std::vector<int64_t> rows;
+  std::vector<float> counts;
+  std::vector<int32_t> of;  // per tensor
+};
+PlanKeys plan_keys(const host::StepTables& tables, size_t n);
 
 // ---------------------------------------------------------------------------
-// Argument checking and unpacking (host side, once per call).
+// The op.
+template <class A>
+void Step<A>::op(const TensorList& params, const TensorList& grads, const TensorList& s0,
+                 const TensorList& s1, const TensorList& s2, const std::optional<TensorList>& master,
+                 const Tensor& steps, const Tensor& index, const Tensor& hyper,
+                 const std::vector<bool>& flags, const std::optional<Tensor>& grad_scale,
+                 const std::optional<Tensor>& found_inf) {
+  const TensorList* slots[kMaxSlots] = {&s0, &s1, &s2};
+  const host::CheckedStep chk = host::check_step<A>(params, grads, slots, master, steps, index, hyper,
+                                                    flags, grad_scale, found_inf, host::codes().cpu);
+  const std::vector<host::CheckedTensor>& tensors = chk.call.tensors;
+  // An overflow step (AMP) writes nothing at all.
+  if (tensors.empty() || (chk.found_inf != nullptr && *chk.found_inf != 0.0f)) return;
 
-// The step's arguments after validation. `skip` is set when found_inf != 0
-// or there is nothing to do.
-struct StepArgs {
-  Group grp;
-  Preamble pre;
-  int wd_mode = kWdNone;
-  bool skip = false;
-};
+  const Kernels<A> kernels = pick_kernels<A>(std::string("fusedopt::") + A::kName, chk.variant,
+                                             chk.call.pd, chk.call.sd, master.has_value());
+  struct Plan {
+    typename A::Args args;
+    Preamble pre;
+    RangeFn<A> fn;
+  };
+  const float scale = chk.grad_scale != nullptr ? *chk.grad_scale : 1.0f;
+  const PlanKeys keys = plan_keys(chk.tables, tensors.size());
+  std::vector<Plan> plans(keys.rows.size());
+  for (size_t k = 0; k < plans.size(); ++k) {
+    const double* h = chk.tables.hyper + keys.rows[k] * A::kNumHyper;
+    Plan& pl = plans[k];
+    pl.args = A::make(h, static_cast<double>(keys.counts[k]));
+    pl.pre = Preamble::make(h, scale);
+    pl.fn = kernels.fn[A::tensor_variant(pl.args) != 0][pl.pre.coupled];
+  }
 
-// Reads a 0-dim float32 CPU tensor.
-float read_scalar_tensor(const Tensor& t, const char* what);
-
-// Validates params/grads/slots and fills the group. `slots[k]` is nullptr or
-// empty when slot k is inactive; `required` is the mask of slots that must be
-// present.
-StepArgs prepare_step(const char* algo,
-                      const TensorList& params, const TensorList& grads,
-                      const TensorList* slots[kMaxSlots], int required,
-                      const std::vector<double>& scalars, size_t n_scalars,
-                      const std::vector<bool>& flags, size_t n_flags,
-                      const std::optional<Tensor>& grad_scale,
-                      const std::optional<Tensor>& found_inf,
-                      const std::optional<TensorList>& master);
-
-// flags[i], or false when the list is too short (prepare_step reports that).
-inline bool flag(const std::vector<bool>& flags, size_t i) { return i < flags.size() && flags[i]; }
-inline float scalar(const std::vector<double>& s, size_t i) {
-  return i < s.size() ? static_cast<float>(s[i]) : 0.0f;
-}
-// 1 - x computed in double, rounded once (as torch rounds a Python float).
-inline float one_minus(const std::vector<double>& s, size_t i) {
-  return i < s.size() ? static_cast<float>(1.0 - s[i]) : 0.0f;
-}
-
-// Calls fn(std::integral_constant<bool, b>) for a runtime bool.
-template <class Fn>
-FUSEDOPT_INLINE void with_bool(bool b, const Fn& fn) {
-  if (b) fn(std::true_type{});
-  else fn(std::false_type{});
+  const size_t pb = dtype_size(chk.call.pd);
+  const size_t sb = dtype_size(chk.call.sd);
+  auto at = [](void* base, int64_t offset) -> void* {
+    return base != nullptr ? static_cast<char*>(base) + offset : nullptr;
+  };
+  for_each_item(
+      tensors.size(), [&](size_t t) { return tensors[t].n; },
+      [&](int64_t t, int64_t b, int64_t len) {
+        const host::CheckedTensor& d = tensors[t];
+        const Plan& pl = plans[keys.of[t]];
+        pl.fn(pl.args, pl.pre, static_cast<char*>(d.p) + b * pb, static_cast<const char*>(d.g) + b * pb,
+              d.master != nullptr ? d.master + b : nullptr, at(d.s[0], b * sb), at(d.s[1], b * sb),
+              at(d.s[2], b * sb), len);
+      });
 }
 
 }  // namespace cpu

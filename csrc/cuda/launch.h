@@ -11,17 +11,20 @@
 namespace fusedopt {
 namespace cuda {
 
-// One row of the address/size table, in device memory: 64 bytes.
+// One row of the tensor table, in device memory: 72 bytes. The host caches device tables keyed
+// on these bytes, so every byte is set (pad included).
 struct TensorDesc {
   void* p;
   const void* g;
   float* master;  // float32 master weights, or null
   void* s[3];     // state slots, null when inactive
   int64_t n;      // elements (64-bit: tensors of 2^31 elements or more)
+  int32_t step;   // its step counter: steps[step]
+  int32_t row;    // its hyperparameter row: hyper[row]
   int32_t vec;    // every pointer above is 16-byte aligned: full tiles use 16-byte accesses
   int32_t pad;
 };
-static_assert(sizeof(TensorDesc) == 64, "TensorDesc layout");
+static_assert(sizeof(TensorDesc) == 72, "TensorDesc layout");
 
 // One row of the work table: a chunk of one tensor, one thread block.
 struct WorkItem {
@@ -32,28 +35,18 @@ struct WorkItem {
 constexpr int kThreads = 256;               // threads per block
 constexpr int kVec = 8;                     // elements per thread per tile (16-byte accesses)
 constexpr int64_t kTile = kThreads * kVec;  // elements per block per tile; chunks are multiples
-constexpr int kMaxScalars = 9;
 
-// Runtime flags of a step (uniform for the launch).
-enum RtFlag : uint32_t {
-  kRtMaximize = 1u,
-  kRtDecoupled = 2u,
-  kRtNesterov = 4u,  // sgd
-  kRtRectify = 8u,   // radam (rect > 0 is checked as well, on the device in device mode)
-};
-
-// One step launch; the algorithm is the launcher called (launch_<algo> below).
+// One step launch of algorithm A (launch_step<A> below).
 struct StepLaunch {
-  int variant;  // compile-time variant: sgd has_buf; rmsprop momentum | centered << 1; adam amsgrad
+  int variant;  // A's call-wide variant (fusedopt/common.h)
   DType pd, sd;
   bool master;
-  uint32_t rt;  // RtFlag bits
-  const double* host_scalars;   // interface order, or null in device mode
-  const float* device_scalars;  // interface order on the device, or null in host mode
-  const float* grad_scale;      // 0-dim float32 on the device, or null
-  const float* found_inf;       // 0-dim float32 on the device, or null
-  const TensorDesc* tensors;    // device memory
-  const WorkItem* items;        // device memory
+  const float* steps;         // the step counters, on the device
+  const double* hyper;        // the rows, [rows, A::kNumHyper], on the device
+  const float* grad_scale;    // 0-dim float32 on the device, or null
+  const float* found_inf;     // 0-dim float32 on the device, or null
+  const TensorDesc* tensors;  // device memory
+  const WorkItem* items;      // device memory
   int64_t n_items;
   int64_t chunk_elems;
   void* stream;  // cudaStream_t
@@ -69,14 +62,11 @@ struct LookaheadLaunch {
   void* stream;
 };
 
-// Each returns a cudaError_t value (0 on success) for the host side to report.
-int launch_sgd(const StepLaunch& l);
-int launch_adagrad(const StepLaunch& l);
-int launch_adadelta(const StepLaunch& l);
-int launch_rmsprop(const StepLaunch& l);
-int launch_adam(const StepLaunch& l);
-int launch_yogi(const StepLaunch& l);
-int launch_radam(const StepLaunch& l);
+// Each returns a cudaError_t value (0 on success) for the host side to report. launch_step is
+// defined in multi_tensor.cuh and instantiated for every algorithm of algos/all.h by the *.cu
+// files.
+template <class A>
+int launch_step(const StepLaunch& l);
 int launch_lookahead(const LookaheadLaunch& l);
 
 }  // namespace cuda

@@ -1,21 +1,22 @@
 // The CUDA multi-tensor traversal: one per language, serving every algorithm.
 //
-// A call's tensors are described by two tables in device memory (launch.h): one row per
-// tensor (addresses, size, whether 16-byte accesses are possible) and one row per work item
-// (a chunk of one tensor). The launch has one block per work item, so a group of any number
-// of tensors is ONE launch. A block walks its chunk in tiles of kThreads * kVec elements:
-// each thread moves kVec consecutive elements with 16-byte loads and stores when the tensor
-// is aligned and the tile is full; a tensor's last, partial tile (and an unaligned tensor)
-// goes element by element, coalesced across the warp. Offsets are 64-bit throughout.
+// A call's tensors are described by two tables in device memory (launch.h): one row per tensor
+// (addresses, size, its step slot and hyperparameter row, whether 16-byte accesses are possible)
+// and one row per work item (a chunk of one tensor). The launch has one block per work item, so a
+// call of any number of tensors and param groups is ONE launch. A block walks its chunk in tiles
+// of kThreads * kVec elements: each thread moves kVec consecutive elements with 16-byte loads and
+// stores when the tensor is aligned and the tile is full; a tensor's last, partial tile (and an
+// unaligned tensor) goes element by element, coalesced across the warp. Offsets are 64-bit
+// throughout.
 //
 // The per-element math is the same inline function the CPU kernels run
 // (csrc/include/fusedopt/algos/*.h), in float32 with the hardware FMA where the header asks
 // for one; the build passes --fmad=false so nothing else is contracted (Note [fma]).
 //
-// Compile-time per kernel: the algorithm variant whose memory traffic differs (which state
-// slots exist), the param and state dtypes, and master weights. Uniform run-time choices
-// (maximize, weight-decay mode, nesterov, SGD's first step, RAdam's rectification, host or
-// device scalars) are branches on launch-wide values.
+// Compile-time per kernel: the algorithm's call-wide variant (the flags, and which optional
+// state slots exist: the memory traffic), the param and state dtypes, and master weights.
+// What comes from a tensor's row or step count (maximize, the weight-decay mode, the
+// algorithm's per-tensor variant bit) is uniform over a block: a branch on a block-wide value.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -28,38 +29,15 @@
 namespace fusedopt {
 namespace cuda {
 
-// Run-time bits derived from the scalars (host mode: on the host; device mode: in the kernel).
-enum : uint32_t { kRtCoupled = 16u, kRtFirst = 32u };
-
-// The common preamble's arguments from the scalars in interface order. T is double for host
-// scalars (as the CPU kernels round them) and float for device scalars.
-template <class T>
-FUSEDOPT_HD FUSEDOPT_INLINE Preamble make_preamble(const T* s, uint32_t& rt) {
-  const T gs = s[kGradScale], lr = s[kLr], wd = s[kWeightDecay];
-  Preamble pre;
-  pre.scale = static_cast<float>((rt & kRtMaximize) ? -gs : gs);
-  pre.scale_tensor = 1.0f;
-  pre.wd = static_cast<float>(wd);
-  pre.decay = 1.0f;  // exactly 1 unless decoupled decay is on (the update always multiplies)
-  rt &= ~kRtCoupled;
-  if (wd != T(0)) {
-    if (rt & kRtDecoupled) pre.decay = static_cast<float>(T(1) - lr * wd);
-    else rt |= kRtCoupled;
-  }
-  return pre;
-}
-
-template <class Args>
+// The kernel's arguments (by value).
 struct StepParams {
-  Args a;         // host mode: the algorithm's arguments
-  Preamble pre;   // host mode: the preamble's
-  uint32_t rt;    // RtFlag bits (host mode: with the derived bits)
-  const float* dev_scalars;
-  const float* grad_scale;
-  const float* found_inf;
   const TensorDesc* tensors;
   const WorkItem* items;
   int64_t chunk;
+  const float* steps;
+  const double* hyper;
+  const float* grad_scale;
+  const float* found_inf;
 };
 
 // --- 16-byte and scalar accesses ----------------------------------------------------------
@@ -153,25 +131,36 @@ __device__ FUSEDOPT_INLINE void store1(void* base, int64_t i, float v) {
 }
 
 // --- the step kernel ----------------------------------------------------------------------
-// Op: Args, kSlots, args<T>(scalars, rt) and apply(a, rt, p, g, s0, s1, s2) (see the *.cu).
-template <class Op, DType PD, DType SD, bool MASTER>
-__global__ void __launch_bounds__(kThreads) step_kernel(const StepParams<typename Op::Args> kp) {
+// Note [per-block scalars]: thread 0 of each block reads its tensor's step count and row and
+// derives the per-tensor scalars in float64 (A::make, Preamble::make: the very functions the
+// CPU kernels call), and the block reads them from shared memory; the float64 work is once per
+// work item, not once per thread.
+template <class A, int V, DType PD, DType SD, bool MASTER>
+__global__ void __launch_bounds__(kThreads) step_kernel(const StepParams kp) {
   // An overflow step (AMP) writes nothing at all.
   if (kp.found_inf != nullptr && *kp.found_inf != 0.0f) return;
-  typename Op::Args a = kp.a;
-  Preamble pre = kp.pre;
-  uint32_t rt = kp.rt;
-  if (kp.dev_scalars != nullptr) {  // device mode: nothing about the scalars is known on the host
-    float s[kMaxScalars];
-#pragma unroll
-    for (int k = 0; k < kMaxScalars; ++k) s[k] = k < Op::kNumScalars ? __ldg(kp.dev_scalars + k) : 0.0f;
-    pre = make_preamble<float>(s, rt);
-    a = Op::template args<float>(s, rt);
-  }
-  if (kp.grad_scale != nullptr) pre.scale_tensor = __ldg(kp.grad_scale);
+  using Args = typename A::Args;
+  constexpr int VT = A::canonical(V | A::kTensorBit);  // V with the per-tensor bit
+  constexpr int kSlots = A::slots(V);
+  static_assert(A::slots(VT) == kSlots, "a per-tensor variant must not change the memory traffic");
 
   const WorkItem it = kp.items[blockIdx.x];
   const TensorDesc* d = kp.tensors + it.tensor;
+  __shared__ Args shared_args;
+  __shared__ Preamble shared_pre;
+  __shared__ int shared_tensor_variant;
+  if (threadIdx.x == 0) {
+    const double* h = kp.hyper + static_cast<int64_t>(d->row) * A::kNumHyper;
+    const Args args = A::make(h, static_cast<double>(kp.steps[d->step]));
+    shared_args = args;
+    shared_pre = Preamble::make(h, kp.grad_scale != nullptr ? *kp.grad_scale : 1.0f);
+    shared_tensor_variant = A::tensor_variant(args);
+  }
+  __syncthreads();
+  const Args a = shared_args;
+  const Preamble pre = shared_pre;
+  const bool tensor_bit = A::kTensorBit != 0 && shared_tensor_variant != 0;
+
   void* const pp = d->p;
   const void* const gp = d->g;
   float* const mp = d->master;
@@ -181,12 +170,12 @@ __global__ void __launch_bounds__(kThreads) step_kernel(const StepParams<typenam
   const bool vec = d->vec != 0;
   const int64_t start = static_cast<int64_t>(it.chunk) * kp.chunk;
   const int64_t end = start + kp.chunk < d->n ? start + kp.chunk : d->n;
-  constexpr int kSlots = Op::kSlots;
 
   auto update = [&](float& p, float& g, float& x, float& y, float& z) {
-    if (rt & kRtCoupled) pre.template apply<kWdCoupled, HwFma>(p, g);
-    else pre.template apply<kWdDecoupled, HwFma>(p, g);
-    Op::apply(a, rt, p, g, x, y, z);
+    if (pre.coupled) pre.template apply<true, HwFma>(p, g);
+    else pre.template apply<false, HwFma>(p, g);
+    if (tensor_bit) A::template apply<VT, HwFma>(a, p, g, x, y, z);
+    else A::template apply<V, HwFma>(a, p, g, x, y, z);
   };
 
   for (int64_t base = start; base < end; base += kTile) {
@@ -228,52 +217,26 @@ __global__ void __launch_bounds__(kThreads) step_kernel(const StepParams<typenam
   }
 }
 
-template <class Op, DType PD, DType SD, bool MASTER>
+template <class A, int V, DType PD, DType SD, bool MASTER>
 int launch_one(const StepLaunch& l) {
-  StepParams<typename Op::Args> kp{};
-  kp.rt = l.rt;
-  if (l.host_scalars != nullptr) {
-    kp.pre = make_preamble<double>(l.host_scalars, kp.rt);
-    kp.a = Op::template args<double>(l.host_scalars, kp.rt);
-  }
-  kp.dev_scalars = l.device_scalars;
-  kp.grad_scale = l.grad_scale;
-  kp.found_inf = l.found_inf;
-  kp.tensors = l.tensors;
-  kp.items = l.items;
-  kp.chunk = l.chunk_elems;
-  step_kernel<Op, PD, SD, MASTER>
+  const StepParams kp{l.tensors, l.items, l.chunk_elems, l.steps, l.hyper, l.grad_scale, l.found_inf};
+  step_kernel<A, V, PD, SD, MASTER>
       <<<static_cast<unsigned>(l.n_items), kThreads, 0, static_cast<cudaStream_t>(l.stream)>>>(kp);
   return static_cast<int>(cudaGetLastError());
 }
 
-// The one dtype-dispatch point: (param dtype, state dtype, master) -> instantiation.
-// Master weights exist for 16-bit params only (checked on the host).
-template <class Op, DType SD>
-int launch_param(const StepLaunch& l) {
-  switch (l.pd) {
-    case DType::kBFloat16:
-      return l.master ? launch_one<Op, DType::kBFloat16, SD, true>(l)
-                      : launch_one<Op, DType::kBFloat16, SD, false>(l);
-    case DType::kHalf:
-      return l.master ? launch_one<Op, DType::kHalf, SD, true>(l)
-                      : launch_one<Op, DType::kHalf, SD, false>(l);
-    default:
-      return launch_one<Op, DType::kFloat, SD, false>(l);
-  }
-}
-
-template <class Op>
+// Runtime (call-wide variant, param dtype, state dtype, master) -> instantiation.
+template <class A>
 int launch_step(const StepLaunch& l) {
   if (l.n_items == 0) return 0;
-  return l.sd == DType::kBFloat16 ? launch_param<Op, DType::kBFloat16>(l)
-                                  : launch_param<Op, DType::kFloat>(l);
-}
-
-// 1 - x, rounded once in T (double for host scalars, as the CPU kernels do).
-template <class T>
-FUSEDOPT_HD FUSEDOPT_INLINE float one_minus(T x) {
-  return static_cast<float>(T(1) - x);
+  int err = static_cast<int>(cudaErrorInvalidValue);  // stays so for a variant A does not have
+  with_call_variant<A>(l.variant, [&](auto v) {
+    with_storage(l.pd, l.sd, l.master, [&](auto pdc, auto sdc, auto mc) {
+      err = launch_one<A, decltype(v)::value, decltype(pdc)::value, decltype(sdc)::value,
+                       decltype(mc)::value>(l);
+    });
+  });
+  return err;
 }
 
 }  // namespace cuda

@@ -1,16 +1,14 @@
-// Host side of the CUDA backend: argument checks, the address/size/work tables, streams and
-// the registration of the CUDA kernels of the torch.ops.fusedopt ops.
+// Host side of the CUDA backend: argument checks, the tensor/work tables, streams and the
+// registration of the CUDA kernels of the torch.ops.fusedopt ops.
 //
 // Compiled by the host compiler (no device code here), against torch's stable ABI and the
-// CUDA runtime API only. Per call: check every tensor, build the tensor table on the host,
-// look it up in a small cache of device tables keyed on its contents (addresses, sizes,
-// alignment); on a miss, build the work table too and copy both to a device buffer (allocated
-// through torch, so from its caching allocator) asynchronously on torch's current stream from
-// a pinned staging buffer; then ONE launch on that stream. Nothing here waits for the device.
-//
-// Scalars come as host floats (the ops of the CPU kernels, `float[] scalars`) or as a float32
-// tensor on the device (capturable / device mode): the overloads `<op>.tensor`, defined here
-// because the base schemas take a float list.
+// CUDA runtime API only. Per call: check every tensor and the tables (steps, index, hyper),
+// build the tensor table on the host (addresses, sizes, alignment, and each tensor's step slot
+// and hyper row from `index`), look it up in a small cache of device tables keyed on its
+// contents; on a miss, build the work table too and copy both to a device buffer (allocated
+// through torch, so from its caching allocator) asynchronously on torch's current stream from a
+// pinned staging buffer; then ONE launch on that stream, whose blocks read their tensor's step
+// count and row on the device. Nothing here waits for the device.
 #include <dlfcn.h>
 #include <stdint.h>
 #include <string.h>
@@ -30,7 +28,7 @@
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 
-#include "fusedopt/common.h"
+#include "fusedopt/algos/all.h"
 #include "fusedopt/tensor_info.h"
 #include "launch.h"
 
@@ -41,12 +39,11 @@ namespace {
 using torch::stable::Tensor;
 using TensorList = std::vector<Tensor>;
 
+using host::aligned16;
 using host::codes;
 using host::Codes;
-using host::dtype_name;
 using host::fail;
 using host::info;
-using host::aligned16;
 using host::Info;
 
 void check_cuda(int err, const char* what) {
@@ -54,20 +51,6 @@ void check_cuda(int err, const char* what) {
     fail(std::string("fusedopt cuda: ") + what + ": " +
          cudaGetErrorString(static_cast<cudaError_t>(err)));
   }
-}
-
-// --- tensors ------------------------------------------------------------------------------
-
-// A one-element float32 tensor on the group's device (grad_scale, found_inf, scalars).
-const float* device_float_ptr(const Tensor& t, int32_t device, int64_t numel, const std::string& what) {
-  Info i = info(t);
-  const Codes& c = codes();
-  if (i.dtype != c.f32 || i.numel != numel || i.device_type != c.cuda || i.device_index != device ||
-      (numel > 1 && !i.contiguous))
-    fail(what + " must be a " + (numel == 1 ? std::string("one-element") : std::to_string(numel) +
-         "-element contiguous") + " float32 tensor on the params' CUDA device (cuda:" +
-         std::to_string(device) + ")");
-  return static_cast<const float*>(i.data);
 }
 
 // --- device, stream -----------------------------------------------------------------------
@@ -153,8 +136,8 @@ constexpr size_t kMaxTables = 64;
 std::mutex g_mu;
 std::vector<DeviceState> g_devices;
 
-// A prefilter for the exact key comparison, eight bytes at a time (the key is 64 bytes per
-// tensor, so a 10,000-tensor call hashes 640 KB per step).
+// A prefilter for the exact key comparison, eight bytes at a time (the key is 72 bytes per
+// tensor, so a 10,000-tensor call hashes 720 KB per step).
 size_t hash_bytes(const void* data, size_t n) {
   const unsigned char* b = static_cast<const unsigned char*>(data);
   uint64_t h = 1469598103934665603ull ^ n;
@@ -296,61 +279,41 @@ Tables device_tables(std::vector<TensorDesc>&& descs, int32_t device, void* stre
 }
 
 // --- the step ops -------------------------------------------------------------------------
-struct Spec {
-  const char* name;
-  size_t n_scalars;
-  size_t n_flags;
-  int (*launch)(const StepLaunch&);
-};
-
-constexpr int kMaxSlots = 3;
-
-void run_step(const Spec& spec, const TensorList& params, const TensorList& grads,
-              const TensorList* slots[kMaxSlots], int required, int variant, uint32_t rt,
-              const std::vector<double>* host_scalars, const Tensor* device_scalars,
-              const std::vector<bool>& flags, const std::optional<Tensor>& grad_scale,
-              const std::optional<Tensor>& found_inf, const std::optional<TensorList>& master) {
-  const std::string name = std::string("fusedopt::") + spec.name;
-  if (host_scalars != nullptr)
-    STD_TORCH_CHECK(host_scalars->size() == spec.n_scalars, name, ": expected ", spec.n_scalars,
-                    " scalars, got ", host_scalars->size());
-  STD_TORCH_CHECK(flags.size() == spec.n_flags, name, ": expected ", spec.n_flags, " flags, got ",
-                  flags.size());
-  const size_t n = params.size();
-  host::check_counts(name, params, grads, slots, required, master);
-  const bool has_master = master.has_value();
+// fusedopt::<A::kName>, the schema of algos/all.h.
+template <class A>
+void step(const TensorList& params, const TensorList& grads, const TensorList& s0, const TensorList& s1,
+          const TensorList& s2, const std::optional<TensorList>& master, const Tensor& steps,
+          const Tensor& index, const Tensor& hyper, const std::vector<bool>& flags,
+          const std::optional<Tensor>& grad_scale, const std::optional<Tensor>& found_inf) {
+  const TensorList* slots[host::kStateSlots] = {&s0, &s1, &s2};
+  const host::CheckedStep chk = host::check_step<A>(params, grads, slots, master, steps, index, hyper,
+                                                    flags, grad_scale, found_inf, codes().cuda);
+  const size_t n = chk.call.tensors.size();
   if (n == 0) return;
-
-  host::CheckedCall call = host::check_tensors(name, params, grads, slots, required, master, codes().cuda);
-  const int32_t device = call.device_index;
-  StepLaunch l{};
-  l.pd = call.pd;
-  l.sd = call.sd;
-  std::vector<TensorDesc> descs(n);
+  const int32_t device = chk.call.device_index;
+  std::vector<TensorDesc> descs(n);  // value-initialised: every byte of the key is set
   for (size_t t = 0; t < n; ++t) {
-    const host::CheckedTensor& c = call.tensors[t];
+    const host::CheckedTensor& c = chk.call.tensors[t];
     TensorDesc& d = descs[t];
     d.p = c.p;
     d.g = c.g;
     d.master = c.master;
-    for (int k = 0; k < kMaxSlots; ++k) d.s[k] = c.s[k];
+    for (int k = 0; k < host::kStateSlots; ++k) d.s[k] = c.s[k];
     d.n = c.n;
+    d.step = static_cast<int32_t>(chk.tables.index[2 * t]);     // below 2^31: checked
+    d.row = static_cast<int32_t>(chk.tables.index[2 * t + 1]);
     d.vec = c.aligned16 ? 1 : 0;
   }
 
-  l.variant = variant;
-  l.master = has_master;
-  l.rt = rt | (flags[kMaximize] ? kRtMaximize : 0u) | (flags[kDecoupled] ? kRtDecoupled : 0u);
-  l.host_scalars = host_scalars != nullptr ? host_scalars->data() : nullptr;
-  l.device_scalars = device_scalars != nullptr
-                         ? device_float_ptr(*device_scalars, device,
-                                            static_cast<int64_t>(spec.n_scalars), name + ": scalars")
-                         : nullptr;
-  l.grad_scale = grad_scale.has_value() ? device_float_ptr(*grad_scale, device, 1, name + ": grad_scale")
-                                        : nullptr;
-  l.found_inf = found_inf.has_value() ? device_float_ptr(*found_inf, device, 1, name + ": found_inf")
-                                      : nullptr;
-
+  StepLaunch l{};
+  l.variant = chk.variant;
+  l.pd = chk.call.pd;
+  l.sd = chk.call.sd;
+  l.master = master.has_value();
+  l.steps = chk.tables.steps;
+  l.hyper = chk.tables.hyper;
+  l.grad_scale = chk.grad_scale;
+  l.found_inf = chk.found_inf;
   torch::stable::accelerator::DeviceGuard guard(device);
   void* stream = current_stream(device);
   Tables tab = device_tables(std::move(descs), device, stream);
@@ -359,124 +322,8 @@ void run_step(const Spec& spec, const TensorList& params, const TensorList& grad
   l.n_items = tab.n_items;
   l.chunk_elems = tab.chunk;
   l.stream = stream;
-  check_cuda(spec.launch(l), (name + " launch").c_str());
+  check_cuda(launch_step<A>(l), (std::string("fusedopt::") + A::kName + " launch").c_str());
 }
-
-using Scalars = std::vector<double>;
-using Flags = std::vector<bool>;
-using OptTensor = std::optional<Tensor>;
-using OptList = std::optional<TensorList>;
-
-inline bool flag(const Flags& f, size_t i) { return i < f.size() && f[i]; }
-
-// Each op in two forms: host scalars (the base schema) and device scalars (`.tensor`).
-#define FUSEDOPT_BOTH_FORMS(op, params_decl, args)                                            \
-  void op(params_decl, const Scalars& scalars, const Flags& flags, const OptTensor& grad_scale, \
-          const OptTensor& found_inf, const OptList& master) {                                 \
-    op##_impl(args, &scalars, nullptr, flags, grad_scale, found_inf, master);                  \
-  }                                                                                            \
-  void op##_tensor(params_decl, const Tensor& scalars, const Flags& flags,                     \
-                   const OptTensor& grad_scale, const OptTensor& found_inf,                   \
-                   const OptList& master) {                                                    \
-    op##_impl(args, nullptr, &scalars, flags, grad_scale, found_inf, master);                  \
-  }
-
-#define FUSEDOPT_IMPL_TAIL                                                                      \
-  const Scalars *hs, const Tensor *ds, const Flags &flags, const OptTensor &grad_scale,         \
-      const OptTensor &found_inf, const OptList &master
-#define FUSEDOPT_PASS_TAIL hs, ds, flags, grad_scale, found_inf, master
-#define FUSEDOPT_COMMA ,
-
-void sgd_impl(const TensorList& params, const TensorList& grads, const TensorList& buf,
-              FUSEDOPT_IMPL_TAIL) {
-  static const Spec spec{"sgd", 6, 3, &launch_sgd};
-  // The buffer is present exactly when momentum != 0 (the Python layer decides).
-  const bool has_buf = !buf.empty();
-  const TensorList* slots[kMaxSlots] = {&buf, nullptr, nullptr};
-  run_step(spec, params, grads, slots, has_buf ? kSlot0 : 0, has_buf ? 1 : 0,
-           flag(flags, 2) ? kRtNesterov : 0u, FUSEDOPT_PASS_TAIL);
-}
-FUSEDOPT_BOTH_FORMS(sgd,
-                    const TensorList& params FUSEDOPT_COMMA const TensorList& grads FUSEDOPT_COMMA
-                        const TensorList& momentum_buffer,
-                    params FUSEDOPT_COMMA grads FUSEDOPT_COMMA momentum_buffer)
-
-void adagrad_impl(const TensorList& params, const TensorList& grads, const TensorList& sum,
-                  FUSEDOPT_IMPL_TAIL) {
-  static const Spec spec{"adagrad", 4, 2, &launch_adagrad};
-  const TensorList* slots[kMaxSlots] = {&sum, nullptr, nullptr};
-  run_step(spec, params, grads, slots, kSlot0, 0, 0u, FUSEDOPT_PASS_TAIL);
-}
-FUSEDOPT_BOTH_FORMS(adagrad,
-                    const TensorList& params FUSEDOPT_COMMA const TensorList& grads FUSEDOPT_COMMA
-                        const TensorList& sum,
-                    params FUSEDOPT_COMMA grads FUSEDOPT_COMMA sum)
-
-void adadelta_impl(const TensorList& params, const TensorList& grads, const TensorList& square_avg,
-                   const TensorList& acc_delta, FUSEDOPT_IMPL_TAIL) {
-  static const Spec spec{"adadelta", 5, 2, &launch_adadelta};
-  const TensorList* slots[kMaxSlots] = {&square_avg, &acc_delta, nullptr};
-  run_step(spec, params, grads, slots, kSlot0 | kSlot1, 0, 0u, FUSEDOPT_PASS_TAIL);
-}
-FUSEDOPT_BOTH_FORMS(adadelta,
-                    const TensorList& params FUSEDOPT_COMMA const TensorList& grads FUSEDOPT_COMMA
-                        const TensorList& square_avg FUSEDOPT_COMMA const TensorList& acc_delta,
-                    params FUSEDOPT_COMMA grads FUSEDOPT_COMMA square_avg FUSEDOPT_COMMA acc_delta)
-
-void rmsprop_impl(const TensorList& params, const TensorList& grads, const TensorList& square_avg,
-                  const TensorList& momentum_buffer, const TensorList& grad_avg, FUSEDOPT_IMPL_TAIL) {
-  static const Spec spec{"rmsprop", 6, 3, &launch_rmsprop};
-  const bool has_momentum = !momentum_buffer.empty();
-  const bool centered = flag(flags, 2);
-  const TensorList* slots[kMaxSlots] = {&square_avg, &momentum_buffer, &grad_avg};
-  const int required = kSlot0 | (has_momentum ? kSlot1 : 0) | (centered ? kSlot2 : 0);
-  run_step(spec, params, grads, slots, required, (has_momentum ? 1 : 0) | (centered ? 2 : 0), 0u,
-           FUSEDOPT_PASS_TAIL);
-}
-FUSEDOPT_BOTH_FORMS(rmsprop,
-                    const TensorList& params FUSEDOPT_COMMA const TensorList& grads FUSEDOPT_COMMA
-                        const TensorList& square_avg FUSEDOPT_COMMA const TensorList& momentum_buffer
-                            FUSEDOPT_COMMA const TensorList& grad_avg,
-                    params FUSEDOPT_COMMA grads FUSEDOPT_COMMA square_avg FUSEDOPT_COMMA
-                        momentum_buffer FUSEDOPT_COMMA grad_avg)
-
-void adam_impl(const TensorList& params, const TensorList& grads, const TensorList& exp_avg,
-               const TensorList& exp_avg_sq, const TensorList& max_exp_avg_sq, FUSEDOPT_IMPL_TAIL) {
-  static const Spec spec{"adam", 8, 3, &launch_adam};
-  const bool amsgrad = flag(flags, 2);
-  const TensorList* slots[kMaxSlots] = {&exp_avg, &exp_avg_sq, &max_exp_avg_sq};
-  run_step(spec, params, grads, slots, kSlot0 | kSlot1 | (amsgrad ? kSlot2 : 0), amsgrad ? 1 : 0,
-           0u, FUSEDOPT_PASS_TAIL);
-}
-FUSEDOPT_BOTH_FORMS(adam,
-                    const TensorList& params FUSEDOPT_COMMA const TensorList& grads FUSEDOPT_COMMA
-                        const TensorList& exp_avg FUSEDOPT_COMMA const TensorList& exp_avg_sq
-                            FUSEDOPT_COMMA const TensorList& max_exp_avg_sq,
-                    params FUSEDOPT_COMMA grads FUSEDOPT_COMMA exp_avg FUSEDOPT_COMMA exp_avg_sq
-                        FUSEDOPT_COMMA max_exp_avg_sq)
-
-void yogi_impl(const TensorList& params, const TensorList& grads, const TensorList& exp_avg,
-               const TensorList& exp_avg_sq, FUSEDOPT_IMPL_TAIL) {
-  static const Spec spec{"yogi", 8, 2, &launch_yogi};
-  const TensorList* slots[kMaxSlots] = {&exp_avg, &exp_avg_sq, nullptr};
-  run_step(spec, params, grads, slots, kSlot0 | kSlot1, 0, 0u, FUSEDOPT_PASS_TAIL);
-}
-FUSEDOPT_BOTH_FORMS(yogi,
-                    const TensorList& params FUSEDOPT_COMMA const TensorList& grads FUSEDOPT_COMMA
-                        const TensorList& exp_avg FUSEDOPT_COMMA const TensorList& exp_avg_sq,
-                    params FUSEDOPT_COMMA grads FUSEDOPT_COMMA exp_avg FUSEDOPT_COMMA exp_avg_sq)
-
-void radam_impl(const TensorList& params, const TensorList& grads, const TensorList& exp_avg,
-                const TensorList& exp_avg_sq, FUSEDOPT_IMPL_TAIL) {
-  static const Spec spec{"radam", 9, 3, &launch_radam};
-  const TensorList* slots[kMaxSlots] = {&exp_avg, &exp_avg_sq, nullptr};
-  run_step(spec, params, grads, slots, kSlot0 | kSlot1, 0, flag(flags, 2) ? kRtRectify : 0u,
-           FUSEDOPT_PASS_TAIL);
-}
-FUSEDOPT_BOTH_FORMS(radam,
-                    const TensorList& params FUSEDOPT_COMMA const TensorList& grads FUSEDOPT_COMMA
-                        const TensorList& exp_avg FUSEDOPT_COMMA const TensorList& exp_avg_sq,
-                    params FUSEDOPT_COMMA grads FUSEDOPT_COMMA exp_avg FUSEDOPT_COMMA exp_avg_sq)
 
 // --- lookahead ----------------------------------------------------------------------------
 DType to_dtype(int32_t code) {
@@ -535,43 +382,11 @@ void lookahead(const TensorList& params, const TensorList& slow, double alpha) {
 }  // namespace cuda
 }  // namespace fusedopt
 
-// Device-mode overloads: the base schema with `Tensor scalars` (float32, on the params' device).
-#define FUSEDOPT_TENSOR_TAIL                                                                  \
-  "Tensor scalars, bool[] flags, Tensor? grad_scale=None, Tensor? found_inf=None, "           \
-  "Tensor(z!)[]? master=None) -> ()"
-
-STABLE_TORCH_LIBRARY_FRAGMENT(fusedopt, m) {
-  m.def("sgd.tensor(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffer, " FUSEDOPT_TENSOR_TAIL);
-  m.def("adagrad.tensor(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] sum, " FUSEDOPT_TENSOR_TAIL);
-  m.def("adadelta.tensor(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avg, "
-        "Tensor(c!)[] acc_delta, " FUSEDOPT_TENSOR_TAIL);
-  m.def("rmsprop.tensor(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] square_avg, "
-        "Tensor(c!)[] momentum_buffer, Tensor(d!)[] grad_avg, " FUSEDOPT_TENSOR_TAIL);
-  m.def("adam.tensor(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg, "
-        "Tensor(c!)[] exp_avg_sq, Tensor(d!)[] max_exp_avg_sq, " FUSEDOPT_TENSOR_TAIL);
-  m.def("yogi.tensor(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg, "
-        "Tensor(c!)[] exp_avg_sq, " FUSEDOPT_TENSOR_TAIL);
-  m.def("radam.tensor(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avg, "
-        "Tensor(c!)[] exp_avg_sq, " FUSEDOPT_TENSOR_TAIL);
-}
-
 STABLE_TORCH_LIBRARY_IMPL(fusedopt, CUDA, m) {
-  using namespace fusedopt::cuda;
-  m.impl("sgd", TORCH_BOX(&sgd));
-  m.impl("adagrad", TORCH_BOX(&adagrad));
-  m.impl("adadelta", TORCH_BOX(&adadelta));
-  m.impl("rmsprop", TORCH_BOX(&rmsprop));
-  m.impl("adam", TORCH_BOX(&adam));
-  m.impl("yogi", TORCH_BOX(&yogi));
-  m.impl("radam", TORCH_BOX(&radam));
-  m.impl("lookahead", TORCH_BOX(&lookahead));
-  m.impl("sgd.tensor", TORCH_BOX(&sgd_tensor));
-  m.impl("adagrad.tensor", TORCH_BOX(&adagrad_tensor));
-  m.impl("adadelta.tensor", TORCH_BOX(&adadelta_tensor));
-  m.impl("rmsprop.tensor", TORCH_BOX(&rmsprop_tensor));
-  m.impl("adam.tensor", TORCH_BOX(&adam_tensor));
-  m.impl("yogi.tensor", TORCH_BOX(&yogi_tensor));
-  m.impl("radam.tensor", TORCH_BOX(&radam_tensor));
+#define FUSEDOPT_IMPL(A) m.impl(fusedopt::A::kName, TORCH_BOX(&fusedopt::cuda::step<fusedopt::A>));
+  FUSEDOPT_FOR_EACH_ALGORITHM(FUSEDOPT_IMPL)
+#undef FUSEDOPT_IMPL
+  m.impl("lookahead", TORCH_BOX(&fusedopt::cuda::lookahead));
 }
 
 #define FUSEDOPT_STR2(x) #x
@@ -580,7 +395,13 @@ STABLE_TORCH_LIBRARY_IMPL(fusedopt, CUDA, m) {
 // What this library is, for tools and tests that inspect the built file (`nm -D`, ctypes):
 // the one exported symbol besides the registrations' static initialisers.
 extern "C" __attribute__((visibility("default"))) const char* fusedopt_cuda_info() {
-  return "fusedopt CUDA kernels: sgd adagrad adadelta rmsprop adam yogi radam lookahead; "
-         "host or device scalars (<op>.tensor); nvcc " FUSEDOPT_STR(__CUDACC_VER_MAJOR__) "."
-         FUSEDOPT_STR(__CUDACC_VER_MINOR__);
+  static const std::string info = [] {
+    std::string s = "fusedopt CUDA kernels:";
+#define FUSEDOPT_NAME(A) s += std::string(" ") + fusedopt::A::kName;
+    FUSEDOPT_FOR_EACH_ALGORITHM(FUSEDOPT_NAME)
+#undef FUSEDOPT_NAME
+    return s + " lookahead; per-tensor step counts and hyperparameter rows; nvcc " FUSEDOPT_STR(
+                   __CUDACC_VER_MAJOR__) "." FUSEDOPT_STR(__CUDACC_VER_MINOR__);
+  }();
+  return info.c_str();
 }

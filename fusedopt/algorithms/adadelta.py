@@ -16,18 +16,14 @@ class AdadeltaAlgorithm(Algorithm):
     name = "adadelta"
     defaults = dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0, maximize=False)
     SLOTS = ("square_avg", "acc_delta")
-    EXTRA_SCALARS = ("rho", "eps")
+    EXTRA_HYPER = ("rho", "eps")
 
     def validate(self, group):
         super().validate(group)
-        check_unit("rho", group["rho"])
-
-    def step_args(self, group, step, first_step=False):
-        c, f = self.common(group)
-        return self.Scalars(*c, float(group["rho"]), float(group["eps"])), self.Flags(*f)
+        check_unit("rho", group["rho"], closed=True)  # as torch: rho = 1 is allowed
 
     def update(self, p, g, st, s, f):
-        g = preamble(p, g, s, f)
+        g = preamble(p, g, s)
         sq, acc = st["square_avg"], st["acc_delta"]
         sq.mul_(s.rho).addcmul_(g, g, value=1 - s.rho)
         std = sq.add(s.eps).sqrt_()

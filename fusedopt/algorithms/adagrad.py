@@ -16,7 +16,8 @@ class AdagradAlgorithm(Algorithm):
     name = "adagrad"
     defaults = dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, maximize=False)
     SLOTS = ("sum",)
-    EXTRA_SCALARS = ("eps",)
+    EXTRA_HYPER = ("lr_decay", "eps")
+    TENSOR_SCALARS = ("clr",)  # the decayed learning rate
     eager_state = True
 
     def validate(self, group):
@@ -27,16 +28,14 @@ class AdagradAlgorithm(Algorithm):
     def slot_init(self, group):
         return {"sum": float(group["initial_accumulator_value"])}
 
-    def step_args(self, group, step, first_step=False):
-        clr = float(group["lr"]) / (1 + (step - 1) * float(group["lr_decay"]))
-        c, f = self.common(group, lr=clr)
-        return self.Scalars(*c, float(group["eps"])), self.Flags(*f)
+    def tensor_scalars(self, h, t):
+        return dict(clr=h["lr"] / (1 + (t - 1) * h["lr_decay"]))
 
     def update(self, p, g, st, s, f):
-        g = preamble(p, g, s, f)
+        g = preamble(p, g, s)
         st["sum"].addcmul_(g, g, value=1)
         std = st["sum"].sqrt().add_(s.eps)
-        p.addcdiv_(g, std, value=-s.lr)
+        p.addcdiv_(g, std, value=-s.clr)
 
 
 ADAGRAD = AdagradAlgorithm()

@@ -13,7 +13,7 @@ Decay Regularization", ICLR 2019 (AdamW: ``p = p * (1 - lr * wd)`` before the up
 """
 from __future__ import annotations
 
-from .base import Algorithm, sqrt, check_betas, preamble
+from .base import Algorithm, check_betas, preamble
 
 
 class AdamAlgorithm(Algorithm):
@@ -21,8 +21,10 @@ class AdamAlgorithm(Algorithm):
     defaults = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
                     maximize=False, decoupled_weight_decay=False)
     SLOTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-    EXTRA_SCALARS = ("beta1", "beta2", "eps", "step_size", "bc2_sqrt")
-    EXTRA_FLAGS = ("amsgrad",)
+    EXTRA_HYPER = ("beta1", "beta2", "eps")
+    TENSOR_SCALARS = ("step_size", "bc2_sqrt")
+    FLAGS = ("amsgrad",)
+    decoupled_key = "decoupled_weight_decay"
 
     def validate(self, group):
         super().validate(group)
@@ -34,16 +36,14 @@ class AdamAlgorithm(Algorithm):
             slots["max_exp_avg_sq"] = 0.0
         return slots
 
-    def step_args(self, group, step, first_step=False):
-        b1, b2 = (float(b) for b in group["betas"])
-        c, f = self.common(group, decoupled=bool(group.get("decoupled_weight_decay", False)))
-        step_size = c[1] / (1 - b1 ** step)
-        bc2_sqrt = sqrt(1 - b2 ** step)
-        return (self.Scalars(*c, b1, b2, float(group["eps"]), step_size, bc2_sqrt),
-                self.Flags(*f, bool(group["amsgrad"])))
+    def extra_hyper(self, group):
+        return (*(float(b) for b in group["betas"]), float(group["eps"]))
+
+    def tensor_scalars(self, h, t):
+        return dict(step_size=h["lr"] / (1 - h["beta1"] ** t), bc2_sqrt=(1 - h["beta2"] ** t) ** 0.5)
 
     def update(self, p, g, st, s, f):
-        g = preamble(p, g, s, f)
+        g = preamble(p, g, s)
         m, v = st["exp_avg"], st["exp_avg_sq"]
         m.lerp_(g, 1 - s.beta1)
         v.mul_(s.beta2).addcmul_(g, g, value=1 - s.beta2)

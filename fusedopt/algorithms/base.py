@@ -1,8 +1,14 @@
-"""The shape every algorithm has: state slots, per-step scalars and flags, reference math.
+"""The shape every algorithm has: hyperparameters, state slots, per-tensor scalars, flags.
 
-An algorithm is described once, here in Python, and mirrored by the Triton and C++ kernels.
-The positional order of ``SLOTS``, ``SCALARS`` and ``FLAGS`` is the contract with every
-backend (see ``docs/kernel-interface.md``).
+An algorithm is described once, here in Python, and mirrored by the Triton and C++ kernels
+(``docs/kernel-interface.md``). The contract with every backend is positional:
+
+- ``HYPER``: the row of the per-group hyperparameter table, ``COMMON_HYPER`` first, then the
+  algorithm's own (``EXTRA_HYPER``), all float64 (booleans as 0/1);
+- ``TENSOR_SCALARS``: what each kernel derives once per tensor (or work item), in float64,
+  from its group's row and its own step count ``t`` (:meth:`Algorithm.tensor_scalars`);
+- ``SLOTS``: the state tensors, in order; an inactive slot is an empty list;
+- ``FLAGS``: the compile-time variants (a launch never mixes them).
 """
 from __future__ import annotations
 
@@ -12,60 +18,79 @@ from typing import Any
 
 import torch
 
-COMMON_SCALARS = ("grad_scale", "lr", "weight_decay")
-COMMON_FLAGS = ("maximize", "decoupled")
+COMMON_HYPER = ("lr", "weight_decay", "maximize", "decoupled")
 
 
-def _is_bad(x: Any) -> bool:
+# Note [refusals as torch]: a bad hyperparameter is refused with the exception type
+# torch.optim raises for it (some of torch's are accidents of its checks, e.g. a RuntimeError for
+# a multi-element tensor, an IndexError for a 0-dim tensor betas), so code that catches torch's
+# errors catches ours; the messages are fusedopt's own and name the argument.
+
+def _value(name: str, x: Any) -> float:
+    """``x`` as a float for a range check; refuses what torch refuses before its comparison."""
     if isinstance(x, torch.Tensor):
         if x.numel() != 1:
-            return True
-        x = float(x.detach().cpu())  # only at construction / add_param_group, never in step()
-    return math.isnan(x)
+            error = ValueError if name == "lr" else RuntimeError
+            raise error(f"Invalid {name}: a tensor {name} must have one element, got shape {tuple(x.shape)}")
+        return float(x.detach().cpu())  # only at construction / add_param_group, never in step()
+    if not isinstance(x, (int, float)):
+        raise TypeError(f"Invalid {name}: {x!r} (must be a number)")
+    return float(x)
 
 
 def check_nonneg(group: dict, name: str) -> None:
     """Raise ``ValueError`` naming ``name`` unless ``group[name]`` is a number >= 0."""
     x = group[name]
-    if _is_bad(x) or float(x) < 0.0:
+    v = _value(name, x)
+    if math.isnan(v) or v < 0.0:
         raise ValueError(f"Invalid {name}: {x!r} (must be a number >= 0)")
 
 
-def check_unit(name: str, x: Any) -> None:
-    """Raise ``ValueError`` naming ``name`` unless 0 <= x < 1."""
-    if _is_bad(x) or not 0.0 <= float(x) < 1.0:
-        raise ValueError(f"Invalid {name}: {x!r} (must be in [0, 1))")
+def check_unit(name: str, x: Any, closed: bool = False) -> None:
+    """Raise ``ValueError`` naming ``name`` unless 0 <= x < 1 (0 <= x <= 1 when ``closed``)."""
+    v = _value(name, x)
+    if math.isnan(v) or not (0.0 <= v <= 1.0 if closed else 0.0 <= v < 1.0):
+        raise ValueError(f"Invalid {name}: {x!r} (must be in [0, 1{']' if closed else ')'})")
 
 
 def check_betas(group: dict) -> None:
     betas = group["betas"]
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+    if isinstance(betas, torch.Tensor) and betas.dim() == 0:
+        raise IndexError(f"Invalid betas: {betas!r} (must be a pair (beta1, beta2))")
+    if not isinstance(betas, (tuple, list, torch.Tensor)):
+        raise TypeError(f"Invalid betas: {betas!r} (must be a pair (beta1, beta2))")
+    if len(betas) < 2:
+        raise IndexError(f"Invalid betas: {betas!r} (must be a pair (beta1, beta2))")
+    if len(betas) > 2:
         raise ValueError(f"Invalid betas: {betas!r} (must be a pair (beta1, beta2))")
+    if isinstance(betas[0], torch.Tensor) != isinstance(betas[1], torch.Tensor):
+        raise ValueError(f"Invalid betas: {betas!r} (both floats or both tensors)")
     check_unit("betas[0]", betas[0])
     check_unit("betas[1]", betas[1])
 
 
 class Algorithm:
-    """Base of the per-algorithm descriptions.
+    """Base of the per-algorithm declarations.
 
-    Subclasses set ``name``, ``defaults``, ``SLOTS``, ``EXTRA_SCALARS``, ``EXTRA_FLAGS`` and
-    implement :meth:`validate`, :meth:`slot_init`, :meth:`step_args` and :meth:`update`.
+    Subclasses set ``name``, ``defaults``, ``SLOTS``, ``EXTRA_HYPER``, ``TENSOR_SCALARS``,
+    ``FLAGS`` and implement :meth:`validate`, :meth:`slot_init`, :meth:`extra_hyper`,
+    :meth:`tensor_scalars` and :meth:`update`.
     """
 
     name: str = ""
     defaults: dict = {}
     SLOTS: tuple[str, ...] = ()
-    EXTRA_SCALARS: tuple[str, ...] = ()
-    EXTRA_FLAGS: tuple[str, ...] = ()
-    has_step: bool = True           # keeps torch's per-parameter ``step`` state
-    needs_first_step: bool = False  # SGD: the first momentum step copies g
-    eager_state: bool = False       # Adagrad: torch creates its state in the constructor
+    EXTRA_HYPER: tuple[str, ...] = ()
+    TENSOR_SCALARS: tuple[str, ...] = ()
+    FLAGS: tuple[str, ...] = ()
+    has_step: bool = True       # keeps torch's per-parameter ``state['step']`` (SGD counts privately)
+    eager_state: bool = False   # Adagrad: torch creates its state in the constructor
+    decoupled_key: str | None = None  # the group option that selects decoupled weight decay
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
-        cls.SCALARS = COMMON_SCALARS + cls.EXTRA_SCALARS
-        cls.FLAGS = COMMON_FLAGS + cls.EXTRA_FLAGS
-        cls.Scalars = namedtuple(f"{cls.__name__}Scalars", cls.SCALARS)
+        cls.HYPER = COMMON_HYPER + cls.EXTRA_HYPER
+        cls.Scalars = namedtuple(f"{cls.__name__}Scalars", cls.HYPER + cls.TENSOR_SCALARS)
         cls.Flags = namedtuple(f"{cls.__name__}Flags", cls.FLAGS)
 
     # -- hyperparameters ---------------------------------------------------------------
@@ -75,19 +100,39 @@ class Algorithm:
         if "eps" in group:
             check_nonneg(group, "eps")
 
+    def hyper_row(self, group: dict) -> tuple:
+        """The group's row of the hyperparameter table, in ``HYPER`` order. ``lr`` stays a
+        tensor when it lives on an accelerator (the table is then filled on the device)."""
+        lr = group["lr"]
+        if not (isinstance(lr, torch.Tensor) and lr.device.type != "cpu"):
+            lr = float(lr)
+        decoupled = bool(group.get(self.decoupled_key, False)) if self.decoupled_key else False
+        return (lr, float(group["weight_decay"]), float(bool(group.get("maximize", False))),
+                float(decoupled)) + tuple(self.extra_hyper(group))
+
+    def extra_hyper(self, group: dict) -> tuple[float, ...]:
+        return tuple(float(group[k]) for k in self.EXTRA_HYPER)
+
+    def flags(self, group: dict) -> tuple[bool, ...]:
+        """The compile-time variants for ``group``, in ``FLAGS`` order."""
+        return tuple(bool(group[k]) for k in self.FLAGS)
+
     # -- state -------------------------------------------------------------------------
     def slot_init(self, group: dict) -> dict[str, float]:
         """The active slots for ``group`` and the value each starts at."""
         return {s: 0.0 for s in self.SLOTS}
 
-    # -- per step ----------------------------------------------------------------------
-    def step_args(self, group: dict, step: float, first_step: bool = False):
-        """The per-step (scalars, flags) for tensors at step count ``step`` (1-based)."""
-        raise NotImplementedError
+    # -- per tensor --------------------------------------------------------------------
+    def scalars(self, row, t: float):
+        """Everything one tensor's update reads: its group's row and the per-tensor scalars
+        at step count ``t`` (after this step's increment; the first step is 1)."""
+        h = dict(zip(self.HYPER, (float(x) for x in row)))
+        return self.Scalars(**h, **self.tensor_scalars(h, float(t)))
 
-    def common(self, group: dict, lr=None, decoupled: bool = False):
-        lr = as_scalar(group["lr"]) if lr is None else lr
-        return (1.0, lr, float(group["weight_decay"])), (bool(group.get("maximize", False)), decoupled)
+    def tensor_scalars(self, h: dict, t: float) -> dict[str, float]:
+        """The per-tensor scalars from the hyperparameters ``h`` and the step count ``t``,
+        in float64 (the kernels compute the same once per tensor or work item)."""
+        return {}
 
     # -- reference ---------------------------------------------------------------------
     def update(self, p: torch.Tensor, g: torch.Tensor, st: dict, s, f) -> None:
@@ -99,27 +144,13 @@ class Algorithm:
         raise NotImplementedError
 
 
-def as_scalar(x):
-    """A hyperparameter as a host float, or as a tensor when it lives on an accelerator
-    (reading it would synchronise; the per-step scalars are then computed on the device)."""
-    if isinstance(x, torch.Tensor):
-        return float(x) if x.device.type == "cpu" else x
-    return float(x)
-
-
-def sqrt(x):
-    """Square root of a host float or of a device tensor (per-step scalars in device mode)."""
-    return x ** 0.5
-
-
-def preamble(p: torch.Tensor, g: torch.Tensor, s, f) -> torch.Tensor:
-    """maximize, gradient scale, weight decay: the common start of every update."""
-    if f.maximize:
+def preamble(p: torch.Tensor, g: torch.Tensor, s) -> torch.Tensor:
+    """maximize and weight decay: the common start of every update (the gradient scale is
+    applied by the backend)."""
+    if s.maximize:
         g = -g
-    if s.grad_scale != 1.0:
-        g = g * s.grad_scale
     if s.weight_decay != 0:
-        if f.decoupled:
+        if s.decoupled:
             p.mul_(1 - s.lr * s.weight_decay)
         else:
             g = g.add(p, alpha=s.weight_decay)

@@ -21,8 +21,8 @@ class RMSpropAlgorithm(Algorithm):
     name = "rmsprop"
     defaults = dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, maximize=False)
     SLOTS = ("square_avg", "momentum_buffer", "grad_avg")
-    EXTRA_SCALARS = ("alpha", "eps", "momentum")
-    EXTRA_FLAGS = ("centered",)
+    EXTRA_HYPER = ("alpha", "eps", "momentum")
+    FLAGS = ("centered",)
 
     def validate(self, group):
         super().validate(group)
@@ -37,13 +37,8 @@ class RMSpropAlgorithm(Algorithm):
             slots["grad_avg"] = 0.0
         return slots
 
-    def step_args(self, group, step, first_step=False):
-        c, f = self.common(group)
-        return (self.Scalars(*c, float(group["alpha"]), float(group["eps"]), float(group["momentum"])),
-                self.Flags(*f, bool(group["centered"])))
-
     def update(self, p, g, st, s, f):
-        g = preamble(p, g, s, f)
+        g = preamble(p, g, s)
         sq = st["square_avg"]
         sq.mul_(s.alpha).addcmul_(g, g, value=1 - s.alpha)
         if f.centered:

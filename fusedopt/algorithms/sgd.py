@@ -10,8 +10,6 @@ learning", ICML 2013 (the Nesterov form). ``dampening = momentum`` gives the EMA
 """
 from __future__ import annotations
 
-import torch
-
 from .base import Algorithm, check_nonneg, preamble
 
 
@@ -19,12 +17,13 @@ class SGDAlgorithm(Algorithm):
     name = "sgd"
     defaults = dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False)
     SLOTS = ("momentum_buffer",)
-    # first_step is a runtime value (1.0 on a parameter's first momentum step), not a flag, so
-    # that an overflow first step can be repeated from the device (see FusedOptimizer.step).
-    EXTRA_SCALARS = ("momentum", "dampening", "first_step")
-    EXTRA_FLAGS = ("nesterov",)
+    EXTRA_HYPER = ("momentum", "dampening")
+    # 1.0 on a buffer's first step (the buffer becomes g), from a step counter that torch's SGD
+    # does not keep in its state: fusedopt keeps it privately, so an overflow first step (which
+    # does not advance it) is simply the first again.
+    TENSOR_SCALARS = ("first_step",)
+    FLAGS = ("nesterov",)
     has_step = False
-    needs_first_step = True
 
     def validate(self, group):
         super().validate(group)
@@ -36,14 +35,11 @@ class SGDAlgorithm(Algorithm):
     def slot_init(self, group):
         return {"momentum_buffer": 0.0} if group["momentum"] != 0 else {}
 
-    def step_args(self, group, step, first_step=False):
-        c, f = self.common(group)
-        first = first_step if isinstance(first_step, torch.Tensor) else float(bool(first_step))
-        return (self.Scalars(*c, float(group["momentum"]), float(group["dampening"]), first),
-                self.Flags(*f, bool(group["nesterov"])))
+    def tensor_scalars(self, h, t):
+        return dict(first_step=float(t == 1.0))
 
     def update(self, p, g, st, s, f):
-        g = preamble(p, g, s, f)
+        g = preamble(p, g, s)
         buf = st.get("momentum_buffer")
         if buf is not None:
             if s.first_step != 0:

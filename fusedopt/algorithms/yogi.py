@@ -12,7 +12,8 @@ Nonconvex Optimization", NeurIPS 2018.
 """
 from __future__ import annotations
 
-from .base import Algorithm, sqrt, check_betas, check_nonneg, preamble
+from .adam import AdamAlgorithm
+from .base import Algorithm, check_betas, check_nonneg, preamble
 
 
 class YogiAlgorithm(Algorithm):
@@ -20,7 +21,8 @@ class YogiAlgorithm(Algorithm):
     defaults = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-3, initial_accumulator_value=1e-6,
                     weight_decay=0.0, maximize=False)
     SLOTS = ("exp_avg", "exp_avg_sq")
-    EXTRA_SCALARS = ("beta1", "beta2", "eps", "step_size", "bc2_sqrt")
+    EXTRA_HYPER = ("beta1", "beta2", "eps")
+    TENSOR_SCALARS = ("step_size", "bc2_sqrt")
 
     def validate(self, group):
         super().validate(group)
@@ -31,14 +33,13 @@ class YogiAlgorithm(Algorithm):
         v0 = float(group["initial_accumulator_value"])
         return {"exp_avg": v0, "exp_avg_sq": v0}
 
-    def step_args(self, group, step, first_step=False):
-        b1, b2 = (float(b) for b in group["betas"])
-        c, f = self.common(group)
-        return (self.Scalars(*c, b1, b2, float(group["eps"]), c[1] / (1 - b1 ** step), sqrt(1 - b2 ** step)),
-                self.Flags(*f))
+    def extra_hyper(self, group):
+        return (*(float(b) for b in group["betas"]), float(group["eps"]))
+
+    tensor_scalars = AdamAlgorithm.tensor_scalars  # Adam's bias corrections
 
     def update(self, p, g, st, s, f):
-        g = preamble(p, g, s, f)
+        g = preamble(p, g, s)
         m, v = st["exp_avg"], st["exp_avg_sq"]
         m.mul_(s.beta1).add_(g, alpha=1 - s.beta1)
         g2 = g * g

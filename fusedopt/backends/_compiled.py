@@ -1,21 +1,21 @@
-"""What the two compiled backends (``cpu`` and ``cuda``) share: the call of the op of an
-algorithm, and the reference fallback for float64 and for tensors without a dense layout."""
+"""What the two compiled backends (``cpu`` and ``cuda``) share: the call of an algorithm's op
+(``docs/kernel-interface.md``), and the reference fallback for float64 and for tensors without a
+dense layout."""
 from __future__ import annotations
 
 import torch
 
-from .. import _ext
-
 _LAYOUT_ERROR = "share one dense layout"
+_SLOT_LISTS = 3  # every step op takes three state lists (s0, s1, s2); unused ones are empty
 
 
 class CompiledBackend:
-    """Calls ``torch.ops.fusedopt.<algo>``; subclasses say how scalars and the optional
-    scale / inf-flag tensors reach the op (:meth:`_op_and_scalars`, :meth:`_aux`)."""
+    """Calls ``torch.ops.fusedopt.<algo>``, whose kernels (of ``fusedopt._C`` or
+    ``fusedopt._C_cuda``) the subclass's :meth:`available` says are loaded."""
 
     name = ""
-    # The ops check every tensor (dtype, shape, dense layout, device) before writing anything,
-    # so a reused step plan need not check gradients in Python (Note [step plans] in _base.py).
+    # The ops check every tensor (dtype, shape, dense layout, device, the tables) before writing
+    # anything, so a caller need not check gradients in Python.
     checks_tensors = True
 
     def __init__(self):
@@ -27,25 +27,17 @@ class CompiledBackend:
             self._reference = Reference()
         return self._reference
 
-    def _op_and_scalars(self, packet, scalars, device):
-        raise NotImplementedError
-
-    def _aux(self, t, device):
-        return t
-
-    def step(self, algo, params, grads, states, scalars, flags, grad_scale=None, found_inf=None,
-             master=None):
+    def step(self, algo, flags, params, grads, states, master, steps, index, hyper,
+             grad_scale=None, found_inf=None):
         if not params:
             return
         if params[0].dtype == torch.float64:
-            return self._fallback().step(algo, params, grads, states, scalars, flags, grad_scale,
-                                         found_inf, master)
-        device = params[0].device
-        op, args = self._op_and_scalars(getattr(torch.ops.fusedopt, algo), scalars, device)
-        slots = list(states) + [[]] * (_ext.STEP_OPS[algo] - len(states))
+            return self._fallback().step(algo, flags, params, grads, states, master, steps, index,
+                                         hyper, grad_scale, found_inf)
+        slots = list(states) + [[]] * (_SLOT_LISTS - len(states))
         try:
-            op(params, grads, *slots, args, [bool(f) for f in flags], self._aux(grad_scale, device),
-               self._aux(found_inf, device), master)
+            getattr(torch.ops.fusedopt, algo)(params, grads, *slots, master, steps, index, hyper,
+                                              [bool(f) for f in flags], grad_scale, found_inf)
         except RuntimeError as e:
             # Nothing was written: the op checks every tensor before touching memory.
             if _LAYOUT_ERROR not in str(e):
@@ -54,8 +46,8 @@ class CompiledBackend:
                     raise RuntimeError(f"fusedopt::{algo}: grad {sparse} is sparse; fusedopt needs "
                                        "dense gradients") from None
                 raise
-            self._fallback().step(algo, params, grads, states, scalars, flags, grad_scale,
-                                  found_inf, master)
+            self._fallback().step(algo, flags, params, grads, states, master, steps, index, hyper,
+                                  grad_scale, found_inf)
 
     def lookahead(self, params, slow, alpha):
         if not params:

@@ -1,7 +1,8 @@
 """The eager reference backend: plain torch, one tensor at a time. The oracle of every test.
 
-Math runs in float32 (float64 for float64 params) whatever the storage dtype. It is also the
-fallback on devices no fused backend serves.
+Math runs in float32 (float64 for float64 params) whatever the storage dtype; the per-tensor
+scalars come from :meth:`Algorithm.scalars`, in float64, as the kernels compute them. It is
+also the fallback on devices no fused backend serves.
 """
 from __future__ import annotations
 
@@ -17,24 +18,26 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 class Backend:
     name = "reference"
+    checks_tensors = False
 
     def available(self, device: torch.device) -> tuple[bool, str]:
         return True, ""
 
     @torch.no_grad()
-    def step(self, algo, params, grads, states, scalars, flags, grad_scale=None, found_inf=None, master=None):
+    def step(self, algo, flags, params, grads, states, master, steps, index, hyper,
+             grad_scale=None, found_inf=None):
+        if not params:
+            return
+        # The oracle reads the inf flag, the step counts and the table on the host (a
+        # synchronisation on an accelerator, which the fused backends avoid).
+        if found_inf is not None and float(found_inf) != 0:
+            return  # an overflow step writes nothing (its counters were not advanced either)
         spec = algorithms.ALGORITHMS[algo]
-        if isinstance(scalars, torch.Tensor):
-            # device mode: the oracle reads the scalars (a synchronisation the fused backends avoid)
-            scalars = scalars.tolist()
-        s, f = spec.Scalars(*scalars), spec.Flags(*flags)
-        # An overflow step writes nothing: old values are selected on the device, no host sync.
-        keep = None if found_inf is None else (found_inf != 0)
-
-        def store(dst, new):
-            dst.copy_(new if keep is None else torch.where(keep, dst.to(new.dtype), new))
-
+        f = spec.Flags(*flags)
+        counts, rows, where = steps.tolist(), hyper.tolist(), index.tolist()
         for i, (p, g) in enumerate(zip(params, grads)):
+            k, row = where[i]
+            s = spec.scalars(rows[row], counts[k])
             cdt = compute_dtype(p.dtype)
             p32 = (master[i] if master is not None else p).to(cdt, copy=True)
             g32 = g.to(cdt)
@@ -44,11 +47,10 @@ class Backend:
             spec.update(p32, g32, st, s, f)
             for name, slot in zip(spec.SLOTS, states):
                 if len(slot):
-                    store(slot[i], st[name])
+                    slot[i].copy_(st[name])
             if master is not None:
-                store(master[i], p32)
-                p32 = master[i]
-            store(p, p32)
+                master[i].copy_(p32)
+            p.copy_(p32)
 
     @torch.no_grad()
     def lookahead(self, params, slow, alpha):

@@ -20,6 +20,7 @@ except Exception as e:  # a broken triton install must not break the registry
 
 class Backend:
     name = "triton"
+    checks_tensors = False  # relies on the optimizer's checks (the tables check layouts only)
 
     def available(self, device: torch.device) -> tuple[bool, str]:
         device = torch.device(device)
@@ -39,9 +40,10 @@ class Backend:
             return True, ""
         return False, f"Triton does not run on {device.type} tensors"
 
-    def step(self, algo, params, grads, states, scalars, flags, grad_scale=None, found_inf=None, master=None):
-        _kernels.multi_tensor_step(algo, params, grads, states, scalars, flags,
-                                   grad_scale=grad_scale, found_inf=found_inf, master=master)
+    def step(self, algo, flags, params, grads, states, master, steps, index, hyper, grad_scale=None,
+             found_inf=None):
+        _kernels.multi_tensor_step(algo, flags, params, grads, states, master, steps, index, hyper,
+                                   grad_scale=grad_scale, found_inf=found_inf)
 
     def lookahead(self, params, slow, alpha):
         _kernels.multi_tensor_lookahead(params, slow, alpha)

@@ -97,33 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- one row ---------------------------------------------------------------------------------
 def backend_call(opt) -> "callable | None":
-    """fusedopt only: a function that makes exactly the backend calls ``opt.step()`` makes
-    (same tensors, the current step's scalars), without the optimizer's bookkeeping; None where
-    the optimizer is not a plain host-scalar fusedopt optimizer."""
-    algo = getattr(opt, "algorithm", None)
-    if algo is None:
-        return None
-    calls = []
-    for group in opt.param_groups:
-        if group.get("capturable") or getattr(opt, "max_grad_norm", None) is not None:
-            return None
-        ps = [p for p in group["params"] if p.grad is not None]
-        if not ps:
-            continue
-        if len({(p.device, p.dtype) for p in ps}) != 1:
-            return None
-        states = [opt.state[p] for p in ps]
-        step = float(states[0]["step"]) if algo.has_step else 0.0
-        scalars, flags = algo.step_args(group, step, False)
-        backend = fusedopt.backends.get_backend(group["backend"], ps[0].device)
-        slots = [[st[s] for st in states] if states[0].get(s) is not None else [] for s in algo.SLOTS]
-        kw = {"master": [st["master_param"] for st in states]} if "master_param" in states[0] else {}
-        calls.append((backend.step, (algo.name, ps, [p.grad for p in ps], slots, tuple(scalars), tuple(flags)), kw))
-
-    def run():
-        for fn, a, kw in calls:
-            fn(*a, **kw)
-    return run
+    """fusedopt only: a function that makes exactly the backend calls ``opt.step()`` makes (same
+    tensors and tables), without the optimizer's planning and bookkeeping; None for others."""
+    if getattr(opt, "max_grad_norm", None) is not None:
+        return None  # the clip coefficient is part of the step, not of its kernels
+    replay = getattr(opt, "launch_replay", None)
+    return replay() if replay is not None else None
 
 
 @dataclass

@@ -1,12 +1,14 @@
 """Triton kernels for every fusedopt algorithm: one multi-tensor traversal, one launch per call.
 
-- :mod:`.kernels`: the traversal kernel and one float32 math function per algorithm (plus
-  Lookahead's slow-weight update); variants, dtypes and present slots are ``tl.constexpr``.
-- :mod:`.tables`: the device-resident table of addresses, sizes and ``(tensor, chunk start)``
-  work items, cached across steps on the tensors' addresses; uploaded from pinned memory with
-  a non-blocking copy on CUDA.
-- :mod:`.launcher`: interface scalars to kernel arguments and the one launch per call;
-  :func:`launch_count` counts launches (tests check one per group and step).
+- :mod:`.kernels`: the traversal kernel and, per algorithm, one scalars function (its float64
+  per-tensor scalars from the tensor's hyperparameter row and step count, rounded once to
+  float32) and one float32 math function (plus Lookahead's slow-weight update); the
+  algorithm's flags, dtypes and present slots are ``tl.constexpr``.
+- :mod:`.tables`: the device-resident table of addresses, sizes, step slots, hyperparameter
+  rows and ``(tensor, chunk start)`` work items, cached across steps on the tensors' addresses
+  and the index's contents; uploaded from pinned memory with a non-blocking copy on CUDA.
+- :mod:`.launcher`: the interface's call to the one launch per call; :func:`launch_count`
+  counts launches (tests check one per call, whatever its param groups and step counts).
 
 One program handles one chunk of ``block_size()`` elements of one tensor: 2048 on the GPU
 (4 warps), 4096 in the interpreter. A tensor's full chunks run unmasked with 16-byte vector

@@ -1,22 +1,30 @@
-"""The Triton kernels: one multi-tensor traversal, one math function per algorithm.
+"""The Triton kernels: one multi-tensor traversal; per algorithm, one scalars function and one
+math function.
 
 The traversal (:func:`multi_tensor_kernel`) walks a device-resident table: every program takes
-one work item ``(tensor index, chunk start)``, looks the tensor's addresses and size up, loads
-its chunk of the parameter, the gradient and the active state slots, upcasts to float32, calls
-the algorithm's math function and stores the results, cast back to each tensor's dtype.
+one work item ``(tensor index, chunk start)``, looks the tensor's addresses, size, step slot and
+hyperparameter row up, loads its chunk of the parameter, the gradient and the active state
+slots, upcasts to float32, runs the common preamble and the algorithm's math, and stores the
+results, cast back to each tensor's dtype.
 
-The math functions mirror ``docs/kernel-interface.md`` line by line. Their scalars are the
-interface's, except that constants such as ``1 - beta`` and ``1 - lr * wd`` are derived once
-per call: on the host in double precision when the scalars are host floats (as the reference
-does, so the float32 rounding matches), or at the start of every program from the scalars
-tensor in device mode (capturable steps, AMP): then nothing about them is known on the host.
-Everything that selects code (algorithm, variants, which slots are present, dtypes, host or
-device scalars) is ``tl.constexpr``: dead branches compile away. Values that the interface
-makes runtime (SGD's ``first_step``, RAdam's ``rect > 0``) are selected per element.
+An algorithm is two functions, mirroring its declaration in ``fusedopt/algorithms``:
 
-Division and square root are the IEEE round-to-nearest forms (``div_rn``, ``sqrt_rn``):
-Triton's ``/`` and ``sqrt`` are approximate on NVIDIA GPUs, torch's are not, and the kernels
-are memory-bound, so exactness is free.
+- ``_<algo>_scalars(h, t)``: from the tensor's row ``h`` of the float64 hyperparameter table
+  (``HYPER`` order) and its step count ``t`` (float64), everything the update reads, computed in
+  float64 (bias corrections, RAdam's rectification, Adagrad's decayed lr, ``1 - beta``, ...)
+  and rounded once to float32, as the reference's Python floats are; once per program;
+- ``_<algo>_math(p, g, s0, s1, s2, sc, ...)``: the float32 update of one chunk, line by line
+  as ``docs/kernel-interface.md`` writes it, ``sc`` being the scalars function's tuple.
+
+Everything that selects code (algorithm, the algorithm's FLAGS, which slots are present,
+dtypes, master weights, whether grad_scale / found_inf are given) is ``tl.constexpr``: dead
+branches compile away. Everything that comes from the row or from ``t`` (maximize, the weight
+decay mode, SGD's first step, RAdam's branch) is a run-time value, uniform over a program: a
+select (``tl.where``) or a scalar branch.
+
+Division and square root of float32 are the IEEE round-to-nearest forms (``div_rn``,
+``sqrt_rn``): Triton's ``/`` and ``sqrt`` are approximate on NVIDIA GPUs, torch's are not, and
+the kernels are memory-bound, so exactness is free. float64 ``/`` and ``sqrt`` are IEEE already.
 """
 from __future__ import annotations
 
@@ -24,30 +32,79 @@ import triton
 import triton.language as tl
 
 # Algorithm ids (the ``ALGO`` constexpr of the traversal).
-SGD = 0
-ADAGRAD = 1
-ADADELTA = 2
-RMSPROP = 3
-ADAM = 4
-YOGI = 5
-RADAM = 6
-LOOKAHEAD = 7
+SGD = tl.constexpr(0)
+ADAGRAD = tl.constexpr(1)
+ADADELTA = tl.constexpr(2)
+RMSPROP = tl.constexpr(3)
+ADAM = tl.constexpr(4)
+YOGI = tl.constexpr(5)
+RADAM = tl.constexpr(6)
+LOOKAHEAD = tl.constexpr(7)
 
-ALGO_IDS = {"sgd": SGD, "adagrad": ADAGRAD, "adadelta": ADADELTA, "rmsprop": RMSPROP,
-            "adam": ADAM, "yogi": YOGI, "radam": RADAM, "lookahead": LOOKAHEAD}
+ALGO_IDS = {"sgd": SGD.value, "adagrad": ADAGRAD.value, "adadelta": ADADELTA.value, "rmsprop": RMSPROP.value,
+            "adam": ADAM.value, "yogi": YOGI.value, "radam": RADAM.value, "lookahead": LOOKAHEAD.value}
+
+
+@triton.jit
+def _f32(x):
+    """A float64 scalar rounded once to float32."""
+    return x.to(tl.float32)
+
+
+@triton.jit
+def _pow(b, t):
+    """``b ** t`` in float64 for 0 <= b < 1 and t >= 1. libdevice's pow does not run in the
+    interpreter; through exp2 and log2 (both float64, on the GPU libdevice's) the relative error
+    is about |t * log2(b)| ulps of float64, far below the float32 rounding that follows."""
+    return tl.exp2(t * tl.log2(b))
 
 
 # --------------------------------------------------------------------------------------------
-# Per-algorithm math. Inputs and outputs are float32 blocks; ``s0..s2`` are the state slots in
-# the algorithm's SLOTS order (an absent slot is a dummy block whose result is not stored).
-# Each returns (p, s0, s1, s2).
+# The common preamble. Every row starts lr, weight_decay, maximize, decoupled (columns 0-3).
 # --------------------------------------------------------------------------------------------
 
 @triton.jit
-def _sgd_math(p, g, buf, s1, s2, lr, momentum, one_minus_dampening, first_step,
-              NESTEROV: tl.constexpr, HAS_BUF: tl.constexpr):
+def _preamble_scalars(h):
+    # row: lr, weight_decay, maximize, decoupled, ...
+    wd = tl.load(h + 1)
+    decoupled = tl.load(h + 3)
+    # decay is exactly 1 unless decoupled decay applies: p * decay is then p, bit for bit.
+    decay = tl.where((wd != 0) & (decoupled != 0), 1.0 - tl.load(h) * wd, 1.0)
+    return tl.load(h + 2) != 0, (wd != 0) & (decoupled == 0), _f32(wd), _f32(decay)
+
+
+@triton.jit
+def _preamble(p, g, sc):
+    """maximize and weight decay (``algorithms.base.preamble``); the gradient scale is applied
+    before, by the traversal. Selects rather than branches: the same values, and fewer
+    registers than the control flow costs."""
+    maximize, coupled, wd, decay = sc
+    g = tl.where(maximize, -g, g)
+    p = p * decay
+    # g.add(p, alpha=wd) is an fma in ATen (Note [fma]); wd == 0 selects g itself, as the
+    # reference skips weight decay entirely (0 * inf would be NaN).
+    g = tl.where(coupled, tl.fma(wd, p, g), g)
+    return p, g
+
+
+# --------------------------------------------------------------------------------------------
+# Per algorithm: scalars (row ``h`` from column 4 on, step count ``t``) and math. Math inputs
+# and outputs are float32 blocks; ``s0..s2`` are the state slots in the algorithm's SLOTS order
+# (an absent slot is a dummy block whose result is not stored). Each math returns (p, s0, s1, s2).
+# --------------------------------------------------------------------------------------------
+
+@triton.jit
+def _sgd_scalars(h, t):
+    # row: lr, weight_decay, maximize, decoupled, momentum, dampening
+    return _f32(tl.load(h)), _f32(tl.load(h + 4)), _f32(1.0 - tl.load(h + 5)), t == 1.0
+
+
+@triton.jit
+def _sgd_math(p, g, buf, s1, s2, sc, NESTEROV: tl.constexpr, HAS_BUF: tl.constexpr):
+    lr, momentum, one_minus_dampening, first_step = sc
     if HAS_BUF:
-        buf = tl.where(first_step != 0, g, buf * momentum + one_minus_dampening * g)
+        # A select, not a branch: 16 fewer registers on sm_90.
+        buf = tl.where(first_step, g, buf * momentum + one_minus_dampening * g)
         if NESTEROV:
             g = g + momentum * buf
         else:
@@ -57,14 +114,30 @@ def _sgd_math(p, g, buf, s1, s2, lr, momentum, one_minus_dampening, first_step,
 
 
 @triton.jit
-def _adagrad_math(p, g, acc, s1, s2, lr, eps):
+def _adagrad_scalars(h, t):
+    # row: lr, weight_decay, maximize, decoupled, lr_decay, eps
+    clr = tl.load(h) / (1.0 + (t - 1.0) * tl.load(h + 4))
+    return _f32(clr), _f32(tl.load(h + 5))
+
+
+@triton.jit
+def _adagrad_math(p, g, acc, s1, s2, sc):
+    clr, eps = sc
     acc = acc + g * g
-    p = p - tl.div_rn(lr * g, tl.sqrt_rn(acc) + eps)
+    p = p - tl.div_rn(clr * g, tl.sqrt_rn(acc) + eps)
     return p, acc, s1, s2
 
 
 @triton.jit
-def _adadelta_math(p, g, sq, acc, s2, lr, rho, one_minus_rho, eps):
+def _adadelta_scalars(h, t):
+    # row: lr, weight_decay, maximize, decoupled, rho, eps
+    rho = tl.load(h + 4)
+    return _f32(tl.load(h)), _f32(rho), _f32(1.0 - rho), _f32(tl.load(h + 5))
+
+
+@triton.jit
+def _adadelta_math(p, g, sq, acc, s2, sc):
+    lr, rho, one_minus_rho, eps = sc
     sq = sq * rho + one_minus_rho * g * g
     std = tl.sqrt_rn(sq + eps)
     delta = tl.div_rn(tl.sqrt_rn(acc + eps), std) * g
@@ -74,8 +147,15 @@ def _adadelta_math(p, g, sq, acc, s2, lr, rho, one_minus_rho, eps):
 
 
 @triton.jit
-def _rmsprop_math(p, g, sq, buf, ga, lr, alpha, one_minus_alpha, eps, momentum,
-                  CENTERED: tl.constexpr, HAS_BUF: tl.constexpr):
+def _rmsprop_scalars(h, t):
+    # row: lr, weight_decay, maximize, decoupled, alpha, eps, momentum
+    alpha = tl.load(h + 4)
+    return _f32(tl.load(h)), _f32(alpha), _f32(1.0 - alpha), _f32(tl.load(h + 5)), _f32(tl.load(h + 6))
+
+
+@triton.jit
+def _rmsprop_math(p, g, sq, buf, ga, sc, CENTERED: tl.constexpr, HAS_BUF: tl.constexpr):
+    lr, alpha, one_minus_alpha, eps, momentum = sc
     sq = sq * alpha + one_minus_alpha * g * g
     if CENTERED:
         ga = ga + one_minus_alpha * (g - ga)
@@ -91,8 +171,18 @@ def _rmsprop_math(p, g, sq, buf, ga, lr, alpha, one_minus_alpha, eps, momentum,
 
 
 @triton.jit
-def _adam_math(p, g, m, v, vmax, one_minus_beta1, beta2, one_minus_beta2, eps, step_size, bc2_sqrt,
-               AMSGRAD: tl.constexpr):
+def _adam_scalars(h, t):
+    # row: lr, weight_decay, maximize, decoupled, beta1, beta2, eps
+    beta1 = tl.load(h + 4)
+    beta2 = tl.load(h + 5)
+    step_size = tl.load(h) / (1.0 - _pow(beta1, t))
+    bc2_sqrt = tl.sqrt(1.0 - _pow(beta2, t))
+    return _f32(1.0 - beta1), _f32(beta2), _f32(1.0 - beta2), _f32(tl.load(h + 6)), _f32(step_size), _f32(bc2_sqrt)
+
+
+@triton.jit
+def _adam_math(p, g, m, v, vmax, sc, AMSGRAD: tl.constexpr):
+    one_minus_beta1, beta2, one_minus_beta2, eps, step_size, bc2_sqrt = sc
     m = m + one_minus_beta1 * (g - m)
     v = v * beta2 + one_minus_beta2 * g * g
     if AMSGRAD:
@@ -105,7 +195,18 @@ def _adam_math(p, g, m, v, vmax, one_minus_beta1, beta2, one_minus_beta2, eps, s
 
 
 @triton.jit
-def _yogi_math(p, g, m, v, s2, beta1, one_minus_beta1, one_minus_beta2, eps, step_size, bc2_sqrt):
+def _yogi_scalars(h, t):
+    # row: lr, weight_decay, maximize, decoupled, beta1, beta2, eps (bias corrections as Adam's)
+    beta1 = tl.load(h + 4)
+    beta2 = tl.load(h + 5)
+    step_size = tl.load(h) / (1.0 - _pow(beta1, t))
+    bc2_sqrt = tl.sqrt(1.0 - _pow(beta2, t))
+    return _f32(beta1), _f32(1.0 - beta1), _f32(1.0 - beta2), _f32(tl.load(h + 6)), _f32(step_size), _f32(bc2_sqrt)
+
+
+@triton.jit
+def _yogi_math(p, g, m, v, s2, sc):
+    beta1, one_minus_beta1, one_minus_beta2, eps, step_size, bc2_sqrt = sc
     m = m * beta1 + one_minus_beta1 * g
     g2 = g * g
     d = v - g2
@@ -117,15 +218,32 @@ def _yogi_math(p, g, m, v, s2, beta1, one_minus_beta1, one_minus_beta2, eps, ste
 
 
 @triton.jit
-def _radam_math(p, g, m, v, s2, lr, one_minus_beta1, beta2, one_minus_beta2, eps, bias_correction1,
-                bc2_sqrt, rect, RECTIFY: tl.constexpr):
+def _radam_scalars(h, t):
+    # row: lr, weight_decay, maximize, decoupled, beta1, beta2, eps
+    beta1 = tl.load(h + 4)
+    beta2 = tl.load(h + 5)
+    beta2_t = _pow(beta2, t)
+    bc2 = 1.0 - beta2_t
+    # The rectification, as algorithms.radam.rectification: 0 where rho_t <= 5 (the update
+    # then takes the un-adapted branch).
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho_t = rho_inf - 2.0 * t * beta2_t / bc2
+    rect = tl.full((), 0.0, tl.float64)
+    if rho_t > 5.0:
+        rect = tl.sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+    return (_f32(tl.load(h)), _f32(1.0 - beta1), _f32(beta2), _f32(1.0 - beta2), _f32(tl.load(h + 6)),
+            _f32(1.0 - _pow(beta1, t)), _f32(tl.sqrt(bc2)), _f32(rect))
+
+
+@triton.jit
+def _radam_math(p, g, m, v, s2, sc):
+    lr, one_minus_beta1, beta2, one_minus_beta2, eps, bias_correction1, bc2_sqrt, rect = sc
     m = m + one_minus_beta1 * (g - m)
     v = v * beta2 + one_minus_beta2 * g * g
     corrected = tl.div_rn(m, bias_correction1)
-    if RECTIFY:
-        # rect == 0 (device mode, early steps) takes the un-adapted branch.
+    if rect > 0:
         adaptive = tl.div_rn(bc2_sqrt, tl.sqrt_rn(v) + eps)
-        p = tl.where(rect > 0, p - corrected * lr * adaptive * rect, p - corrected * lr)
+        p = p - corrected * lr * adaptive * rect
     else:
         p = p - corrected * lr
     return p, m, v, s2
@@ -135,55 +253,6 @@ def _radam_math(p, g, m, v, s2, lr, one_minus_beta1, beta2, one_minus_beta2, eps
 def _lookahead_math(p, slow, alpha):
     slow = slow + alpha * (p - slow)
     return slow, slow
-
-
-# --------------------------------------------------------------------------------------------
-# Device-mode scalars: the interface's positional scalars read from a float32 tensor and
-# turned into the kernel's (grad_scale, lr, wd, a0..a6), as launcher.host_scalars does on the
-# host. Only the entries the algorithm has are read.
-# --------------------------------------------------------------------------------------------
-
-@triton.jit
-def _device_scalars(sc, ALGO: tl.constexpr, DECOUPLED: tl.constexpr):
-    grad_scale = tl.load(sc + 0)
-    lr = tl.load(sc + 1)
-    wd = tl.load(sc + 2)
-    if DECOUPLED:
-        wd = 1.0 - lr * wd
-    a0 = tl.load(sc + 3)  # every algorithm has at least one extra scalar
-    a1 = a0 * 0.0
-    a2 = a1
-    a3 = a1
-    a4 = a1
-    a5 = a1
-    a6 = a1
-    if ALGO == 0:  # sgd: momentum, dampening, first_step
-        a1 = 1.0 - tl.load(sc + 4)
-        a2 = tl.load(sc + 5)
-    elif ALGO == 2:  # adadelta: rho, eps
-        a1 = 1.0 - a0
-        a2 = tl.load(sc + 4)
-    elif ALGO == 3:  # rmsprop: alpha, eps, momentum
-        a1 = 1.0 - a0
-        a2 = tl.load(sc + 4)
-        a3 = tl.load(sc + 5)
-    elif ALGO == 4 or ALGO == 6:  # adam: beta1, beta2, eps, step_size, bc2_sqrt; radam: ..., bc1, bc2_sqrt, rect
-        beta2 = tl.load(sc + 4)
-        a0 = 1.0 - a0
-        a1 = beta2
-        a2 = 1.0 - beta2
-        a3 = tl.load(sc + 5)
-        a4 = tl.load(sc + 6)
-        a5 = tl.load(sc + 7)
-        if ALGO == 6:
-            a6 = tl.load(sc + 8)
-    elif ALGO == 5:  # yogi: beta1, beta2, eps, step_size, bc2_sqrt
-        a1 = 1.0 - a0
-        a2 = 1.0 - tl.load(sc + 4)
-        a3 = tl.load(sc + 5)
-        a4 = tl.load(sc + 6)
-        a5 = tl.load(sc + 7)
-    return grad_scale, lr, wd, a0, a1, a2, a3, a4, a5, a6
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,15 +271,43 @@ def _rne_bf16(x):
 
 
 @triton.jit
-def _chunk(row, offs, mask, other, amp_scale, grad_scale, lr, wd, a0, a1, a2, a3, a4, a5, a6,
-           ALGO: tl.constexpr, NCOL: tl.constexpr,
+def _slot(row, COL: tl.constexpr, offs, mask, other, S_DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    """The pointer to a state slot's chunk (column COL of the tensor's row) and its values."""
+    ptr = tl.load(row + COL).to(tl.pointer_type(S_DTYPE))
+    if ALIGNED:
+        ptr = tl.multiple_of(ptr, 16)
+    return ptr, tl.load(ptr + offs, mask=mask, other=other).to(tl.float32)
+
+
+@triton.jit
+def _scalars(h, t, ALGO: tl.constexpr):
+    """The algorithm's scalars for row ``h`` and step count ``t``."""
+    if ALGO == SGD:
+        sc = _sgd_scalars(h, t)
+    elif ALGO == ADAGRAD:
+        sc = _adagrad_scalars(h, t)
+    elif ALGO == ADADELTA:
+        sc = _adadelta_scalars(h, t)
+    elif ALGO == RMSPROP:
+        sc = _rmsprop_scalars(h, t)
+    elif ALGO == ADAM:
+        sc = _adam_scalars(h, t)
+    elif ALGO == YOGI:
+        sc = _yogi_scalars(h, t)
+    elif ALGO == RADAM:
+        sc = _radam_scalars(h, t)
+    return sc
+
+
+@triton.jit
+def _chunk(row, pre, sc, grad_scale_ptr, offs, mask, other, ALGO: tl.constexpr, NCOL: tl.constexpr,
            P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr,
            HAS_S0: tl.constexpr, HAS_S1: tl.constexpr, HAS_S2: tl.constexpr, HAS_MASTER: tl.constexpr,
-           DEVICE_SCALARS: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr,
-           SCALE: tl.constexpr, WEIGHT_DECAY: tl.constexpr, DECOUPLED: tl.constexpr, F0: tl.constexpr, F1: tl.constexpr,
+           HAS_GRAD_SCALE: tl.constexpr, FLAG: tl.constexpr,
            RNE_P: tl.constexpr, RNE_G: tl.constexpr, RNE_S: tl.constexpr, ALIGNED: tl.constexpr):
-    """Load one chunk of every tensor of one row, update it, store it (``mask`` None: a full
-    chunk)."""
+    """Load one chunk of every tensor of one table row, update it, store it (``mask`` None: a
+    full chunk). ``pre`` and ``sc`` are the preamble's and the algorithm's scalars (Lookahead:
+    ``sc`` is alpha)."""
     # Addresses are 16-byte aligned when the table says so: then, with the chunk start a
     # multiple of BLOCK and a full chunk's mask, the compiler emits 16-byte vector accesses.
     p_ptr = tl.load(row).to(tl.pointer_type(P_DTYPE))
@@ -228,61 +325,41 @@ def _chunk(row, offs, mask, other, amp_scale, grad_scale, lr, wd, a0, a1, a2, a3
     else:
         p = tl.load(p_ptr + offs, mask=mask, other=other).to(tl.float32)
 
-    if ALGO == 7:  # LOOKAHEAD: column 1 is the slow weights
+    if ALGO == LOOKAHEAD:  # column 1 is the slow weights
         slow = tl.load(g_ptr + offs, mask=mask, other=other).to(tl.float32)
-        p, slow = _lookahead_math(p, slow, a0)
+        p, slow = _lookahead_math(p, slow, sc)
         tl.store(g_ptr + offs, _rne_bf16(slow) if RNE_G else slow.to(G_DTYPE), mask=mask)
     else:
         g = tl.load(g_ptr + offs, mask=mask, other=other).to(tl.float32)
-        # Common preamble, in the reference's order.
         if HAS_GRAD_SCALE:
-            g = g * amp_scale
-        if MAXIMIZE:
-            g = -g
-        if SCALE:
-            g = g * grad_scale
-        if WEIGHT_DECAY:
-            if DECOUPLED:
-                p = p * wd
-            elif DEVICE_SCALARS:
-                g = tl.where(wd != 0, g + wd * p, g)  # the reference skips wd == 0 entirely
-            else:
-                g = g + wd * p
+            g = g * tl.load(grad_scale_ptr)
+        p, g = _preamble(p, g, pre)
 
         # An absent slot is a dummy block (never stored), so every math function has one shape.
         s0 = p
         s1 = p
         s2 = p
         if HAS_S0:
-            s0_ptr = tl.load(row + 2).to(tl.pointer_type(S_DTYPE))
-            if ALIGNED:
-                s0_ptr = tl.multiple_of(s0_ptr, 16)
-            s0 = tl.load(s0_ptr + offs, mask=mask, other=other).to(tl.float32)
+            s0_ptr, s0 = _slot(row, 2, offs, mask, other, S_DTYPE, ALIGNED)
         if HAS_S1:
-            s1_ptr = tl.load(row + 3).to(tl.pointer_type(S_DTYPE))
-            if ALIGNED:
-                s1_ptr = tl.multiple_of(s1_ptr, 16)
-            s1 = tl.load(s1_ptr + offs, mask=mask, other=other).to(tl.float32)
+            s1_ptr, s1 = _slot(row, 3, offs, mask, other, S_DTYPE, ALIGNED)
         if HAS_S2:
-            s2_ptr = tl.load(row + 4).to(tl.pointer_type(S_DTYPE))
-            if ALIGNED:
-                s2_ptr = tl.multiple_of(s2_ptr, 16)
-            s2 = tl.load(s2_ptr + offs, mask=mask, other=other).to(tl.float32)
+            s2_ptr, s2 = _slot(row, 4, offs, mask, other, S_DTYPE, ALIGNED)
 
-        if ALGO == 0:
-            p, s0, s1, s2 = _sgd_math(p, g, s0, s1, s2, lr, a0, a1, a2, F0, HAS_S0)
-        elif ALGO == 1:
-            p, s0, s1, s2 = _adagrad_math(p, g, s0, s1, s2, lr, a0)
-        elif ALGO == 2:
-            p, s0, s1, s2 = _adadelta_math(p, g, s0, s1, s2, lr, a0, a1, a2)
-        elif ALGO == 3:
-            p, s0, s1, s2 = _rmsprop_math(p, g, s0, s1, s2, lr, a0, a1, a2, a3, F0, HAS_S1)
-        elif ALGO == 4:
-            p, s0, s1, s2 = _adam_math(p, g, s0, s1, s2, a0, a1, a2, a3, a4, a5, F0)
-        elif ALGO == 5:
-            p, s0, s1, s2 = _yogi_math(p, g, s0, s1, s2, a0, a1, a2, a3, a4, a5)
-        elif ALGO == 6:
-            p, s0, s1, s2 = _radam_math(p, g, s0, s1, s2, lr, a0, a1, a2, a3, a4, a5, a6, F0)
+        if ALGO == SGD:
+            p, s0, s1, s2 = _sgd_math(p, g, s0, s1, s2, sc, FLAG, HAS_S0)
+        elif ALGO == ADAGRAD:
+            p, s0, s1, s2 = _adagrad_math(p, g, s0, s1, s2, sc)
+        elif ALGO == ADADELTA:
+            p, s0, s1, s2 = _adadelta_math(p, g, s0, s1, s2, sc)
+        elif ALGO == RMSPROP:
+            p, s0, s1, s2 = _rmsprop_math(p, g, s0, s1, s2, sc, FLAG, HAS_S1)
+        elif ALGO == ADAM:
+            p, s0, s1, s2 = _adam_math(p, g, s0, s1, s2, sc, FLAG)
+        elif ALGO == YOGI:
+            p, s0, s1, s2 = _yogi_math(p, g, s0, s1, s2, sc)
+        elif ALGO == RADAM:
+            p, s0, s1, s2 = _radam_math(p, g, s0, s1, s2, sc)
 
         if HAS_S0:
             tl.store(s0_ptr + offs, _rne_bf16(s0) if RNE_S else s0.to(S_DTYPE), mask=mask)
@@ -298,20 +375,18 @@ def _chunk(row, offs, mask, other, amp_scale, grad_scale, lr, wd, a0, a1, a2, a3
 @triton.jit
 def multi_tensor_kernel(
     addrs,           # int64 [n_tensors, NCOL]: param, grad (Lookahead: slow), each slot, master
-    sizes,           # int64 [n_tensors]: elements per tensor
+    meta,            # int64 [n_tensors, 3]: elements, slot in ``steps``, row in ``hyper``
     work,            # int64 [n_programs, 2]: (tensor index, chunk start)
-    scalars_ptr,     # float32 [len(SCALARS)], read when DEVICE_SCALARS
-    grad_scale_ptr,  # float32 0-dim, read when HAS_GRAD_SCALE
+    steps,           # float32 [*]: every step counter (t after this step's increment)
+    hyper,           # float64 [rows, NHYPER]: one row of hyperparameters per param group
+    grad_scale_ptr,  # float32 0-dim, read when HAS_GRAD_SCALE: g = g * grad_scale
     found_inf_ptr,   # float32 0-dim, read when HAS_FOUND_INF: != 0 means write nothing
-    grad_scale, lr, wd,  # host mode; wd is 1 - lr * weight_decay when DECOUPLED
-    a0, a1, a2, a3, a4, a5, a6,  # host mode: the algorithm's scalars (launcher.host_scalars)
-    ALGO: tl.constexpr, NCOL: tl.constexpr,
+    alpha,           # Lookahead's interpolation factor
+    ALGO: tl.constexpr, NCOL: tl.constexpr, NHYPER: tl.constexpr,
     P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr,
     HAS_S0: tl.constexpr, HAS_S1: tl.constexpr, HAS_S2: tl.constexpr, HAS_MASTER: tl.constexpr,
-    DEVICE_SCALARS: tl.constexpr,
-    MAXIMIZE: tl.constexpr, SCALE: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
-    HAS_FOUND_INF: tl.constexpr, WEIGHT_DECAY: tl.constexpr, DECOUPLED: tl.constexpr,
-    F0: tl.constexpr, F1: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
+    FLAG: tl.constexpr,  # the algorithm's compile-time variant (its FLAGS hold at most one)
     RNE_P: tl.constexpr, RNE_G: tl.constexpr, RNE_S: tl.constexpr,  # bf16 stores rounded by hand
     ALIGNED: tl.constexpr,  # every address of the table is 16-byte aligned
     BLOCK: tl.constexpr,
@@ -320,24 +395,30 @@ def multi_tensor_kernel(
     tensor = tl.load(work + 2 * pid)
     # 64-bit offsets: start and n are int64, so tensors of 2**31 elements or more are fine.
     start = tl.multiple_of(tl.load(work + 2 * pid + 1), BLOCK)
-    n = tl.load(sizes + tensor)
+    info = meta + 3 * tensor
+    n = tl.load(info)
     if HAS_FOUND_INF:
         # An overflowed step writes nothing: the tensor counts as empty, so nothing is read either.
         n = tl.where(tl.load(found_inf_ptr) == 0, n, 0)
     row = addrs + tensor * NCOL
-    if ALGO != 7:
-        if DEVICE_SCALARS:
-            grad_scale, lr, wd, a0, a1, a2, a3, a4, a5, a6 = _device_scalars(scalars_ptr, ALGO, DECOUPLED)
-    amp_scale = tl.load(grad_scale_ptr) if HAS_GRAD_SCALE else grad_scale
+    if ALGO == LOOKAHEAD:  # no preamble, alpha is its one scalar
+        pre = None
+        sc = alpha
+    else:
+        # The tensor's step count (after this step's increment) and its group's row: every
+        # scalar of the update derives from them, once per program, before the chunk's loads
+        # (its float64 temporaries are dead by the time the chunk occupies registers).
+        t = tl.load(steps + tl.load(info + 1)).to(tl.float64)
+        h = hyper + tl.load(info + 2) * NHYPER
+        pre = _preamble_scalars(h)
+        sc = _scalars(h, t, ALGO)
     offs = start + tl.arange(0, BLOCK)
     # A full chunk goes unmasked, so its accesses vectorise (16 bytes when ALIGNED); only a
     # tensor's last chunk takes the masked path. (Two paths that differ only in the mask would
     # be merged by the compiler into one masked path.)
     if start + BLOCK <= n:
-        _chunk(row, offs, None, None, amp_scale, grad_scale, lr, wd, a0, a1, a2, a3, a4, a5, a6,
-               ALGO, NCOL, P_DTYPE, G_DTYPE, S_DTYPE, HAS_S0, HAS_S1, HAS_S2, HAS_MASTER, DEVICE_SCALARS,
-               HAS_GRAD_SCALE, MAXIMIZE, SCALE, WEIGHT_DECAY, DECOUPLED, F0, F1, RNE_P, RNE_G, RNE_S, ALIGNED)
+        _chunk(row, pre, sc, grad_scale_ptr, offs, None, None, ALGO, NCOL, P_DTYPE, G_DTYPE, S_DTYPE,
+               HAS_S0, HAS_S1, HAS_S2, HAS_MASTER, HAS_GRAD_SCALE, FLAG, RNE_P, RNE_G, RNE_S, ALIGNED)
     else:
-        _chunk(row, offs, offs < n, 0.0, amp_scale, grad_scale, lr, wd, a0, a1, a2, a3, a4, a5, a6,
-               ALGO, NCOL, P_DTYPE, G_DTYPE, S_DTYPE, HAS_S0, HAS_S1, HAS_S2, HAS_MASTER, DEVICE_SCALARS,
-               HAS_GRAD_SCALE, MAXIMIZE, SCALE, WEIGHT_DECAY, DECOUPLED, F0, F1, RNE_P, RNE_G, RNE_S, ALIGNED)
+        _chunk(row, pre, sc, grad_scale_ptr, offs, offs < n, 0.0, ALGO, NCOL, P_DTYPE, G_DTYPE, S_DTYPE,
+               HAS_S0, HAS_S1, HAS_S2, HAS_MASTER, HAS_GRAD_SCALE, FLAG, RNE_P, RNE_G, RNE_S, ALIGNED)

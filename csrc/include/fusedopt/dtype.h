@@ -1,6 +1,6 @@
 // Storage types and float32 conversions.
 //
-// Params and grads are float32, bfloat16 or float16; states are float32. All
+// Params and grads are float32, bfloat16 or float16; states float32 or bfloat16. All
 // math is float32: load, upcast, compute, round to nearest even on store. The
 // conversions are written with integer and float operations only (no
 // branches), so the CPU loops vectorise on any x86-64 and the same code runs
@@ -9,6 +9,8 @@
 
 #include <stdint.h>
 #include <string.h>
+
+#include <type_traits>
 
 #include "fusedopt/macros.h"
 
@@ -106,5 +108,32 @@ template <>
 FUSEDOPT_HD FUSEDOPT_INLINE uint16_t store_from_float<DType::kBFloat16>(float v) { return float_to_bf16(v); }
 template <>
 FUSEDOPT_HD FUSEDOPT_INLINE uint16_t store_from_float<DType::kHalf>(float v) { return float_to_half(v); }
+
+// The one dtype-dispatch point of both traversals: (param dtype, state dtype, master weights)
+// -> fn(DTypeConstant<PD>, DTypeConstant<SD>, std::integral_constant<bool, MASTER>). Master
+// weights exist for 16-bit params only (checked on the host); states are float32 or bfloat16.
+template <DType D>
+using DTypeConstant = std::integral_constant<DType, D>;
+
+template <class Fn>
+FUSEDOPT_INLINE void with_storage(DType pd, DType sd, bool master, const Fn& fn) {
+  auto with_params = [&](auto sdc) {
+    switch (pd) {
+      case DType::kBFloat16:
+        if (master) fn(DTypeConstant<DType::kBFloat16>{}, sdc, std::true_type{});
+        else fn(DTypeConstant<DType::kBFloat16>{}, sdc, std::false_type{});
+        break;
+      case DType::kHalf:
+        if (master) fn(DTypeConstant<DType::kHalf>{}, sdc, std::true_type{});
+        else fn(DTypeConstant<DType::kHalf>{}, sdc, std::false_type{});
+        break;
+      default:
+        fn(DTypeConstant<DType::kFloat>{}, sdc, std::false_type{});
+        break;
+    }
+  };
+  if (sd == DType::kBFloat16) with_params(DTypeConstant<DType::kBFloat16>{});
+  else with_params(DTypeConstant<DType::kFloat>{});
+}
 
 }  // namespace fusedopt

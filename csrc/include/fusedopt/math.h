@@ -14,6 +14,7 @@
 // baseline x86-64 clone, so every clone computes bit-identical results.
 #pragma once
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -88,5 +89,14 @@ FUSEDOPT_HD FUSEDOPT_INLINE float fo_lerp(float self, float end, float w) {
   return __builtin_fabsf(w) < 0.5f ? small : large;
 #endif
 }
+
+// Note [python pow]: the per-tensor scalars are computed in float64 as the reference computes
+// them in Python floats, whose `x ** y` is libm's pow, `** 0.5` included. They call pow for the
+// same expressions, never sqrt (pow(x, 0.5) and sqrt(x) may differ in the last bit), in the same
+// order of operations (the builds do not contract float64 either), so on the CPU, which calls
+// the very libm Python does, each double is the reference's to the bit before it is rounded to
+// float32. CUDA's pow is within 2 ulp of it, which moves the float32 rounding of a scalar only
+// when that double lies within 2 ulp of a float32 rounding boundary.
+FUSEDOPT_HD FUSEDOPT_INLINE double fo_pow(double x, double y) { return ::pow(x, y); }
 
 }  // namespace fusedopt

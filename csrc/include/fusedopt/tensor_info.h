@@ -1,4 +1,5 @@
-// Host-side inspection of stable-ABI tensors, shared by the CPU and CUDA ops.
+// Host-side checks of a step op's arguments, shared by the CPU and CUDA ops: every tensor of a
+// call is checked before anything is written, so a refused call leaves every tensor as it was.
 //
 // Note [raw shim calls]: the checks run once per tensor per step, for groups of thousands of
 // tensors, so they call the C shim directly with cached dtype codes instead of going through
@@ -28,12 +29,13 @@ namespace host {
 }
 
 struct Codes {
-  int32_t f32, bf16, f16, u8, cuda, cpu, strided;
+  int32_t f32, bf16, f16, f64, i64, u8, cuda, cpu, strided;
 };
 
 inline const Codes& codes() {
   static const Codes c{aoti_torch_dtype_float32(), aoti_torch_dtype_bfloat16(),
-                       aoti_torch_dtype_float16(), aoti_torch_dtype_uint8(),
+                       aoti_torch_dtype_float16(), aoti_torch_dtype_float64(),
+                       aoti_torch_dtype_int64(),   aoti_torch_dtype_uint8(),
                        aoti_torch_device_type_cuda(), aoti_torch_device_type_cpu(),
                        aoti_torch_layout_strided()};
   return c;
@@ -62,6 +64,8 @@ inline const char* dtype_name(int32_t code) {
   if (code == c.f32) return "float32";
   if (code == c.bf16) return "bfloat16";
   if (code == c.f16) return "float16";
+  if (code == c.f64) return "float64";
+  if (code == c.i64) return "int64";
   return "an unsupported dtype";
 }
 
@@ -121,16 +125,17 @@ using TensorList = std::vector<torch::stable::Tensor>;
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 // The counts: one grad per param, exactly the state slots `required` (bit k: slot k) the
-// flags ask for, each with one tensor per param, and master weights for every param if any.
+// variant reads, each with one tensor per param, and master weights for every param if any. A
+// call without params has every list empty, whatever its variant.
 inline void check_counts(const std::string& name, const TensorList& params, const TensorList& grads,
                          const TensorList* const slots[kStateSlots], int required,
                          const std::optional<TensorList>& master) {
   const size_t n = params.size();
   STD_TORCH_CHECK(grads.size() == n, name, ": ", n, " params but ", grads.size(), " grads");
   for (int k = 0; k < kStateSlots; ++k) {
-    const bool present = slots[k] != nullptr && !slots[k]->empty();
+    const bool present = !slots[k]->empty();
     const bool needed = (required >> k) & 1;
-    STD_TORCH_CHECK(present == needed, name, ": state slot ", k,
+    STD_TORCH_CHECK(present == needed || n == 0, name, ": state slot ", k,
                     needed ? " is required by the flags but empty" : " must be empty for these flags");
     if (present)
       STD_TORCH_CHECK(slots[k]->size() == n, name, ": state slot ", k, " has ", slots[k]->size(),
@@ -176,10 +181,10 @@ inline CheckedCall check_tensors(const std::string& name, const TensorList& para
     return i.device_type == device_type && i.device_index == out.device_index;
   };
   for (size_t t = 0; t < n; ++t) {
-    const std::string which = std::to_string(t);
+    auto which = [t] { return std::to_string(t); };  // for messages only: no string per tensor
     bool sparse = false;
     if (!grad_matches(params[t], grads[t], &sparse))
-      fail(name + ": grad " + which +
+      fail(name + ": grad " + which() +
            (sparse ? " is sparse; fusedopt needs dense gradients"
                    : " does not have its param's shape"));
     Info pi = info(params[t]);
@@ -196,11 +201,11 @@ inline CheckedCall check_tensors(const std::string& name, const TensorList& para
         fail(name + ": param 0 is on the wrong device type for this kernel");
     }
     if (pi.dtype != pdtype)
-      fail(name + ": all params of a call must share one dtype (param " + which + ")");
-    if (!on_device(pi)) fail(name + ": param " + which + " is not on param 0's device");
+      fail(name + ": all params of a call must share one dtype (param " + which() + ")");
+    if (!on_device(pi)) fail(name + ": param " + which() + " is not on param 0's device");
     Info gi = info(grads[t]);
     if (gi.dtype != pdtype || gi.numel != pi.numel || !on_device(gi))
-      fail(name + ": grad " + which + " must be a tensor of the param's dtype and shape on its device");
+      fail(name + ": grad " + which() + " must be a tensor of the param's dtype and shape on its device");
     CheckedTensor& d = out.tensors[t];
     d.p = pi.data;
     d.g = gi.data;
@@ -210,7 +215,7 @@ inline CheckedCall check_tensors(const std::string& name, const TensorList& para
     if (has_master) {
       Info mi = info((*master)[t]);
       if (mi.dtype != c.f32 || mi.numel != pi.numel || !on_device(mi))
-        fail(name + ": master weight " + which + " must be a float32 tensor with the param's shape on its device");
+        fail(name + ": master weight " + which() + " must be a float32 tensor with the param's shape on its device");
       dense = dense && mi.contiguous;
       vec = vec && aligned16(mi.data);
       d.master = static_cast<float*>(mi.data);
@@ -225,7 +230,7 @@ inline CheckedCall check_tensors(const std::string& name, const TensorList& para
         else fail(name + ": states must be float32 or bfloat16, got " + dtype_name(sdtype));
       }
       if (si.dtype != sdtype || si.numel != pi.numel || !on_device(si))
-        fail(name + ": state slot " + std::to_string(k) + " of param " + which +
+        fail(name + ": state slot " + std::to_string(k) + " of param " + which() +
              " must be a tensor with the param's shape on its device and the call's one state dtype");
       dense = dense && si.contiguous;
       vec = vec && aligned16(si.data);
@@ -237,10 +242,151 @@ inline CheckedCall check_tensors(const std::string& name, const TensorList& para
       for (int k = 0; k < kStateSlots && ok; ++k)
         if ((required >> k) & 1) ok = same_dense_layout(params[t], (*slots[k])[t]);
       if (!ok)
-        fail(name + ": param " + which + ", its grad and states must be contiguous or share one dense layout");
+        fail(name + ": param " + which() + ", its grad and states must be contiguous or share one dense layout");
     }
     d.aligned16 = vec;
   }
+  return out;
+}
+
+// --- the tables of a step: steps, index, hyper; grad_scale, found_inf ------------------------
+
+// "cpu" or "cuda:<index>", for messages.
+inline std::string device_name(int32_t device_type, int32_t device_index) {
+  if (device_type == codes().cpu) return "cpu";
+  if (device_type == codes().cuda) return "cuda:" + std::to_string(device_index);
+  return "another device";
+}
+
+// A tensor's sizes as "[a, b]", for messages.
+inline std::string shape_of(const torch::stable::Tensor& t) {
+  int64_t dim = 0;
+  int64_t* sizes = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dim(t.get(), &dim));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_sizes(t.get(), &sizes));
+  std::string out = "[";
+  for (int64_t d = 0; d < dim; ++d) out += (d ? ", " : "") + std::to_string(sizes[d]);
+  return out + "]";
+}
+
+// `t` is a contiguous tensor of `dtype` with `dim` dimensions on the given device (any CPU
+// tensor for the CPU), of size `cols` along dimension 1 when cols >= 0: its info, or a failure
+// naming `what` and saying what it must be (`expected`) and what it is.
+inline Info check_table(const std::string& name, const torch::stable::Tensor& t, const char* what,
+                        int32_t dtype, int64_t dim, int64_t cols, int32_t device_type,
+                        int32_t device_index, const std::string& expected) {
+  Info i = info(t);
+  int64_t d = 0;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dim(t.get(), &d));
+  bool ok = i.dtype == dtype && d == dim && i.contiguous && i.device_type == device_type &&
+            (device_type == codes().cpu || i.device_index == device_index);
+  if (ok && cols >= 0) {
+    int64_t* sizes = nullptr;
+    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_sizes(t.get(), &sizes));
+    ok = sizes[1] == cols;
+  }
+  if (!ok)
+    fail(name + ": " + what + " must be " + expected + "; got " + dtype_name(i.dtype) + " " + shape_of(t) +
+         (i.contiguous ? "" : " (not contiguous)") + " on " + device_name(i.device_type, i.device_index));
+  return i;
+}
+
+// One tensor's place in the tables: its step counter steps[step] and its row hyper[row].
+struct StepTables {
+  const float* steps = nullptr;    // on the params' device
+  const int64_t* index = nullptr;  // host memory: (step, row) per tensor
+  const double* hyper = nullptr;   // on the params' device, [rows, n_hyper]
+};
+
+// steps: float32 1-D; hyper: float64 [rows, n_hyper]; both contiguous on the params' device;
+// index: int64 [n, 2] contiguous on the CPU, every entry in range (and below 2^31, the width of
+// the CUDA tensor table's fields).
+inline StepTables check_tables(const std::string& name, size_t n, const torch::stable::Tensor& steps,
+                               const torch::stable::Tensor& index, const torch::stable::Tensor& hyper,
+                               int64_t n_hyper, int32_t device_type, int32_t device_index) {
+  const Codes& c = codes();
+  const std::string where = device_name(device_type, device_index);
+  Info si = check_table(name, steps, "steps", c.f32, 1, -1, device_type, device_index,
+                        "a contiguous 1-D float32 tensor on the params' device (" + where + ")");
+  Info hi = check_table(name, hyper, "hyper", c.f64, 2, n_hyper, device_type, device_index,
+                        "a contiguous float64 tensor of shape [rows, " + std::to_string(n_hyper) +
+                            "] (one row of HYPER per param group) on the params' device (" + where + ")");
+  Info ii = check_table(name, index, "index", c.i64, 2, 2, c.cpu, -1,
+                        "a contiguous int64 CPU tensor of shape [" + std::to_string(n) +
+                            ", 2] (per param: its step slot, its hyper row)");
+  if (ii.numel != static_cast<int64_t>(2 * n))
+    fail(name + ": index must have one row per param: shape [" + std::to_string(n) + ", 2], got " +
+         shape_of(index));
+  const int64_t n_steps = si.numel;
+  const int64_t rows = n_hyper > 0 ? hi.numel / n_hyper : 0;
+  const int64_t limit = INT32_MAX;
+  const int64_t* idx = static_cast<const int64_t*>(ii.data);
+  for (size_t t = 0; t < n; ++t) {
+    const int64_t step = idx[2 * t], row = idx[2 * t + 1];
+    if (step < 0 || step >= n_steps || step >= limit)
+      fail(name + ": index[" + std::to_string(t) + "] has step slot " + std::to_string(step) +
+           ", out of range for steps of " + std::to_string(n_steps) + " elements");
+    if (row < 0 || row >= rows || row >= limit)
+      fail(name + ": index[" + std::to_string(t) + "] has hyper row " + std::to_string(row) +
+           ", out of range for hyper of " + std::to_string(rows) + " rows");
+  }
+  return StepTables{static_cast<const float*>(si.data), idx, static_cast<const double*>(hi.data)};
+}
+
+// The optional 0-dim float32 grad_scale / found_inf on the params' device (one element of any
+// shape is accepted too, as GradScaler's found_inf is [1]): its address, or null.
+inline const float* scalar_tensor(const std::string& name, const std::optional<torch::stable::Tensor>& t,
+                                  const char* what, int32_t device_type, int32_t device_index) {
+  if (!t.has_value()) return nullptr;
+  Info i = info(*t);
+  if (i.dtype != codes().f32 || i.numel != 1 || i.device_type != device_type ||
+      (device_type != codes().cpu && i.device_index != device_index))
+    fail(name + ": " + what + " must be a 0-dim float32 tensor on the params' device (" +
+         device_name(device_type, device_index) + "); got " + dtype_name(i.dtype) + " " + shape_of(*t) +
+         " on " + device_name(i.device_type, i.device_index));
+  return static_cast<const float*>(i.data);
+}
+
+// The flags as bits (bit i: FLAGS[i]), once their count is checked.
+inline unsigned flag_bits(const std::string& name, const std::vector<bool>& flags, int n_flags) {
+  if (flags.size() != static_cast<size_t>(n_flags))
+    fail(name + ": expected " + std::to_string(n_flags) + " flags (FLAGS), got " + std::to_string(flags.size()));
+  unsigned bits = 0;
+  for (int i = 0; i < n_flags; ++i) bits |= flags[i] ? 1u << i : 0u;
+  return bits;
+}
+
+// Everything a step op needs, checked.
+struct CheckedStep {
+  int variant = 0;     // the algorithm's call-wide variant (common.h)
+  CheckedCall call;    // no tensors when the call has no params: nothing to do
+  StepTables tables;
+  const float* grad_scale = nullptr;  // on the params' device, or null
+  const float* found_inf = nullptr;   // on the params' device, or null
+};
+
+// The checks of one call of fusedopt::<A::kName> (docs/kernel-interface.md) whose kernels run on
+// `device_type`, in the order of its arguments; a failure writes nothing.
+template <class A>
+CheckedStep check_step(const TensorList& params, const TensorList& grads,
+                       const TensorList* const slots[kStateSlots], const std::optional<TensorList>& master,
+                       const torch::stable::Tensor& steps, const torch::stable::Tensor& index,
+                       const torch::stable::Tensor& hyper, const std::vector<bool>& flags,
+                       const std::optional<torch::stable::Tensor>& grad_scale,
+                       const std::optional<torch::stable::Tensor>& found_inf, int32_t device_type) {
+  const std::string name = std::string("fusedopt::") + A::kName;
+  CheckedStep out;
+  int present = 0;
+  for (int k = 0; k < kStateSlots; ++k) present |= slots[k]->empty() ? 0 : 1 << k;
+  out.variant = A::call_variant(flag_bits(name, flags, A::kNumFlags), present);
+  const int required = A::slots(out.variant);
+  check_counts(name, params, grads, slots, required, master);
+  if (params.empty()) return out;
+  out.call = check_tensors(name, params, grads, slots, required, master, device_type);
+  const int32_t device = out.call.device_index;
+  out.tables = check_tables(name, params.size(), steps, index, hyper, A::kNumHyper, device_type, device);
+  out.grad_scale = scalar_tensor(name, grad_scale, "grad_scale", device_type, device);
+  out.found_inf = scalar_tensor(name, found_inf, "found_inf", device_type, device);
   return out;
 }
 

@@ -1,7 +1,8 @@
-// RMSprop, optionally centered and with momentum (eps outside the sqrt, as torch).
-//   SLOTS   square_avg, momentum_buffer, grad_avg
-//   SCALARS grad_scale, lr, weight_decay, alpha, eps, momentum
-//   FLAGS   maximize, decoupled, centered
+// RMSprop, optionally centered and with momentum, eps outside the sqrt as torch
+// (fusedopt/algorithms/rmsprop.py).
+//   HYPER  lr, weight_decay, maximize, decoupled, alpha, eps, momentum
+//   SLOTS  square_avg, momentum_buffer (present when momentum > 0), grad_avg (centered)
+//   FLAGS  centered
 //   sq = alpha * sq + (1 - alpha) * g * g
 //   centered: ga = ga + (1 - alpha) * (g - ga) ; avg = sqrt(sq - ga * ga) + eps
 //   else:     avg = sqrt(sq) + eps
@@ -13,25 +14,39 @@
 
 namespace fusedopt {
 
-struct RmspropArgs {
-  float neg_lr, alpha, one_minus_alpha, eps, momentum;
-};
+struct Rmsprop : AlgorithmDefaults {
+  static constexpr const char* kName = "rmsprop";
+  enum : int { kAlpha = kNumCommonHyper, kEps, kMomentum, kNumHyper };
+  static constexpr int kNumFlags = 1;
+  // Whether the momentum buffer's list is present, and centered: each adds a state tensor.
+  enum : int { kHasMomentum = 1, kCentered = 2, kNumVariants = 4 };
+  static constexpr int call_variant(unsigned flags, int present) {
+    return ((present & kSlot1) ? kHasMomentum : 0) | ((flags & 1u) ? kCentered : 0);
+  }
+  static constexpr int slots(int v) {
+    return kSlot0 | ((v & kHasMomentum) ? kSlot1 : 0) | ((v & kCentered) ? kSlot2 : 0);
+  }
 
-template <bool HAS_MOMENTUM, bool CENTERED>
-struct RmspropUpdate {
-  static constexpr int kSlots = kSlot0 | (HAS_MOMENTUM ? kSlot1 : 0) | (CENTERED ? kSlot2 : 0);
-  RmspropArgs a;
-  template <class M>
-  FUSEDOPT_HD FUSEDOPT_INLINE void apply(float& p, float g, float& sq, float& buf, float& ga) const {
+  struct Args {
+    float neg_lr, alpha, one_minus_alpha, eps, momentum;
+  };
+  FUSEDOPT_HD FUSEDOPT_INLINE static Args make(const double* h, double) {
+    return Args{to_f32(-h[kLr]), to_f32(h[kAlpha]), to_f32(1.0 - h[kAlpha]), to_f32(h[kEps]),
+                to_f32(h[kMomentum])};
+  }
+
+  template <int V, class M>
+  FUSEDOPT_HD FUSEDOPT_INLINE static void apply(const Args& a, float& p, float g, float& sq, float& buf,
+                                                float& ga) {
     sq = M::fma(a.one_minus_alpha * g, g, sq * a.alpha);
     float avg;
-    if (CENTERED) {
+    if (V & kCentered) {
       ga = fo_lerp<M>(ga, g, a.one_minus_alpha);
       avg = fo_sqrt(M::fma(-ga, ga, sq)) + a.eps;
     } else {
       avg = fo_sqrt(sq) + a.eps;
     }
-    if (HAS_MOMENTUM) {
+    if (V & kHasMomentum) {
       buf = buf * a.momentum + g / avg;
       p = M::fma(a.neg_lr, buf, p);
     } else {

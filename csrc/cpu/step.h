@@ -1,0 +1,29 @@
+// The CPU kernel of every step op: one template over the algorithm descriptor
+// (csrc/include/fusedopt/algos), defined in multi_tensor.h and instantiated once per algorithm in
+// a translation unit of its own (<name>.cpp), so the build compiles the algorithms in parallel;
+// register.cpp registers every instantiation from the one list of algos/all.h.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include <torch/csrc/stable/tensor.h>
+
+namespace fusedopt {
+namespace cpu {
+
+using torch::stable::Tensor;
+using TensorList = std::vector<Tensor>;
+
+template <class A>
+struct Step {
+  // fusedopt::<A::kName>, the schema of algos/all.h.
+  static void op(const TensorList& params, const TensorList& grads, const TensorList& s0,
+                 const TensorList& s1, const TensorList& s2, const std::optional<TensorList>& master,
+                 const Tensor& steps, const Tensor& index, const Tensor& hyper,
+                 const std::vector<bool>& flags, const std::optional<Tensor>& grad_scale,
+                 const std::optional<Tensor>& found_inf);
+};
+
+}  // namespace cpu
+}  // namespace fusedopt

@@ -1,0 +1,21 @@
+// Every algorithm descriptor, and the one list the ops are registered from: one op
+// fusedopt::<A::kName> per entry, all with the schema of docs/kernel-interface.md, in the order
+// of ALGORITHMS in fusedopt/algorithms/__init__.py.
+#pragma once
+
+#include "fusedopt/algos/adadelta.h"
+#include "fusedopt/algos/adagrad.h"
+#include "fusedopt/algos/adam.h"
+#include "fusedopt/algos/radam.h"
+#include "fusedopt/algos/rmsprop.h"
+#include "fusedopt/algos/sgd.h"
+#include "fusedopt/algos/yogi.h"
+
+#define FUSEDOPT_FOR_EACH_ALGORITHM(X) X(Sgd) X(Adagrad) X(Adadelta) X(Rmsprop) X(Adam) X(Yogi) X(Radam)
+
+// The schema of every step op after its name (the state slots s0, s1, s2 in SLOTS order, an
+// unused one an empty list).
+#define FUSEDOPT_STEP_SCHEMA                                                                    \
+  "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] s0, Tensor(c!)[] s1, Tensor(d!)[] s2, " \
+  "Tensor(e!)[]? master, Tensor steps, Tensor index, Tensor hyper, bool[] flags, "            \
+  "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()"

@@ -1,0 +1,315 @@
+"""The one optimizer base class: validate, create state lazily with torch's keys, call.
+
+Every ``fusedopt`` optimizer is this class plus an :class:`~fusedopt.algorithms.Algorithm`. A
+step flows down the layers once: the plan (:mod:`fusedopt._plan`: which launches, cached), the
+prologue (:mod:`fusedopt._prologue`: one gradient scale and the inf flag), the step counters
+(:mod:`fusedopt._steps`: advanced on the device), one backend call per launch.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+from . import _checkpoint, _distributed, backends
+from ._plan import HyperTables, Plan, build, layout, state_dtype_for
+from ._prologue import prologue
+from ._steps import StepArena
+from .algorithms import Algorithm
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+_SUPPORTED = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+class _State(defaultdict):
+    """``optimizer.state``: torch.optim's ``defaultdict(dict)`` that also counts replaced and
+    removed entries, so a step plan notices ``opt.state[p] = {}`` or ``del opt.state[p]``."""
+
+    def __init__(self, items=()):
+        super().__init__(dict, items)
+        self.version = 0
+
+    def __setitem__(self, key, value):
+        self.version += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self.version += 1
+        super().__delitem__(key)
+
+    def pop(self, *args):
+        self.version += 1
+        return super().pop(*args)
+
+    def popitem(self):
+        self.version += 1
+        return super().popitem()
+
+    def clear(self):
+        self.version += 1
+        super().clear()
+
+    def update(self, *args, **kwargs):
+        self.version += 1
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key, default=None):
+        self.version += 1
+        return super().setdefault(key, default)
+
+    def copy(self):
+        return _State(self)
+
+    __copy__ = copy
+
+    def __reduce__(self):
+        return (_State, (), None, None, iter(self.items()))
+
+
+class FusedOptimizer(Optimizer):
+    """Base of every fusedopt optimizer. Subclasses set ``algorithm`` and a constructor.
+
+    Options every fusedopt optimizer takes, beyond torch.optim's:
+
+    - ``backend="auto"``: ``"reference"``, ``"triton"``, ``"cpu"``, ``"cuda"``, or the fastest
+      available for the parameters' device.
+    - ``capturable=False``: accepted for torch.optim compatibility; every fusedopt step is
+      capturable (step counters live on the params' device, the kernels read them and a
+      tensor ``lr`` there, and nothing is read back on the host).
+    - ``master_weights=False``: keep a float32 copy of 16-bit params in the state
+      (``master_param``), update it and write the rounded param in the same pass.
+    - ``state_dtype=None``: dtype of the moments; float32 for 16-bit params by default,
+      ``torch.bfloat16`` halves their memory.
+    - ``max_grad_norm=None``: clip the global gradient norm to this value; the clip coefficient
+      is folded into the update, so gradients are read once for the norm and once for the step.
+    - ``accumulation_steps=1``: gradients summed over k micro-batches are scaled by ``1/k``
+      inside the update (no extra pass over memory).
+
+    One step is one fused launch per (device, param dtype, state dtype, compile-time variant)
+    across all param groups. Under ``torch.amp.GradScaler`` the step unscales the gradients
+    inside the update and, on an overflow step, changes nothing (params, states, step
+    counters), with no host synchronisation; ``step_skipped`` is then a 0-dim tensor on the
+    device, 1 for a skipped step and 0 otherwise (None before the first step).
+    """
+
+    algorithm: Algorithm
+    _step_supports_amp_scaling = True
+
+    def __init__(self, params, defaults: dict[str, Any], backend: str = "auto",
+                 foreach: bool | None = None, fused: bool | None = None,
+                 capturable: bool = False, differentiable: bool = False, *,
+                 master_weights: bool = False, state_dtype: torch.dtype | None = None,
+                 max_grad_norm: float | None = None, accumulation_steps: int = 1):
+        # foreach/fused are accepted so torch.optim call sites work unchanged; fusedopt always
+        # runs its fused multi-tensor step.
+        del foreach, fused
+        if differentiable:
+            raise ValueError("differentiable=True is not supported by fusedopt; use torch.optim")
+        if max_grad_norm is not None and not (max_grad_norm > 0):
+            raise ValueError(f"Invalid max_grad_norm: {max_grad_norm!r} (must be > 0 or None)")
+        if isinstance(accumulation_steps, bool) or not isinstance(accumulation_steps, int) or accumulation_steps < 1:
+            raise ValueError(f"Invalid accumulation_steps: {accumulation_steps!r} (must be an integer >= 1)")
+        backends.check_backend_name(backend)
+        self.max_grad_norm = max_grad_norm
+        self.accumulation_steps = accumulation_steps
+        self.step_skipped: torch.Tensor | None = None
+        self._reset_caches()
+        defaults = dict(defaults, backend=backend, capturable=bool(capturable),
+                        master_weights=bool(master_weights), state_dtype=state_dtype)
+        super().__init__(params, defaults)
+        self.state = _State(self.state)
+        if self.algorithm.eager_state:
+            # as torch.optim does for this algorithm, so checkpoints load into it both ways
+            for group in self.param_groups:
+                for p in group["params"]:
+                    self._init_state(p, group)
+
+    def _reset_caches(self) -> None:
+        self._plan: Plan | None = None
+        self._arenas: dict[torch.device, StepArena] = {}
+        self._hyper = HyperTables()
+        self._not_skipped: dict[torch.device, torch.Tensor] = {}
+
+    # -- groups and validation ---------------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        group = dict(param_group)
+        params = group["params"]
+        params = [params] if isinstance(params, torch.Tensor) else params
+        if not isinstance(params, set):  # torch refuses sets (unordered) with its own TypeError
+            params = list(params)
+        group["params"] = params
+        for p in params:
+            # named parameters are (name, tensor) pairs: torch's add_param_group splits them
+            t = p[1] if isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) else p
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{type(self).__name__} can only optimize Tensors, got {type(t).__name__}")
+            if t.is_complex():
+                raise ValueError(f"{type(self).__name__} does not support complex parameters; "
+                                 "optimize torch.view_as_real(param) instead")
+            if t.dtype not in _SUPPORTED:
+                raise ValueError(f"{type(self).__name__}: unsupported parameter dtype {t.dtype}; "
+                                 "use float32, float64, float16 or bfloat16")
+        filled = {**self.defaults, **group}
+        self.algorithm.validate(filled)
+        backends.check_backend_name(filled["backend"])
+        if filled["state_dtype"] not in (None, torch.float32, torch.bfloat16):
+            raise ValueError(f"Invalid state_dtype: {filled['state_dtype']!r} (None, torch.float32 or torch.bfloat16)")
+        super().add_param_group(group)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.state = _State(self.state)
+        for group in self.param_groups:
+            for k, v in self.defaults.items():
+                group.setdefault(k, v)
+        self._reset_caches()
+
+    def _check_grad(self, p: torch.Tensor) -> None:
+        g = p.grad
+        if not g.is_sparse and g.shape == p.shape and g.dtype == p.dtype and g.device == p.device:
+            return
+        name = type(self).__name__
+        if g.is_sparse:
+            raise RuntimeError(f"{name} does not support sparse gradients")
+        if g.shape != p.shape:
+            raise ValueError(f"{name}: gradient shape {tuple(g.shape)} differs from its parameter's {tuple(p.shape)}")
+        if g.device != p.device:
+            raise ValueError(f"{name}: gradient on {g.device} but its parameter on {p.device}")
+        if g.dtype != p.dtype:
+            raise ValueError(f"{name}: gradient dtype {g.dtype} differs from its parameter's {p.dtype}")
+
+    # -- state -------------------------------------------------------------------------
+    def _init_state(self, p: torch.Tensor, group: dict) -> bool:
+        """Create ``p``'s missing state for ``group``'s options; True when a slot was created."""
+        st = self.state[p]
+        sdt = group.get("state_dtype") or state_dtype_for(p.dtype)
+        created = False
+        for slot, fill in self.algorithm.slot_init(group).items():
+            if st.get(slot) is None:
+                st[slot] = torch.full_like(p, fill, dtype=sdt, memory_format=torch.preserve_format)
+                created = True
+        if group.get("master_weights") and p.dtype in _LOW_PRECISION and "master_param" not in st:
+            st["master_param"] = p.detach().to(torch.float32, copy=True)
+        if self.algorithm.eager_state and "step" not in st:
+            st["step"] = torch.zeros((), dtype=torch.float32)  # adopted by the step counters later
+        return created
+
+    def _arena(self, device: torch.device) -> StepArena:
+        arena = self._arenas.get(device)
+        if arena is None:
+            arena = self._arenas[device] = StepArena(device)
+        return arena
+
+    # Note [step plans]: what a step needs beyond the gradients (the states, the grouping into
+    # launches with their backends, the step-counter slots, the address tables the backends
+    # cache) is found once and reused while the same params of the same groups have gradients,
+    # the options that shape launches are unchanged and no state entry was replaced. A rebuilt
+    # plan checks every gradient in Python before any launch, so a bad one changes nothing; a
+    # reused plan leaves the checks to the compiled backends' ops (which check every tensor
+    # before writing) and checks in Python only for the others. So in the steady state a bad
+    # gradient of a later launch is refused after earlier launches of that step have run.
+    def _current_plan(self, groups, with_grads, flat) -> Plan:
+        algo = self.algorithm
+        layouts = [layout(algo, g) for g in groups]
+        plan = self._plan
+        if plan is not None and plan.still_valid(groups, flat, self.state.version, layouts):
+            for b in plan.buckets:
+                if not b.backend.checks_tensors:
+                    for p in b.params:
+                        self._check_grad(p)
+            return plan
+        for p in flat:
+            self._check_grad(p)
+        fresh = set()
+        states = []
+        for group, params in zip(groups, with_grads):
+            sts = []
+            for p in params:
+                if self._init_state(p, group):
+                    fresh.add(id(p))
+                sts.append(self.state[p])
+            states.append(sts)
+        self._plan = build(algo, groups, with_grads, states, fresh, self._arena, self.state.version, layouts)
+        return self._plan
+
+    # -- the step ----------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform one optimization step. ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._step()
+        return loss
+
+    # Under torch.compile the whole step runs eagerly behind one graph break: it launches
+    # kernels on tables it caches, and nothing in it is worth tracing.
+    @torch.compiler.disable
+    def _step(self) -> None:
+        groups = self.param_groups
+        with_grads = [[p for p in g["params"] if p.grad is not None] for g in groups]
+        flat = [p for ps in with_grads for p in ps]
+        if not flat:  # nothing to update; not an overflow either
+            self.step_skipped = self._skipped(None, groups[0]["params"][0].device)
+            return
+        plan = self._current_plan(groups, with_grads, flat)
+        pro = prologue(self, [p.grad for p in flat], flat[0].device)
+        if pro is None:  # an overflow seen on the host: nothing happens
+            self.step_skipped = torch.ones(())
+            return
+        algo = self.algorithm
+        advances: dict[torch.device, Any] = {}
+        for b in plan.buckets:
+            device = b.device
+            scale, found_inf = pro.on(device)
+            if device not in advances:  # an overflow step does not count
+                advances[device] = 1.0 if found_inf is None else 1.0 - found_inf
+            advance = advances[device]
+            b.arena.advance(b.slots, advance)
+            try:
+                self._launch(b, self._hyper.get(algo, groups, device), scale, found_inf)
+            except Exception:
+                # refused before writing (the ops check every tensor first): the counts stay
+                b.arena.advance(b.slots, -advance)
+                raise
+        self.step_skipped = self._skipped(pro.found_inf, flat[0].device)
+
+    def _launch(self, b, hyper: torch.Tensor, scale=None, found_inf=None) -> None:
+        """One backend call: bucket ``b``'s tensors with this step's gradients."""
+        params, states, master = b.args
+        grads = [p.grad for p in b.params]
+        if b.dtensor:  # FSDP2: the kernels update the local shards
+            params, grads = _distributed.local_list(b.params), _distributed.local_list(grads)
+        b.backend.step(self.algorithm.name, b.flags, params, grads, states, master, b.arena.data, b.index, hyper,
+                       scale, found_inf)
+
+    def launch_replay(self):
+        """For benchmarks: a function that makes the backend calls of the last step again (same
+        tensors, tables and step counts), without planning, prologue or counter updates; None
+        before the first step."""
+        plan = self._plan
+        if plan is None:
+            return None
+        calls = [(b, self._hyper.get(self.algorithm, plan.groups, b.device)) for b in plan.buckets]
+
+        def replay():
+            for b, hyper in calls:
+                self._launch(b, hyper)
+        return replay
+
+    def _skipped(self, found_inf: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+        if found_inf is not None:
+            return torch.clamp(found_inf, max=1.0)
+        zero = self._not_skipped.get(device)
+        if zero is None:
+            zero = self._not_skipped[device] = torch.zeros((), device=device)
+        return zero
+
+    # -- checkpoints -------------------------------------------------------------------
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict saved by this class or by the torch.optim optimizer of the same
+        algorithm. Every tensor is checked against its parameter before anything changes."""
+        _checkpoint.load(self, state_dict, _State)

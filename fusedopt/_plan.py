@@ -1,0 +1,142 @@
+"""The step plan: the params with gradients of ALL param groups, bucketed into launches.
+
+A launch (:class:`Bucket`) holds the params that share (device, param dtype, state dtype,
+backend, compile-time variant, master weights), whatever their param group or step count:
+each tensor's step counter and hyperparameter row are looked up by the kernels through the
+bucket's ``index`` (``docs/kernel-interface.md``). A plan is built when the set of params with
+gradients, the options that shape it, or the states change, and reused otherwise
+(Note [step plans]).
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+
+import torch
+
+from . import _distributed, backends
+from ._steps import StepArena
+from .algorithms import Algorithm
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def state_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
+    """States are float32 for 16-bit params (the math is float32 anyway), else the param's dtype."""
+    return torch.float32 if param_dtype in _LOW_PRECISION else param_dtype
+
+
+@dataclass
+class Bucket:
+    """One fused launch of a step."""
+    backend: object
+    flags: tuple[bool, ...]
+    params: list[torch.Tensor]
+    states: list[dict]
+    active: tuple[str, ...]       # the state slots present, in SLOTS order
+    master: bool
+    arena: StepArena
+    index: torch.Tensor           # int64 [n, 2] on the CPU: (step slot, hyper row) per tensor
+    slots: torch.Tensor           # the step slots on the params' device, for advancing them
+    watched: dict[str, list[torch.Tensor]]  # the state tensors the plan was built from
+    args: tuple                   # (params, states by slot, master): what the kernels walk
+    dtensor: bool                 # FSDP2 / DTensor params: the kernels walk the local shards
+
+    @property
+    def device(self) -> torch.device:
+        return self.arena.device
+
+
+@dataclass
+class Plan:
+    groups: list[dict]
+    params: list[torch.Tensor]
+    version: int
+    layouts: list[tuple]
+    buckets: list[Bucket] = field(default_factory=list)
+
+    def still_valid(self, groups: list[dict], params: list[torch.Tensor], version: int,
+                    layouts: list[tuple]) -> bool:
+        """Same groups, same params with gradients, same options that shape the launches, no
+        state replaced (Note [step plans])."""
+        if (version != self.version or len(params) != len(self.params) or len(groups) != len(self.groups)
+                or not all(map(operator.is_, groups, self.groups)) or layouts != self.layouts
+                or not all(map(operator.is_, params, self.params))):
+            return False
+        for b in self.buckets:
+            for key, tensors in b.watched.items():
+                if not all(map(operator.is_, map(operator.itemgetter(key), b.states), tensors)):
+                    return False
+        return True
+
+
+def layout(algo: Algorithm, group: dict) -> tuple:
+    """What a group's options fix in a plan: backend, active slots, variants, master weights."""
+    return (group["backend"], tuple(algo.slot_init(group)), algo.flags(group), bool(group.get("master_weights")))
+
+
+def build(algo: Algorithm, groups: list[dict], with_grads: list[list[torch.Tensor]], states: list[list[dict]],
+          fresh: set[int], arena_for, version: int, layouts: list[tuple]) -> Plan:
+    """Bucket the params with gradients of every group into launches and place their step
+    counters. ``states[g][i]`` is the state of ``with_grads[g][i]``; ``fresh`` the ids of params
+    whose state was just created."""
+    keyed: dict[tuple, list[tuple[int, torch.Tensor, dict]]] = {}
+    for gi, (group, params, sts) in enumerate(zip(groups, with_grads, states)):
+        active = tuple(algo.slot_init(group))
+        flags = algo.flags(group)
+        name = group["backend"]
+        for p, st in zip(params, sts):
+            sdt = st[active[0]].dtype if active else None
+            master = "master_param" in st and bool(group.get("master_weights"))
+            chosen = "reference" if name == "auto" and p.dtype == torch.float64 else name
+            key = (p.device, p.dtype, sdt, chosen, flags, active, master)
+            keyed.setdefault(key, []).append((gi, p, st))
+    plan = Plan(groups=list(groups), params=[p for ps in with_grads for p in ps], version=version,
+                layouts=layouts)
+    for (device, _, _, name, flags, active, master), members in keyed.items():
+        params = [p for _, p, _ in members]
+        sts = [st for _, _, st in members]
+        arena = arena_for(device)
+        slots = arena.place(params, sts, algo.has_step, fresh)
+        index = torch.tensor([[k, gi] for k, (gi, _, _) in zip(slots, members)], dtype=torch.int64).reshape(-1, 2)
+        watched = {key: [st[key] for st in sts] for key in active + (("step",) if algo.has_step else ())}
+        if master:
+            watched["master_param"] = [st["master_param"] for st in sts]
+        local = _distributed.local_list
+        args = (local(params),
+                [local(watched[s]) if s in active else [] for s in algo.SLOTS],
+                local(watched["master_param"]) if master else None)
+        plan.buckets.append(Bucket(
+            backend=backends.get_backend(name, device), flags=flags, params=params, states=sts, active=active,
+            master=master, arena=arena, index=index,
+            slots=index[:, 0].contiguous().to(device, non_blocking=True), watched=watched, args=args,
+            dtensor=args[0] is not params))
+    return plan
+
+
+class HyperTables:
+    """The per-group hyperparameter table of each device, float64 ``[groups, len(HYPER)]``,
+    rebuilt only when a host value changes; a tensor lr on an accelerator is copied into its
+    cell on the device at every step (no host synchronisation, and a captured graph replays
+    the copy)."""
+
+    def __init__(self):
+        self.rows: list | None = None
+        self.tables: dict[torch.device, torch.Tensor] = {}
+
+    def get(self, algo: Algorithm, groups: list[dict], device: torch.device) -> torch.Tensor:
+        rows = [algo.hyper_row(g) for g in groups]
+        host = [[0.0 if isinstance(v, torch.Tensor) else v for v in row] for row in rows]
+        if host != self.rows:
+            self.rows, self.tables = host, {}
+        table = self.tables.get(device)
+        if table is None:
+            table = torch.tensor(host, dtype=torch.float64).reshape(len(host), len(algo.HYPER))
+            if device.type != "cpu":
+                table = table.pin_memory().to(device, non_blocking=True)
+            self.tables[device] = table
+        cells = [(r, c, v) for r, row in enumerate(rows) for c, v in enumerate(row) if isinstance(v, torch.Tensor)]
+        if cells:
+            values = torch.stack([v.reshape(()).to(device=device, dtype=torch.float64) for _, _, v in cells])
+            table[[r for r, _, _ in cells], [c for _, c, _ in cells]] = values
+        return table

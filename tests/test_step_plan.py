@@ -1,0 +1,179 @@
+"""Step v2: one launch per (device, dtype, variant) across all param groups, whatever the step
+counts; step counters on the device, edited by hand or loaded, are what the next step reads;
+skipped steps are visible. Checked against torch.optim on the same problem."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fusedopt
+from fusedopt import backends
+
+BACKENDS = [b for b in ("reference", "cpu", "triton") if b in fusedopt.available_backends("cpu")]
+
+
+class LaunchCounter:
+    """Counts backend.step calls (one call is one fused launch) and the tensors in each."""
+
+    def __init__(self, monkeypatch, name):
+        self.calls: list[int] = []
+        cls = type(backends.get_backend(name, torch.device("cpu")))
+        original = cls.step
+
+        def step(backend, algo, flags, params, *args, **kwargs):
+            self.calls.append(len(params))
+            return original(backend, algo, flags, params, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "step", step)
+
+
+def _groups(n_groups, per_group, size, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(size, generator=gen) for _ in range(per_group)] for _ in range(n_groups)]
+
+
+def _pair(name, init, group_kw, backend, **kw):
+    ours = [[p.clone().requires_grad_(True) for p in ps] for ps in init]
+    theirs = [[p.clone().requires_grad_(True) for p in ps] for ps in init]
+    opt = getattr(fusedopt, name)([{"params": ps, **gk} for ps, gk in zip(ours, group_kw)], backend=backend, **kw)
+    ref = getattr(torch.optim, name)([{"params": ps, **gk} for ps, gk in zip(theirs, group_kw)], foreach=False, **kw)
+    return (opt, [p for ps in ours for p in ps]), (ref, [p for ps in theirs for p in ps])
+
+
+def _assert_match(ours, theirs, what, tol=(2e-5, 2e-5)):
+    (opt, ps), (ref, qs) = ours, theirs
+    for i, (p, q) in enumerate(zip(ps, qs)):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=tol[0], atol=tol[1], msg=lambda m: f"{what} param {i}: {m}")
+        for key, v in ref.state[q].items():
+            torch.testing.assert_close(opt.state[p][key].cpu(), v.cpu(), rtol=tol[0], atol=tol[1],
+                                       msg=lambda m: f"{what} param {i} state {key}: {m}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scaler", [False, True], ids=["plain", "grad-scaler"])
+@pytest.mark.parametrize("name", ["AdamW", "RAdam", "SGD", "Adagrad"])
+def test_one_launch_per_step_across_100_groups_with_missing_grads(monkeypatch, backend, scaler, name):
+    """100 param groups with different lr and weight decay, 10% of the gradients missing at
+    every step (a different 10% each time, so the step counts drift apart): one launch per
+    step, and the result of torch.optim with the same groups."""
+    n_groups, per_group = 100, 3
+    size = 5 if backend == "triton" else 17
+    init = _groups(n_groups, per_group, size)
+    group_kw = [{"lr": 1e-3 * (1 + g % 7), "weight_decay": 0.01 * (g % 3)} for g in range(n_groups)]
+    if name == "SGD":
+        group_kw = [{**kw, "momentum": 0.9, "dampening": 0.1 * (g % 2)} for g, kw in enumerate(group_kw)]
+    if name == "Adagrad":
+        group_kw = [{**kw, "lr_decay": 0.01 * (g % 4)} for g, kw in enumerate(group_kw)]
+    ours, theirs = _pair(name, init, group_kw, backend)
+    counter = LaunchCounter(monkeypatch, backend)
+    gen = torch.Generator().manual_seed(1)
+    scalers = {id(o): torch.amp.GradScaler("cpu", init_scale=1024.0) for o in (ours[0], theirs[0])} if scaler else {}
+    for sc in scalers.values():
+        sc.scale(torch.ones(()))  # creates the scale tensor, as scaling the first loss does
+    n = len(ours[1])
+    for step in range(6):
+        missing = set(torch.randperm(n, generator=gen)[: n // 10].tolist())
+        grads = [None if i in missing else torch.randn(size, generator=gen) for i in range(n)]
+        if scaler and step == 3:  # an overflow step: skipped by both, counters included
+            grads[next(i for i in range(n) if grads[i] is not None)][0] = float("inf")
+        for opt, ps in (ours, theirs):
+            for i, p in enumerate(ps):
+                p.grad = None if grads[i] is None else grads[i] * (1024.0 if scaler else 1.0)
+            if scaler:
+                scalers[id(opt)].step(opt)
+                scalers[id(opt)].update(1024.0)
+            else:
+                opt.step()
+    launches = [n - n // 10] * (5 if scaler else 6)
+    assert counter.calls == launches, counter.calls
+    _assert_match(ours, theirs, f"{name} [{backend}] 100 groups")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("how", ["fill_", "assign", "load_state_dict"])
+@pytest.mark.parametrize("name", ["Adam", "RAdam", "Adagrad"])
+def test_step_count_edited_between_steps_is_what_the_next_step_uses(backend, how, name):
+    """state['step'] edited in place, replaced by a new tensor, or loaded: the next step's bias
+    corrections (RAdam: its branch too) follow the edited count, as torch.optim's do."""
+    init = _groups(1, 3, 9, seed=3)
+    ours, theirs = _pair(name, init, [{}], backend)
+    gen = torch.Generator().manual_seed(4)
+    for step in range(5):
+        grads = [torch.randn(9, generator=gen) for _ in range(3)]
+        if step == 2:  # jump param 0 to step 100 and param 2 back to step 0
+            for opt, ps in (ours, theirs):
+                for i, value in ((0, 100.0), (2, 0.0)):
+                    st = opt.state[ps[i]]
+                    if how == "fill_" or opt is theirs[0]:
+                        st["step"].fill_(value)
+                    elif how == "assign":
+                        st["step"] = torch.tensor(value)
+                if how == "load_state_dict" and opt is ours[0]:
+                    sd = opt.state_dict()
+                    sd["state"][0]["step"] = torch.tensor(100.0)
+                    sd["state"][2]["step"] = torch.tensor(0.0)
+                    opt.load_state_dict(sd)
+        for opt, ps in (ours, theirs):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+            opt.step()
+    _assert_match(ours, theirs, f"{name} [{backend}] step edited by {how}")
+    assert float(ours[0].state[ours[1][0]]["step"]) == 103.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_step_skipped_is_a_device_flag_and_counters_do_not_advance(backend):
+    """Capturable (the inf flag stays a tensor): an overflow step writes nothing, does not
+    advance the counters, and says so in ``step_skipped``; a good step says 0."""
+    p = torch.randn(10, requires_grad=True)
+    opt = fusedopt.Adam([p], lr=0.1, backend=backend, capturable=True)
+    assert opt.step_skipped is None
+    p.grad = torch.ones(10)
+    opt.step()
+    assert opt.step_skipped is not None and float(opt.step_skipped) == 0.0
+    before = p.detach().clone()
+    opt.grad_scale, opt.found_inf = torch.ones(()), torch.ones(())
+    opt.step()
+    assert float(opt.step_skipped) == 1.0 and torch.equal(p.detach(), before)
+    assert float(opt.state[p]["step"]) == 1.0
+    opt.found_inf = torch.zeros(())
+    opt.step()
+    assert float(opt.step_skipped) == 0.0 and float(opt.state[p]["step"]) == 2.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_groups_with_different_variants_split_and_nothing_else_does(monkeypatch, backend):
+    """Only compile-time variants split launches: amsgrad on/off gives two launches per step;
+    maximize, decoupled decay, lr and betas per group do not."""
+    init = _groups(4, 2, 7, seed=5)
+    group_kw = [{"amsgrad": False, "maximize": True}, {"amsgrad": True, "betas": (0.8, 0.9)},
+                {"amsgrad": False, "decoupled_weight_decay": True, "weight_decay": 0.1}, {"amsgrad": True, "lr": 0.01}]
+    ours, theirs = _pair("Adam", init, group_kw, backend)
+    counter = LaunchCounter(monkeypatch, backend)
+    gen = torch.Generator().manual_seed(6)
+    for _ in range(3):
+        grads = [torch.randn(7, generator=gen) for _ in range(8)]
+        for opt, ps in (ours, theirs):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+            opt.step()
+    assert sorted(counter.calls) == [4, 4] * 3
+    _assert_match(ours, theirs, f"Adam [{backend}] variants")
+
+
+def test_sgd_first_momentum_step_per_param_in_one_launch(monkeypatch):
+    """A param that gets its first gradient late takes its buffer's first step (buf = g) in the
+    same launch as params on later steps."""
+    backend = BACKENDS[-1]
+    init = _groups(1, 4, 6, seed=8)
+    ours, theirs = _pair("SGD", init, [{"momentum": 0.9, "dampening": 0.5}], backend)
+    counter = LaunchCounter(monkeypatch, backend)
+    gen = torch.Generator().manual_seed(9)
+    for step in range(4):
+        grads = [torch.randn(6, generator=gen) for _ in range(4)]
+        for opt, ps in (ours, theirs):
+            for i, (p, g) in enumerate(zip(ps, grads)):
+                p.grad = None if (i == 3 and step < 2) else g.clone()
+            opt.step()
+    assert counter.calls == [3, 3, 4, 4]
+    _assert_match(ours, theirs, "SGD late first step")
