@@ -19,7 +19,7 @@ from fusedopt.bench import cli, main, report, timing
 from fusedopt.bench.impls import CASES, Impl, triton_interpreted
 from fusedopt.bench.report import COLUMNS
 from fusedopt.bench.timing import CpuSnapshot, bytes_per_param, interleave, other_cpu_use, time_calls
-from fusedopt.bench.workloads import describe, workload_shapes
+from fusedopt.bench.workloads import describe, in_groups, workload_groups, workload_shapes
 
 F32, BF16 = torch.float32, torch.bfloat16
 
@@ -40,6 +40,22 @@ def test_workloads():
     assert describe(workload_shapes("10000x1K")) == (10_240_000, 10000)
     with pytest.raises(ValueError):
         workload_shapes("gpt5")
+
+
+def test_workloads_in_param_groups():
+    """``<workload>/<G>g``: the same tensors over G groups with their own lr and weight decay,
+    accepted by fusedopt and torch.optim alike."""
+    assert workload_shapes("1000x4K/100g") == workload_shapes("1000x4K")
+    assert workload_groups("1000x4K/100g") == 100 and workload_groups("1000x4K") == 1
+    params = [torch.zeros(2, requires_grad=True) for _ in range(10)]
+    groups = in_groups(params, 4, lr=0.1, weight_decay=0.01)
+    assert [len(g["params"]) for g in groups] == [2, 3, 2, 3]
+    assert [p for g in groups for p in g["params"]] == params
+    assert [g["lr"] for g in groups] == pytest.approx([0.1, 0.075, 0.05, 0.025])
+    assert [g["weight_decay"] for g in groups] == [0.0, 0.01, 0.0, 0.01]
+    assert in_groups(params, 1, lr=0.1, weight_decay=0.01) is params
+    for cls in (fusedopt.AdamW, torch.optim.AdamW):
+        assert len(cls(groups).param_groups) == 4
 
 
 def test_time_calls_respects_the_budget():

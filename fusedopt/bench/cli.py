@@ -18,7 +18,7 @@ from . import report
 from .impls import CASES, Case, Impl, Skip, implementations, select
 from .timing import (CpuSnapshot, bytes_per_param, copy_bandwidth, inplace_bandwidth, interleave,
                      observed_state_dtypes, other_cpu_use, warm_up)
-from .workloads import GPT2_CONFIGS, MODES, build, describe, workload_shapes
+from .workloads import GPT2_CONFIGS, MODES, build, describe, in_groups, workload_groups, workload_shapes
 
 # Defaults per device type; max_seconds caps the timed rounds of one workload and mode. The CPU
 # set is sized so that a run with no arguments finishes in about 3 minutes on a 2-core machine
@@ -159,12 +159,15 @@ def batches(contenders: list[Contender], budget: float) -> list[list[Contender]]
 
 
 def _make(c: Contender, base_params, base_grads, master: bool):
-    """The contender's own copy of the params (sharing the read-only grads) and its optimizer."""
+    """The contender's own copy of the params (sharing the read-only grads) and its optimizer,
+    over the workload's param groups."""
     params = [torch.nn.Parameter(p.clone()) for p in base_params]
     for p, g in zip(params, base_grads):
         p.grad = g  # read-only for every implementation timed here; shared to save memory
+    groups = in_groups(params, workload_groups(c.row["workload"]), c.case.kwargs.get("lr", 1e-3),
+                       c.case.kwargs.get("weight_decay", 0.0) or 1e-2)
     try:
-        return params, c.impl.make(params, c.case, master)
+        return params, c.impl.make(groups, c.case, master)
     except Skip:
         raise
     except Exception as e:  # noqa: BLE001

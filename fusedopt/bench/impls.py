@@ -63,6 +63,11 @@ class Impl:
     backend: str | None = None  # fusedopt backend name
 
 
+def first_param(params) -> torch.Tensor:
+    """The first tensor of ``params``, a list of tensors or of param groups."""
+    return params[0]["params"][0] if isinstance(params[0], dict) else params[0]
+
+
 # -- fusedopt ------------------------------------------------------------------------------
 def _fusedopt_maker(backend: str):
     def make(params, case: Case, master: bool):
@@ -110,7 +115,8 @@ def _torch_maker(variant: str):
         cls = getattr(torch.optim, case.torch_cls)
         kw = dict(case.kwargs)
         if variant == "fused":
-            ok, why = torch_fused_supported(case.torch_cls, params[0].device.type, params[0].dtype)
+            p0 = first_param(params)
+            ok, why = torch_fused_supported(case.torch_cls, p0.device.type, p0.dtype)
             if not ok:
                 raise Skip(why)
             kw["fused"] = True
@@ -149,7 +155,7 @@ def _deepspeed_make(params, case: Case, master: bool):
     kw = _adam_kwargs(case)
     if master:
         raise Skip("DeepSpeed's FusedAdam keeps no master weights (its engine does)")
-    if params[0].device.type == "cpu":
+    if first_param(params).device.type == "cpu":
         from deepspeed.ops.adam import DeepSpeedCPUAdam
         return DeepSpeedCPUAdam(params, adamw_mode=case.adam_like == "adamw", **kw)
     from deepspeed.ops.adam import FusedAdam

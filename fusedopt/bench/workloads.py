@@ -12,6 +12,9 @@ Nothing is downloaded: a workload is a list of tensor shapes. Names:
   ``M`` = 1024*1024 suffixes, e.g. ``1000x64K`` (65.5M parameters in 1,000 tensors: large
   tensors, bandwidth bound) and ``10000x1K`` (10.2M parameters in 10,000 tensors: per-tensor
   overhead bound).
+- ``<workload>/<G>g``: the same tensors in ``G`` param groups of consecutive tensors, each
+  with its own lr and weight decay (layer-wise lr decay, no-decay groups), e.g.
+  ``1000x4K/100g`` against ``1000x4K``: what spreading a model over many groups costs.
 """
 from __future__ import annotations
 
@@ -56,8 +59,33 @@ _UNITS = {"": 1, "K": 1024, "M": 1024 ** 2}
 _UNIFORM = re.compile(r"^(\d+)([KM]?)x(\d+)([KM]?)$", re.IGNORECASE)
 
 
+_GROUPS = re.compile(r"^(.*)/(\d+)g$", re.IGNORECASE)
+
+
+def workload_groups(name: str) -> int:
+    """How many param groups workload ``name`` spreads its tensors over (1 without ``/<G>g``)."""
+    m = _GROUPS.match(name)
+    return int(m.group(2)) if m else 1
+
+
+def in_groups(params: list, n_groups: int, lr: float, weight_decay: float) -> list:
+    """``params`` as ``n_groups`` param groups of consecutive tensors with different lr and
+    weight decay (``lr`` times 1, 3/4, 1/2, 1/4 in turn; ``weight_decay`` on every other group);
+    the plain list when ``n_groups`` is 1."""
+    if n_groups == 1:
+        return params
+    bounds = [len(params) * i // n_groups for i in range(n_groups + 1)]
+    return [{"params": params[a:b], "lr": lr * (4 - i % 4) / 4, "weight_decay": weight_decay * (i % 2)}
+            for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+
+
 def workload_shapes(name: str) -> list[tuple[int, ...]]:
     """The parameter shapes of workload ``name`` (see the module docstring)."""
+    m = _GROUPS.match(name)
+    if m:
+        if int(m.group(2)) < 1:
+            raise ValueError(f"workload {name!r}: the number of groups must be >= 1")
+        name = m.group(1)
     if name in GPT2_CONFIGS:
         return gpt2_shapes(GPT2_CONFIGS[name])
     m = _UNIFORM.match(name)
