@@ -16,11 +16,16 @@ TORCH_TARGET) and the limited Python API (3.10+), so ``pip wheel`` yields one
 ``cp310-abi3`` wheel for every torch from TORCH_TARGET on and every CPython from 3.10 on.
 The CUDA kernels are compiled by nvcc alone (no CUDA build of torch is needed) into a
 separate library ``fusedopt._C_cuda``, loaded only when ``torch.cuda.is_available()``.
+
+On Linux the wheel is tagged manylinux_2_28 (glibc 2.28+, the floor of torch's own wheels)
+when the built libraries pass that policy, checked here on the files themselves; otherwise it
+stays linux_<arch> and the build says why (Note [manylinux]).
 """
 from __future__ import annotations
 
 import glob
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -52,6 +57,10 @@ def _target_version_define() -> str:
 COMMON_DEFINES = [
     _target_version_define(),
     f"-DPy_LIMITED_API={PY_LIMITED_API}",
+    # Note [glibc 2.28] (in the header): keeps symbol versions above GLIBC_2.28 out when the
+    # build system's glibc is newer (libstdc++'s __libc_single_threaded, dlopen/dlsym).
+    # g++ and nvcc both take -include.
+    "-include", os.path.join(ROOT, "csrc", "include", "fusedopt", "glibc_compat.h"),
 ]
 
 CXX_FLAGS = [
@@ -111,6 +120,16 @@ def cuda_arch_flags(spec: str | None = None) -> list[str]:
         if ptx:
             flags.append(f"-gencode=arch=compute_{arch},code=compute_{arch}")
     return flags
+
+
+def _cuda_runtime_wheel_dir(nvcc: str) -> str | None:
+    """Where the nvidia-cuda-runtime wheel of nvcc's CUDA major puts libcudart, under nvidia/."""
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    found = re.search(r"release (\d+)\.", out)
+    if not found:
+        return None
+    major = int(found.group(1))
+    return f"cu{major}" if major >= 13 else "cuda_runtime"  # CUDA 12's wheels: nvidia/cuda_runtime
 
 
 class NvccExtension(Extension):
@@ -192,13 +211,134 @@ def _build_ext_class():
                 for future in [pool.submit(compile_one, cmd) for cmd in cmds]:
                     future.result()
             libdirs = library_paths()
+            # Note [shared cudart]: the CUDA runtime is linked dynamically (libcudart.so.<major>),
+            # not statically. The static runtime's calls into glibc (pthread_*, sem_*, shm_open,
+            # dl*) are unversioned in the archive and bind, at link time, to the build system's
+            # newest versions: GLIBC_2.34 on any glibc 2.34+ system, which would make the wheel
+            # manylinux_2_34. The shared runtime is the one torch's CUDA wheels ship
+            # (nvidia-cuda-runtime, nvidia/cu13/lib/libcudart.so.13) and link libtorch_cuda.so
+            # against; fusedopt/_ext.py loads this library only when torch.cuda.is_available(),
+            # i.e. after libtorch_cuda.so has loaded that libcudart, so our NEEDED entry resolves
+            # to the same, already loaded runtime by its SONAME (one runtime in the process, as
+            # for torch's own CUDA extensions). The RUNPATH is a fallback for loading the library
+            # first: the directory torch's own libraries look in ($ORIGIN/../../nvidia/cu13/lib
+            # from torch/lib), seen from fusedopt/. A system CUDA toolkit's libcudart (ld.so.conf,
+            # LD_LIBRARY_PATH) serves too.
+            wheel_dir = _cuda_runtime_wheel_dir(nvcc)
+            rpath = ["-Xlinker", f"-rpath=$ORIGIN/../nvidia/{wheel_dir}/lib"] if wheel_dir else []
             link = ([nvcc, "-shared", "-o", out] + objects
                     + [f"-L{d}" for d in libdirs]
-                    + ["-ltorch_cpu", "-lc10", "-ldl", "-cudart=static"])
+                    # -ldl: dlopen/dlsym (ops.cpp) live in libdl.so.2 before glibc 2.34
+                    + ["-ltorch_cpu", "-lc10", "-ldl", "-cudart=shared"] + rpath)
             print(" ".join(shlex.quote(c) for c in link))
             subprocess.check_call(link, cwd=ROOT)
 
     return FusedoptBuildExt
+
+
+# --- the wheel's platform tag ------------------------------------------------------------------
+#
+# Note [manylinux]: a linux_<arch> wheel cannot be uploaded to the package index, and the tag
+# must not claim more than the binaries allow. The wheel is tagged manylinux_2_28 (glibc 2.28+:
+# RHEL/Rocky 8, Ubuntu 20.04, Debian 10, Amazon Linux 2023 ...), the floor of torch's own
+# wheels, when every built library passes auditwheel's manylinux_2_28 policy: no glibc /
+# libstdc++ / libgcc symbol version above the limits below (Note [glibc 2.28], Note [shared
+# cudart]), and no NEEDED library outside the policy's system list but those the installed
+# torch provides (libtorch_cpu, libc10, and libcudart of torch's CUDA wheels; never vendored).
+# Otherwise the wheel stays linux_<arch> and the build prints what is in the way. This needs no
+# manylinux container: the check reads the built files, whatever the build system's glibc.
+# `auditwheel show` on the wheel agrees (CI checks it). --plat-name still overrides.
+MANYLINUX = "manylinux_2_28"
+MANYLINUX_MAX_VERSIONS = {"GLIBC": (2, 28), "GLIBCXX": (3, 4, 24), "CXXABI": (1, 3, 11), "GCC": (7, 0, 0)}
+MANYLINUX_SYSTEM_LIBS = {"libc.so.6", "libm.so.6", "libdl.so.2", "librt.so.1", "libpthread.so.0",
+                         "libstdc++.so.6", "libgcc_s.so.1", "ld-linux-x86-64.so.2", "ld-linux-aarch64.so.1"}
+TORCH_PROVIDED_LIBS = ("libtorch_cpu.so", "libc10.so", "libcudart.so.")  # libcudart.so.<major>
+
+
+def elf_dependencies(path: str) -> tuple[list[str], dict[str, set[str]]]:
+    """(DT_NEEDED libraries, {library: symbol versions required from it}) of a 64-bit
+    little-endian ELF file, read from its .dynamic and .gnu.version_r sections."""
+    import struct
+
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise ValueError(f"{path}: not a 64-bit little-endian ELF file")
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    # (name, type, flags, addr, offset, size, link, info, addralign, entsize)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+
+    def string(strtab: int, offset: int) -> str:
+        start = sections[strtab][4] + offset
+        return data[start:data.index(b"\0", start)].decode()
+
+    needed, versions = [], {}
+    for _, kind, _, _, offset, size, link, info, _, _ in sections:
+        if kind == 6:  # SHT_DYNAMIC
+            for pos in range(offset, offset + size, 16):
+                tag, value = struct.unpack_from("<qQ", data, pos)
+                if tag == 0:
+                    break
+                if tag == 1:  # DT_NEEDED
+                    needed.append(string(link, value))
+        elif kind == 0x6FFFFFFE:  # SHT_GNU_verneed: info entries
+            pos = offset
+            for _ in range(info):
+                _, count, file, aux, next_entry = struct.unpack_from("<HHIII", data, pos)
+                lib, apos = string(link, file), pos + aux
+                for _ in range(count):
+                    _, _, _, name, next_aux = struct.unpack_from("<IHHII", data, apos)
+                    versions.setdefault(lib, set()).add(string(link, name))
+                    apos += next_aux
+                pos += next_entry
+    return needed, versions
+
+
+def manylinux_problems(path: str) -> list[str]:
+    """What keeps the library at ``path`` out of manylinux_2_28 (empty: nothing)."""
+    needed, versions = elf_dependencies(path)
+    problems = [f"needs {lib}" for lib in needed
+                if lib not in MANYLINUX_SYSTEM_LIBS and not lib.startswith(TORCH_PROVIDED_LIBS)]
+    for lib, names in versions.items():
+        if lib not in MANYLINUX_SYSTEM_LIBS:
+            continue  # torch's libraries: they come with torch, whatever they version
+        for name in sorted(names):
+            prefix, _, number = name.partition("_")
+            limit = MANYLINUX_MAX_VERSIONS.get(prefix)
+            if not (limit and number.replace(".", "").isdigit()
+                    and tuple(int(x) for x in number.split(".")) <= limit):
+                problems.append(f"{name} from {lib}")
+    return problems
+
+
+def _bdist_wheel_class():
+    try:
+        from setuptools.command.bdist_wheel import bdist_wheel
+    except ImportError:  # setuptools < 70.1
+        from wheel.bdist_wheel import bdist_wheel
+
+    class FusedoptBdistWheel(bdist_wheel):
+        _platform = None
+
+        def get_tag(self):
+            impl, abi, plat = super().get_tag()
+            if self.plat_name_supplied or plat not in ("linux_x86_64", "linux_aarch64"):
+                return impl, abi, plat
+            if self._platform is None:  # get_tag runs twice; check and report once
+                libs = sorted(glob.glob(os.path.join(self.bdist_dir, "**", "*.so"), recursive=True))
+                problems = {os.path.basename(lib): manylinux_problems(lib) for lib in libs}
+                problems = {lib: found for lib, found in problems.items() if found}
+                if libs and not problems:
+                    self._platform = plat.replace("linux", MANYLINUX, 1)
+                else:
+                    self._platform = plat
+                    print(f"fusedopt: the wheel stays {plat}, not {MANYLINUX}: "
+                          + ("; ".join(f"{lib}: {', '.join(found)}" for lib, found in problems.items())
+                             or "no compiled library in the wheel"), flush=True)
+            return impl, abi, self._platform
+
+    return FusedoptBdistWheel
 
 
 ext_modules = []
@@ -210,6 +350,7 @@ if BUILD_EXT:
     if cuda_ext is not None:
         ext_modules.append(cuda_ext)
     cmdclass["build_ext"] = _build_ext_class().with_options(use_ninja=True)
+    cmdclass["bdist_wheel"] = _bdist_wheel_class()
     # One wheel for CPython 3.10+: tag it cp310-abi3.
     options["bdist_wheel"] = {"py_limited_api": "cp310"}
 
