@@ -7,15 +7,17 @@ Importing ``fusedopt._C`` loads a library whose static initialisers register the
 :func:`cuda_status` say whether the kernels are there and, if not, why.
 
 Op schemas (``docs/kernel-interface.md``): one op per algorithm of
-``fusedopt.algorithms.ALGORITHMS``, all with one schema, and ``lookahead``::
+``fusedopt.algorithms.ALGORITHMS``, all with one schema, the ``state_table`` they take, and
+``lookahead``::
 
-    <algo>(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] s0, Tensor(c!)[] s1, Tensor(d!)[] s2,
-           Tensor(e!)[]? master, Tensor steps, Tensor index, Tensor hyper, bool[] flags,
-           Tensor? grad_scale=None, Tensor? found_inf=None) -> ()
+    <algo>(Tensor(a!)[] params, Tensor[] grads, Tensor table, Tensor steps, Tensor index,
+           Tensor hyper, bool[] flags, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()
+    state_table(Tensor[] params, Tensor[] s0, Tensor[] s1, Tensor[] s2, Tensor[]? master) -> Tensor
     lookahead(Tensor(a!)[] params, Tensor(b!)[] slow, float alpha) -> ()
 
-``s0, s1, s2`` are the state slots in the algorithm's ``SLOTS`` order (an unused or inactive one
-an empty list); ``steps`` (float32, 1-D) and ``hyper`` (float64, ``[rows, len(HYPER)]``) live on
+``table`` is an int64 CPU tensor ``[len(params) + 1, STATE_TABLE_COLS]`` made by ``state_table``
+from the state slots ``s0, s1, s2`` in the algorithm's ``SLOTS`` order (an unused or inactive one
+an empty list) and the master weights; the step op updates the tensors it describes. ``steps`` (float32, 1-D) and ``hyper`` (float64, ``[rows, len(HYPER)]``) live on
 the params' device, ``index`` (int64, ``[len(params), 2]``: each param's step slot and hyper row)
 on the CPU; ``flags`` follow ``FLAGS``.
 """
@@ -30,7 +32,9 @@ from .algorithms import ALGORITHMS
 
 # The step ops, one per algorithm (the C++ list in csrc/include/fusedopt/algos/all.h).
 STEP_OPS = tuple(ALGORITHMS)
-OPS = STEP_OPS + ("lookahead",)
+OPS = STEP_OPS + ("state_table", "lookahead")
+# The columns of a state table (csrc/include/fusedopt/tensor_info.h, table::kCols).
+STATE_TABLE_COLS = 8
 
 _cpu_error: str | None = None
 _cuda_error: str | None = None
@@ -55,14 +59,15 @@ _fakes_registered = False
 
 
 def _register_fakes() -> None:
-    """Fake (meta) kernels: the ops only mutate their inputs and return nothing."""
+    """Fake (meta) kernels: the step ops and lookahead only mutate their inputs and return
+    nothing; state_table returns its table, host memory whatever the tensors' device."""
     global _fakes_registered
     if _fakes_registered:
         return
     _fakes_registered = True
     for name in OPS:
         try:
-            torch.library.register_fake(f"fusedopt::{name}")(_fake)
+            torch.library.register_fake(f"fusedopt::{name}")(_fake_state_table if name == "state_table" else _fake)
         except RuntimeError as e:  # already registered (module reloaded)
             if "already has" not in str(e) and "already registered" not in str(e):
                 raise
@@ -70,6 +75,10 @@ def _register_fakes() -> None:
 
 def _fake(*args, **kwargs):
     return None
+
+
+def _fake_state_table(params, s0, s1, s2, master=None):
+    return torch.empty(len(params) + 1, STATE_TABLE_COLS, dtype=torch.int64, device="cpu")
 
 
 _cpu_error = _load_cpu()

@@ -283,8 +283,9 @@ class FusedOptimizer(Optimizer):
         grads = [p.grad for p in b.params]
         if b.dtensor:  # FSDP2: the kernels update the local shards
             params, grads = _distributed.local_list(b.params), _distributed.local_list(grads)
+        kw = {"cache": b.cache} if getattr(b.backend, "caches_state_table", False) else {}
         b.backend.step(self.algorithm.name, b.flags, params, grads, states, master, b.arena.data, b.index, hyper,
-                       scale, found_inf)
+                       scale, found_inf, **kw)
 
     def launch_replay(self):
         """For benchmarks: a function that makes the backend calls of the last step again (same

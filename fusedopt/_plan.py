@@ -41,6 +41,9 @@ class Bucket:
     watched: dict[str, list[torch.Tensor]]  # the state tensors the plan was built from
     args: tuple                   # (params, states by slot, master): what the kernels walk
     dtensor: bool                 # FSDP2 / DTensor params: the kernels walk the local shards
+    # What a backend keeps between the calls of this launch, whose states do not change while
+    # the plan lives: the compiled backends' state table (Note [cached state tables]).
+    cache: dict = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:

@@ -5,7 +5,8 @@ algorithm x float32/bfloat16/float16 params x bfloat16 states x master weights, 
 tensors, several hyperparameter rows and step counts in ONE call (SGD's first step and RAdam's
 two branches side by side, every weight-decay mode and maximize), the per-tensor scalars to the
 bit, AMP's grad_scale / found_inf, layouts, argument errors that write nothing, instruction-set
-clones and thread counts, and ``torch.library.opcheck`` on every op. Through the optimizer
+clones and thread counts, the state table a step op takes (cached by the backend for the lists
+it is given again), and ``torch.library.opcheck`` on every op. Through the optimizer
 classes: the parity matrix of ``parity.CASES``, Lookahead.
 """
 from __future__ import annotations
@@ -132,8 +133,10 @@ def test_every_algorithm_has_an_op():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedopt::{name}", "CPU"), name
     for name in _ext.STEP_OPS:
         schema = str(getattr(torch.ops.fusedopt, name).default._schema)
-        assert ("Tensor(b!)[] s0, Tensor(c!)[] s1, Tensor(d!)[] s2, Tensor(e!)[]? master, Tensor steps, "
-                "Tensor index, Tensor hyper, bool[] flags, Tensor? grad_scale=None, Tensor? found_inf=None") in schema
+        assert ("(Tensor(a!)[] params, Tensor[] grads, Tensor table, Tensor steps, Tensor index, Tensor hyper, "
+                "bool[] flags, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()") in schema
+    schema = str(torch.ops.fusedopt.state_table.default._schema)
+    assert "(Tensor[] params, Tensor[] s0, Tensor[] s1, Tensor[] s2, Tensor[]? master) -> Tensor" in schema
 
 
 @pytest.mark.parametrize("dtype,state_dtype,master", VARIANTS, ids=VARIANT_IDS)
@@ -226,8 +229,6 @@ def test_empty_call():
     cpu = _cpu()
     spec, call = _call("Adam", torch.float32, n=())
     cpu.step(**call)
-    op = torch.ops.fusedopt.adam
-    op([], [], [], [], [], None, call["steps"], torch.zeros(0, 2, dtype=torch.int64), call["hyper"], [False])
     cpu.lookahead([], [], 0.5)
 
 
@@ -263,54 +264,95 @@ def test_channels_last_runs_in_the_kernel_and_strided_falls_back():
     op_call = _clone(call)
     before = [t.clone() for t in _mutable(op_call)]
     with pytest.raises(RuntimeError, match="share one dense layout"):
-        torch.ops.fusedopt.adam(op_call["params"], op_call["grads"], *op_call["states"], None, op_call["steps"],
-                                op_call["index"], op_call["hyper"], list(op_call["flags"]))
+        torch.ops.fusedopt.adam(*_op_args(op_call))
     for a, b in zip(_mutable(op_call), before):
+        assert torch.equal(a, b)
+
+    # A param re-pointed to another layout than its states' (same sizes): refused by the step.
+    cl_call = _clone(only_cl)
+    args = _op_args(cl_call)
+    cl_call["params"][0] = args[0][0] = cl_call["params"][0].contiguous()
+    before = [t.clone() for t in _mutable(cl_call)]
+    with pytest.raises(RuntimeError, match="param 0, its grad and states must be contiguous or share one"):
+        torch.ops.fusedopt.adam(*args)
+    for a, b in zip(_mutable(cl_call), before):
         assert torch.equal(a, b)
 
 
 # --- argument errors: every refused call writes nothing ---------------------------------------
 
-def _op_args(call):
-    """The op's positional arguments for a backend call (every op has three state lists)."""
+def _table_args(call):
+    """state_table's arguments for a backend call (three state lists)."""
     states = list(call["states"]) + [[]] * (3 - len(call["states"]))
-    return [call["params"], call["grads"], *states, call["master"], call["steps"], call["index"],
-            call["hyper"], list(call["flags"])]
+    return call["params"], *states, call["master"]
+
+
+def _op_args(call):
+    """The step op's positional arguments for a backend call, with a state table of its tensors."""
+    return [call["params"], call["grads"], torch.ops.fusedopt.state_table(*_table_args(call)), call["steps"],
+            call["index"], call["hyper"], list(call["flags"])]
 
 
 def _bad_calls():
-    """(id, algorithm, edit, message): `edit` spoils one argument of a three-tensor call (always
-    about its last tensor where it is about one tensor, so that a kernel checking as it goes
-    would already have written the others)."""
+    """(id, algorithm, edit, message): `edit(args, call)` spoils one argument of the step op of a
+    three-tensor call (always about its last tensor where it is about one tensor, so that a kernel
+    checking as it goes would already have written the others); `table(call, ...)` is a state
+    table of the call's tensors with some replaced."""
     def grads(f):
-        return lambda a: a[1].__setitem__(2, f(a[1][2]))
+        return lambda a, c: a[1].__setitem__(2, f(a[1][2]))
+
+    def params(f):
+        return lambda a, c: a[0].__setitem__(2, f(a[0][2]))
 
     def index(row):
-        def edit(a):
-            a[7] = a[7].clone()
-            a[7][2] = torch.tensor(row)
+        def edit(a, c):
+            a[4] = a[4].clone()
+            a[4][2] = torch.tensor(row)
         return edit
 
-    yield "flags", "Adam", lambda a: a.__setitem__(9, []), r"expected 1 flags"
-    yield "grad-count", "Adam", lambda a: a.__setitem__(1, a[1][:2]), r"3 params but 2 grads"
-    yield "slot-required", "Adam", lambda a: a.__setitem__(4, []), r"state slot 2 is required by the flags"
-    yield "slot-extra", "Yogi", lambda a: a.__setitem__(4, [t.clone() for t in a[2]]), r"state slot 2 must be empty"
-    yield "slot-count", "Adam", lambda a: a.__setitem__(3, a[3][:2]), r"state slot 1 has 2 tensors"
+    def table(**changes):
+        def edit(a, c):
+            args = dict(zip(("params", "s0", "s1", "s2", "master"), _table_args(c)), **changes)
+            a[2] = torch.ops.fusedopt.state_table(*[args[k](c) if callable(args[k]) else args[k]
+                                                    for k in ("params", "s0", "s1", "s2", "master")])
+        return edit
+
+    def numel(t):
+        return torch.zeros(t.numel() + 1)
+
+    yield "flags", "Adam", lambda a, c: a.__setitem__(6, []), r"expected 1 flags"
+    yield "grad-count", "Adam", lambda a, c: a.__setitem__(1, a[1][:2]), r"3 params but 2 grads"
+    yield "table-count", "Adam", table(params=lambda c: c["params"][:2], s0=lambda c: c["states"][0][:2],
+                                       s1=lambda c: c["states"][1][:2], s2=lambda c: c["states"][2][:2]), \
+        r"the state table describes 2 tensors, for 3 params"
+    yield "table-other", "Adam", table(params=lambda c: [torch.zeros(4)] * 3, s0=lambda c: [torch.zeros(4)] * 3,
+                                       s1=lambda c: [torch.zeros(4)] * 3, s2=lambda c: [torch.zeros(4)] * 3), \
+        r"param 0 has 10 elements but its states in the state table have 4"
+    yield "table-int64", "Adam", lambda a, c: a.__setitem__(2, torch.zeros_like(a[2])), \
+        r"table must be a state table of fusedopt::state_table .*; got another int64 tensor"
+    yield "table-dtype", "Adam", lambda a, c: a.__setitem__(2, a[2].double()), r"table must be a state table"
+    yield "slot-required", "Adam", table(s2=[]), r"state slot 2 is required by the flags but the state table has none"
+    yield "slot-extra", "Yogi", table(s2=lambda c: [t.clone() for t in c["states"][0]]), \
+        r"state slot 2 must be empty for these flags"
     yield "grad-dtype", "Adam", grads(lambda g: g.double()), r"grad 2 must be"
     yield "grad-shape", "Adam", grads(lambda g: g[:-1].clone()), r"grad 2 does not have its param's shape"
-    yield "param-dtype", "Adam", lambda a: a.__setitem__(0, [p.double() for p in a[0]]), r"params must be float32"
-    yield "state-dtype", "Adam", lambda a: a[3].__setitem__(2, a[3][2].half()), r"state slot 1 of param 2"
-    yield "master-f32", "Adam", lambda a: a.__setitem__(5, [p.clone() for p in a[0]]), r"master weights are for"
-    yield "master-count", "Adam", lambda a: a.__setitem__(5, [p.clone() for p in a[0][:2]]), r"2 master weights"
-    yield "steps-dtype", "Adam", lambda a: a.__setitem__(6, a[6].double()), r"steps must be a contiguous 1-D float32"
-    yield "steps-dim", "Adam", lambda a: a.__setitem__(6, a[6].reshape(1, -1)), r"steps must be"
-    yield "steps-strided", "Adam", lambda a: a.__setitem__(6, a[6].repeat_interleave(2)[::2]), r"steps must be"
-    yield "hyper-dtype", "Adam", lambda a: a.__setitem__(8, a[8].float()), r"hyper must be a contiguous float64"
-    yield "hyper-cols", "Adam", lambda a: a.__setitem__(8, a[8][:, :-1].contiguous()), r"hyper must be .* \[rows, 7\]"
-    yield "hyper-strided", "Adam", lambda a: a.__setitem__(8, a[8].t().contiguous().t()), r"hyper must be"
-    yield "index-dtype", "Adam", lambda a: a.__setitem__(7, a[7].int()), r"index must be a contiguous int64"
-    yield "index-shape", "Adam", lambda a: a.__setitem__(7, a[7][:2].contiguous()), r"index must have one row per param"
-    yield "index-cols", "Adam", lambda a: a.__setitem__(7, torch.zeros(3, 3, dtype=torch.int64)), r"index must be"
+    yield "param-dtype", "Adam", params(lambda p: p.double()), r"param 2 is float64 but the state table is for float32"
+    yield "param-numel", "Adam", lambda a, c: (params(numel)(a, c), grads(numel)(a, c)), \
+        r"param 2 has 11 elements but its states in the state table have 10"
+    yield "param-layout", "Adam", lambda a, c: (params(lambda p: p.reshape(5, 2).t())(a, c),
+                                                grads(lambda g: g.reshape(5, 2).t())(a, c)), \
+        r"param 2, its grad and states must be contiguous or share one dense layout"
+    yield "steps-dtype", "Adam", lambda a, c: a.__setitem__(3, a[3].double()), r"steps must be a contiguous 1-D float32"
+    yield "steps-dim", "Adam", lambda a, c: a.__setitem__(3, a[3].reshape(1, -1)), r"steps must be"
+    yield "steps-strided", "Adam", lambda a, c: a.__setitem__(3, a[3].repeat_interleave(2)[::2]), r"steps must be"
+    yield "hyper-dtype", "Adam", lambda a, c: a.__setitem__(5, a[5].float()), r"hyper must be a contiguous float64"
+    yield "hyper-cols", "Adam", lambda a, c: a.__setitem__(5, a[5][:, :-1].contiguous()), \
+        r"hyper must be .* \[rows, 7\]"
+    yield "hyper-strided", "Adam", lambda a, c: a.__setitem__(5, a[5].t().contiguous().t()), r"hyper must be"
+    yield "index-dtype", "Adam", lambda a, c: a.__setitem__(4, a[4].int()), r"index must be a contiguous int64"
+    yield "index-shape", "Adam", lambda a, c: a.__setitem__(4, a[4][:2].contiguous()), \
+        r"index must have one row per param"
+    yield "index-cols", "Adam", lambda a, c: a.__setitem__(4, torch.zeros(3, 3, dtype=torch.int64)), r"index must be"
     yield "index-step", "Adam", index([3, 0]), r"index\[2\] has step slot 3, out of range for steps of 3"
     yield "index-row", "Adam", index([0, 2]), r"index\[2\] has hyper row 2, out of range for hyper of 2 rows"
     yield "index-negative", "Adam", index([-1, 0]), r"index\[2\] has step slot -1"
@@ -325,18 +367,90 @@ BAD_CALLS = list(_bad_calls())
 def test_errors_write_nothing(what, name, edit, message):
     spec, call = _call(name, torch.float32, n=(10, 10, 10))
     args = _op_args(call)
-    if what.startswith("master"):
-        call["params"] = args[0] = [p.to(torch.bfloat16) for p in args[0]]
-        call["grads"] = args[1] = [g.to(torch.bfloat16) for g in args[1]]
-        if what == "master-f32":
-            call["params"] = args[0] = [p.float() for p in args[0]]
-            call["grads"] = args[1] = [g.float() for g in args[1]]
-    edit(args)
+    args[0], args[1] = list(args[0]), list(args[1])
+    edit(args, call)
     before = [t.clone() for t in _mutable(call)]
     with pytest.raises(RuntimeError, match=message):
         getattr(torch.ops.fusedopt, spec.name)(*args)
     for a, b in zip(_mutable(call), before):
         assert torch.equal(a, b)
+
+
+def _bad_tables():
+    """(id, edit, message): `edit` spoils one argument of state_table for a three-tensor Adam call
+    (args: params, s0, s1, s2, master)."""
+    def last(i, f):
+        return lambda a: a[i].__setitem__(2, f(a[i][2]))
+
+    yield "slot-count", lambda a: a.__setitem__(2, a[2][:2]), r"state slot 1 has 2 tensors for 3 params"
+    yield "state-dtype", last(2, lambda t: t.half()), r"state slot 1 of param 2"
+    yield "state-numel", last(1, lambda t: torch.zeros(t.numel() + 1)), r"state slot 0 of param 2"
+    yield "states-mixed", lambda a: a.__setitem__(3, [t.bfloat16() for t in a[3]]), r"state slot 2 of param 0"
+    yield "param-dtype", lambda a: a.__setitem__(0, [p.double() for p in a[0]]), r"params must be float32"
+    yield "param-dtypes", last(0, lambda p: p.half()), r"all params of a call must share one dtype \(param 2\)"
+    yield "master-f32", lambda a: a.__setitem__(4, [p.clone() for p in a[0]]), r"master weights are for"
+    yield "master-count", lambda a: a.__setitem__(4, [p.float() for p in a[0][:2]]), r"2 master weights"
+    yield "layout", last(1, lambda t: t.reshape(5, 2).t()), r"param 2, its grad and states must be contiguous"
+
+
+BAD_TABLES = list(_bad_tables())
+
+
+@pytest.mark.parametrize("what,edit,message", BAD_TABLES, ids=[b[0] for b in BAD_TABLES])
+def test_state_table_errors(what, edit, message):
+    spec, call = _call("Adam", torch.float32, n=(10, 10, 10))
+    args = [list(a) if a is not None else None for a in _table_args(call)]
+    if what == "master-count":
+        args[0] = [p.bfloat16() for p in args[0]]
+    edit(args)
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.fusedopt.state_table(*args)
+
+
+def test_state_table_layout():
+    """The header and rows of docs/kernel-interface.md: dtypes, slots, master, device, then per
+    tensor its state and master addresses and element count."""
+    spec, call = _call("Adam", torch.bfloat16, n=(10, 7), master=True)
+    table = torch.ops.fusedopt.state_table(*_table_args(call))
+    head, rows = table[0].tolist(), table[1:].tolist()
+    assert table.shape == (3, _ext.STATE_TABLE_COLS) and head[1] == 2 and head[4] == 0b111 and head[5] == 1
+    for t, row in enumerate(rows):
+        assert row[:3] == [call["states"][k][t].data_ptr() for k in range(3)]
+        assert row[3] == call["master"][t].data_ptr() and row[4] == call["params"][t].numel() and row[6] == 1
+
+
+def test_backend_caches_the_state_table_per_lists():
+    """The same states and master lists reuse their table (Note [cached state tables]); other
+    lists get a new one; results are those of an uncached call."""
+    spec, call = _call("Adam", torch.float32, n=(10, 4097))
+    want = _run(_cpu(), call)
+    got, cache = _clone(call), {}
+    _cpu().step(**got, cache=cache)
+    entry = cache["state_table"]
+    assert entry[0] is got["states"] and entry[1] is got["master"]
+    _assert_matches(got, want, "cached")
+    _cpu().step(**got, cache=cache)
+    assert cache["state_table"] is entry
+    other = _clone(call)
+    _cpu().step(**other, cache=cache)
+    assert cache["state_table"] is not entry and cache["state_table"][0] is other["states"]
+    _assert_matches(other, want, "rebuilt")
+
+
+def test_optimizer_keeps_one_table_per_plan():
+    ps = [torch.randn(n, requires_grad=True) for n in (10, 300)]
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    opt = fusedopt.AdamW(ps, backend="cpu")
+    opt.step()
+    bucket = opt._plan.buckets[0]
+    entry = bucket.cache["state_table"]
+    ps[1].grad = torch.randn_like(ps[1])  # a new grad tensor: the same plan and table
+    opt.step()
+    assert opt._plan.buckets[0] is bucket and bucket.cache["state_table"] is entry
+    ps[0].grad = None  # another set of params: a new plan, a new table
+    opt.step()
+    assert opt._plan.buckets[0].cache["state_table"][2].shape[0] == 2
 
 
 @pytest.mark.parametrize("kw,message", [
@@ -419,6 +533,7 @@ def _op_samples():
                                                (torch.float16, torch.float32, False, {"found_inf": fi})):
             spec, call = _call(name, dtype, n=(5, 3, 1), state_dtype=state_dtype, master=master)
             yield spec.name, tuple(_op_args(call)), kw
+            yield "state_table", _table_args(call), {}
     yield "lookahead", ([torch.randn(5), torch.randn(3)], [torch.randn(5), torch.randn(3)], 0.5), {}
     yield "lookahead", ([torch.randn(5).bfloat16()], [torch.randn(5)], 0.5), {}
 
@@ -428,7 +543,11 @@ OP_SAMPLES = list(_op_samples())
 
 @pytest.mark.parametrize("name,args,kwargs", OP_SAMPLES, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(OP_SAMPLES)])
 def test_opcheck(name, args, kwargs):
-    torch.library.opcheck(getattr(_ext.ops(), name).default, args, kwargs)
+    # A state table holds its tensors' addresses, so it differs between the copies of the inputs
+    # that test_aot_dispatch_dynamic runs on: every other check.
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor") if name == "state_table" else None
+    torch.library.opcheck(getattr(_ext.ops(), name).default, args, kwargs,
+                          **({"test_utils": utils} if utils else {}))
 
 
 def test_every_op_has_an_opcheck_sample():

@@ -474,27 +474,39 @@ def test_unaligned_tensors_take_the_element_path():
     _assert_matches(got, want, "unaligned")
 
 
+def _table_args(call):
+    return call["params"], *call["states"], call["master"]
+
+
 def _op_args(call):
-    return [call["params"], call["grads"], *call["states"], call["master"], call["steps"], call["index"],
-            call["hyper"], list(call["flags"])]
+    """The step op's arguments, with a state table of the call's tensors."""
+    return [call["params"], call["grads"], torch.ops.fusedopt.state_table(*_table_args(call)), call["steps"],
+            call["index"], call["hyper"], list(call["flags"])]
 
 
 def _bad_calls():
-    """(id, edit, message): one spoiled argument of a three-tensor Adam call."""
+    """(id, edit, message): one spoiled argument of a three-tensor Adam call; `edit(args, call)`."""
     def index(row):
-        def edit(a):
-            a[7] = a[7].clone()
-            a[7][2] = torch.tensor(row)
+        def edit(a, c):
+            a[4] = a[4].clone()
+            a[4][2] = torch.tensor(row)
         return edit
 
-    yield "steps-on-cpu", lambda a: a.__setitem__(6, a[6].cpu()), r"steps must be .* on the params' device \(cuda"
-    yield "hyper-on-cpu", lambda a: a.__setitem__(8, a[8].cpu()), r"hyper must be .* on the params' device \(cuda"
-    yield "hyper-dtype", lambda a: a.__setitem__(8, a[8].float()), r"hyper must be a contiguous float64"
-    yield "index-on-gpu", lambda a: a.__setitem__(7, a[7].cuda()), r"index must be a contiguous int64 CPU tensor"
+    def cpu_table(a, c):
+        cpu = [[t.cpu() for t in lst] for lst in _table_args(c)[:-1]]
+        a[2] = torch.ops.fusedopt.state_table(*cpu, None)
+
+    yield "steps-on-cpu", lambda a, c: a.__setitem__(3, a[3].cpu()), r"steps must be .* on the params' device \(cuda"
+    yield "hyper-on-cpu", lambda a, c: a.__setitem__(5, a[5].cpu()), r"hyper must be .* on the params' device \(cuda"
+    yield "hyper-dtype", lambda a, c: a.__setitem__(5, a[5].float()), r"hyper must be a contiguous float64"
+    yield "index-on-gpu", lambda a, c: a.__setitem__(4, a[4].cuda()), r"index must be a contiguous int64 CPU tensor"
     yield "index-row", index([0, 4]), r"index\[2\] has hyper row 4"
     yield "index-step", index([3, 0]), r"index\[2\] has step slot 3"
-    yield "grad-on-cpu", lambda a: a[1].__setitem__(2, a[1][2].cpu()), r"grad 2 must be"
-    yield "state-dtype", lambda a: a[3].__setitem__(2, a[3][2].half()), r"state slot 1 of param 2"
+    yield "grad-on-cpu", lambda a, c: a[1].__setitem__(2, a[1][2].cpu()), r"grad 2 must be"
+    yield "param-on-cpu", lambda a, c: (a[0].__setitem__(2, a[0][2].cpu()), a[1].__setitem__(2, a[1][2].cpu())), \
+        r"param 2 is not on the state table's device \(cuda:0\)"
+    yield "table-of-cpu-tensors", cpu_table, r"the state table describes tensors of another device type"
+    yield "table-on-gpu", lambda a, c: a.__setitem__(2, a[2].cuda()), r"table must be a state table"
 
 
 BAD_CALLS = list(_bad_calls())
@@ -505,12 +517,22 @@ BAD_CALLS = list(_bad_calls())
 def test_errors_write_nothing(what, edit, message):
     spec, call = _call("Adam", torch.float32, n=(10, 10, 10))
     args = _op_args(call)
-    edit(args)
+    args[0], args[1] = list(args[0]), list(args[1])
+    edit(args, call)
     before = [t.clone() for t in _mutable(call)]
     with pytest.raises(RuntimeError, match=message):
         torch.ops.fusedopt.adam(*args)
     torch.cuda.synchronize()
     _assert_unchanged(call, before)
+
+
+@cuda
+def test_state_table_refuses_a_state_on_another_device():
+    spec, call = _call("Adam", torch.float32, n=(10, 10, 10))
+    args = list(_table_args(call))
+    args[2] = args[2][:2] + [args[2][2].cpu()]
+    with pytest.raises(RuntimeError, match=r"state slot 1 of param 2"):
+        torch.ops.fusedopt.state_table(*args)
 
 
 @cuda

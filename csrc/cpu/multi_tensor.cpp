@@ -1,5 +1,5 @@
-// The non-template parts of the CPU traversal: instruction-set detection and the per-call
-// (row, t) keys of the plans.
+// The non-template parts of the CPU traversal: instruction-set detection, the per-call (row, t)
+// keys of the plans, and the CPU kernel of fusedopt::state_table.
 #include "multi_tensor.h"
 
 #include <stdlib.h>
@@ -73,6 +73,12 @@ PlanKeys plan_keys(const host::StepTables& tables, size_t n) {
     out.of[t] = last_pos;
   }
   return out;
+}
+
+Tensor state_table(const TensorList& params, const TensorList& s0, const TensorList& s1, const TensorList& s2,
+                   const std::optional<TensorList>& master) {
+  const TensorList* slots[kMaxSlots] = {&s0, &s1, &s2};
+  return host::state_table(params, slots, master, host::codes().cpu);
 }
 
 }  // namespace cpu

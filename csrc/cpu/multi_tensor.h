@@ -233,20 +233,18 @@ PlanKeys plan_keys(const host::StepTables& tables, size_t n);
 // ---------------------------------------------------------------------------
 // The op.
 template <class A>
-void Step<A>::op(const TensorList& params, const TensorList& grads, const TensorList& s0,
-                 const TensorList& s1, const TensorList& s2, const std::optional<TensorList>& master,
+void Step<A>::op(const TensorList& params, const TensorList& grads, const Tensor& table,
                  const Tensor& steps, const Tensor& index, const Tensor& hyper,
                  const std::vector<bool>& flags, const std::optional<Tensor>& grad_scale,
                  const std::optional<Tensor>& found_inf) {
-  const TensorList* slots[kMaxSlots] = {&s0, &s1, &s2};
-  const host::CheckedStep chk = host::check_step<A>(params, grads, slots, master, steps, index, hyper,
-                                                    flags, grad_scale, found_inf, host::codes().cpu);
+  const host::CheckedStep chk = host::check_step<A>(params, grads, table, steps, index, hyper, flags,
+                                                    grad_scale, found_inf, host::codes().cpu);
   const std::vector<host::CheckedTensor>& tensors = chk.call.tensors;
   // An overflow step (AMP) writes nothing at all.
   if (tensors.empty() || (chk.found_inf != nullptr && *chk.found_inf != 0.0f)) return;
 
   const Kernels<A> kernels = pick_kernels<A>(std::string("fusedopt::") + A::kName, chk.variant,
-                                             chk.call.pd, chk.call.sd, master.has_value());
+                                             chk.call.pd, chk.call.sd, chk.call.master);
   struct Plan {
     typename A::Args args;
     Preamble pre;

@@ -8,7 +8,8 @@
 // on.
 //
 // Schemas (docs/kernel-interface.md): one op per algorithm of the list in algos/all.h, all with
-// one schema (FUSEDOPT_STEP_SCHEMA), and lookahead.
+// one schema (FUSEDOPT_STEP_SCHEMA), the state_table they take (FUSEDOPT_STATE_TABLE_SCHEMA), and
+// lookahead.
 #include <Python.h>
 
 #include <string>
@@ -22,6 +23,7 @@ STABLE_TORCH_LIBRARY(fusedopt, m) {
 #define FUSEDOPT_DEF(A) m.def((std::string(fusedopt::A::kName) + FUSEDOPT_STEP_SCHEMA).c_str());
   FUSEDOPT_FOR_EACH_ALGORITHM(FUSEDOPT_DEF)
 #undef FUSEDOPT_DEF
+  m.def("state_table" FUSEDOPT_STATE_TABLE_SCHEMA);
   m.def("lookahead(Tensor(a!)[] params, Tensor(b!)[] slow, float alpha) -> ()");
 }
 
@@ -29,6 +31,7 @@ STABLE_TORCH_LIBRARY_IMPL(fusedopt, CPU, m) {
 #define FUSEDOPT_IMPL(A) m.impl(fusedopt::A::kName, TORCH_BOX(&fusedopt::cpu::Step<fusedopt::A>::op));
   FUSEDOPT_FOR_EACH_ALGORITHM(FUSEDOPT_IMPL)
 #undef FUSEDOPT_IMPL
+  m.impl("state_table", TORCH_BOX(&fusedopt::cpu::state_table));
 }
 
 extern "C" {

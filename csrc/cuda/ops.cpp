@@ -2,9 +2,10 @@
 // registration of the CUDA kernels of the torch.ops.fusedopt ops.
 //
 // Compiled by the host compiler (no device code here), against torch's stable ABI and the
-// CUDA runtime API only. Per call: check every tensor and the tables (steps, index, hyper),
-// build the tensor table on the host (addresses, sizes, alignment, and each tensor's step slot
-// and hyper row from `index`), look it up in a small cache of device tables keyed on its
+// CUDA runtime API only. Per call: check every param and grad against the state table (made by
+// fusedopt::state_table, which this file registers for CUDA tensors too) and the tables (steps,
+// index, hyper), build the tensor table on the host (addresses, sizes, alignment, and each
+// tensor's step slot and hyper row from `index`), look it up in a small cache of device tables keyed on its
 // contents; on a miss, build the work table too and copy both to a device buffer (allocated
 // through torch, so from its caching allocator) asynchronously on torch's current stream from a
 // pinned staging buffer; then ONE launch on that stream, whose blocks read their tensor's step
@@ -280,14 +281,14 @@ Tables device_tables(std::vector<TensorDesc>&& descs, int32_t device, void* stre
 
 // --- the step ops -------------------------------------------------------------------------
 // fusedopt::<A::kName>, the schema of algos/all.h.
+// The tensor table's rows come from the params and grads of the call and the state table (Note
+// [state tables] in tensor_info.h), checked against each other.
 template <class A>
-void step(const TensorList& params, const TensorList& grads, const TensorList& s0, const TensorList& s1,
-          const TensorList& s2, const std::optional<TensorList>& master, const Tensor& steps,
+void step(const TensorList& params, const TensorList& grads, const Tensor& table, const Tensor& steps,
           const Tensor& index, const Tensor& hyper, const std::vector<bool>& flags,
           const std::optional<Tensor>& grad_scale, const std::optional<Tensor>& found_inf) {
-  const TensorList* slots[host::kStateSlots] = {&s0, &s1, &s2};
-  const host::CheckedStep chk = host::check_step<A>(params, grads, slots, master, steps, index, hyper,
-                                                    flags, grad_scale, found_inf, codes().cuda);
+  const host::CheckedStep chk = host::check_step<A>(params, grads, table, steps, index, hyper, flags,
+                                                    grad_scale, found_inf, codes().cuda);
   const size_t n = chk.call.tensors.size();
   if (n == 0) return;
   const int32_t device = chk.call.device_index;
@@ -309,7 +310,7 @@ void step(const TensorList& params, const TensorList& grads, const TensorList& s
   l.variant = chk.variant;
   l.pd = chk.call.pd;
   l.sd = chk.call.sd;
-  l.master = master.has_value();
+  l.master = chk.call.master;
   l.steps = chk.tables.steps;
   l.hyper = chk.tables.hyper;
   l.grad_scale = chk.grad_scale;
@@ -323,6 +324,13 @@ void step(const TensorList& params, const TensorList& grads, const TensorList& s
   l.chunk_elems = tab.chunk;
   l.stream = stream;
   check_cuda(launch_step<A>(l), (std::string("fusedopt::") + A::kName + " launch").c_str());
+}
+
+// fusedopt::state_table for CUDA tensors: the table itself is host memory.
+Tensor state_table(const TensorList& params, const TensorList& s0, const TensorList& s1, const TensorList& s2,
+                   const std::optional<TensorList>& master) {
+  const TensorList* slots[host::kStateSlots] = {&s0, &s1, &s2};
+  return host::state_table(params, slots, master, codes().cuda);
 }
 
 // --- lookahead ----------------------------------------------------------------------------
@@ -386,6 +394,7 @@ STABLE_TORCH_LIBRARY_IMPL(fusedopt, CUDA, m) {
 #define FUSEDOPT_IMPL(A) m.impl(fusedopt::A::kName, TORCH_BOX(&fusedopt::cuda::step<fusedopt::A>));
   FUSEDOPT_FOR_EACH_ALGORITHM(FUSEDOPT_IMPL)
 #undef FUSEDOPT_IMPL
+  m.impl("state_table", TORCH_BOX(&fusedopt::cuda::state_table));
   m.impl("lookahead", TORCH_BOX(&fusedopt::cuda::lookahead));
 }
 

@@ -1,6 +1,18 @@
 """What the two compiled backends (``cpu`` and ``cuda``) share: the call of an algorithm's op
-(``docs/kernel-interface.md``), and the reference fallback for float64 and for tensors without a
-dense layout."""
+(``docs/kernel-interface.md``) with a cached state table, and the reference fallback for float64
+and for tensors without a dense layout.
+
+Note [cached state tables]: the step op takes the states and master weights as a table made by
+``torch.ops.fusedopt.state_table`` (addresses and what a step's params and grads are checked
+against), so that a step of thousands of tensors passes only its params and grads through torch's
+per-tensor boxing. The table is built once per ``cache`` the caller passes: the optimizer's plan
+keeps one dict per launch (``_plan.Bucket.cache``) and passes the same ``states`` and ``master``
+lists every step while the plan lives (the plan is rebuilt when a state tensor is replaced). The
+entry keeps those lists, so the tensors the table points to live as long as it does, and is used
+only for the very same list objects. Without a cache (direct callers) each call builds its table.
+A state tensor whose storage is swapped in place (``state["exp_avg"].data = ...``) is not seen:
+the plan's state tensors are updated in place only.
+"""
 from __future__ import annotations
 
 import torch
@@ -17,6 +29,8 @@ class CompiledBackend:
     # The ops check every tensor (dtype, shape, dense layout, device, the tables) before writing
     # anything, so a caller need not check gradients in Python.
     checks_tensors = True
+    # step() takes cache= (Note [cached state tables]).
+    caches_state_table = True
 
     def __init__(self):
         self._reference = None
@@ -28,15 +42,22 @@ class CompiledBackend:
         return self._reference
 
     def step(self, algo, flags, params, grads, states, master, steps, index, hyper,
-             grad_scale=None, found_inf=None):
+             grad_scale=None, found_inf=None, cache=None):
+        """``cache``: a dict the caller keeps for these ``states`` and ``master`` lists, or None
+        (Note [cached state tables])."""
         if not params:
             return
         if params[0].dtype == torch.float64:
             return self._fallback().step(algo, flags, params, grads, states, master, steps, index,
                                          hyper, grad_scale, found_inf)
-        slots = list(states) + [[]] * (_SLOT_LISTS - len(states))
         try:
-            getattr(torch.ops.fusedopt, algo)(params, grads, *slots, master, steps, index, hyper,
+            entry = cache.get("state_table") if cache is not None else None
+            if entry is None or entry[0] is not states or entry[1] is not master:
+                slots = list(states) + [[]] * (_SLOT_LISTS - len(states))
+                entry = (states, master, torch.ops.fusedopt.state_table(params, *slots, master))
+                if cache is not None:
+                    cache["state_table"] = entry
+            getattr(torch.ops.fusedopt, algo)(params, grads, entry[2], steps, index, hyper,
                                               [bool(f) for f in flags], grad_scale, found_inf)
         except RuntimeError as e:
             # Nothing was written: the op checks every tensor before touching memory.

@@ -118,138 +118,7 @@ inline bool same_dense_layout(const torch::stable::Tensor& a, const torch::stabl
   return true;
 }
 
-// --- the arguments of one step op ----------------------------------------------------------
-constexpr int kStateSlots = 3;
-using TensorList = std::vector<torch::stable::Tensor>;
-
-inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
-// The counts: one grad per param, exactly the state slots `required` (bit k: slot k) the
-// variant reads, each with one tensor per param, and master weights for every param if any. A
-// call without params has every list empty, whatever its variant.
-inline void check_counts(const std::string& name, const TensorList& params, const TensorList& grads,
-                         const TensorList* const slots[kStateSlots], int required,
-                         const std::optional<TensorList>& master) {
-  const size_t n = params.size();
-  STD_TORCH_CHECK(grads.size() == n, name, ": ", n, " params but ", grads.size(), " grads");
-  for (int k = 0; k < kStateSlots; ++k) {
-    const bool present = !slots[k]->empty();
-    const bool needed = (required >> k) & 1;
-    STD_TORCH_CHECK(present == needed || n == 0, name, ": state slot ", k,
-                    needed ? " is required by the flags but empty" : " must be empty for these flags");
-    if (present)
-      STD_TORCH_CHECK(slots[k]->size() == n, name, ": state slot ", k, " has ", slots[k]->size(),
-                      " tensors for ", n, " params");
-  }
-  if (master.has_value())
-    STD_TORCH_CHECK(master->size() == n, name, ": ", master->size(), " master weights for ", n,
-                    " params");
-}
-
-// One tensor's addresses, as every traversal needs them.
-struct CheckedTensor {
-  void* p = nullptr;
-  const void* g = nullptr;
-  float* master = nullptr;              // float32 master weights, or null
-  void* s[kStateSlots] = {nullptr, nullptr, nullptr};  // null for inactive slots
-  int64_t n = 0;
-  bool aligned16 = false;               // every pointer above is 16-byte aligned
-};
-
-struct CheckedCall {
-  DType pd = DType::kFloat;  // params and grads
-  DType sd = DType::kFloat;  // states: float32 or bfloat16
-  int32_t device_index = -1;
-  std::vector<CheckedTensor> tensors;
-};
-
-// Every tensor of a step, checked before anything is written: one param dtype
-// (float32/bfloat16/float16) shared by the grads, one state dtype (float32/bfloat16), float32
-// master weights for 16-bit params only, equal sizes, all on `device_type` (and on param 0's
-// device index), each param's tensors contiguous or sharing one dense layout.
-inline CheckedCall check_tensors(const std::string& name, const TensorList& params,
-                                 const TensorList& grads, const TensorList* const slots[kStateSlots],
-                                 int required, const std::optional<TensorList>& master,
-                                 int32_t device_type) {
-  const Codes& c = codes();
-  const bool has_master = master.has_value();
-  const size_t n = params.size();
-  CheckedCall out;
-  out.tensors.resize(n);
-  int32_t pdtype = -1, sdtype = -1;
-  auto on_device = [&](const Info& i) {
-    return i.device_type == device_type && i.device_index == out.device_index;
-  };
-  for (size_t t = 0; t < n; ++t) {
-    auto which = [t] { return std::to_string(t); };  // for messages only: no string per tensor
-    bool sparse = false;
-    if (!grad_matches(params[t], grads[t], &sparse))
-      fail(name + ": grad " + which() +
-           (sparse ? " is sparse; fusedopt needs dense gradients"
-                   : " does not have its param's shape"));
-    Info pi = info(params[t]);
-    if (t == 0) {
-      pdtype = pi.dtype;
-      out.device_index = pi.device_index;
-      if (pdtype == c.f32) out.pd = DType::kFloat;
-      else if (pdtype == c.bf16) out.pd = DType::kBFloat16;
-      else if (pdtype == c.f16) out.pd = DType::kHalf;
-      else fail(name + ": params must be float32, bfloat16 or float16, got " + dtype_name(pdtype));
-      if (has_master && out.pd == DType::kFloat)
-        fail(name + ": master weights are for bfloat16/float16 params only");
-      if (pi.device_type != device_type)
-        fail(name + ": param 0 is on the wrong device type for this kernel");
-    }
-    if (pi.dtype != pdtype)
-      fail(name + ": all params of a call must share one dtype (param " + which() + ")");
-    if (!on_device(pi)) fail(name + ": param " + which() + " is not on param 0's device");
-    Info gi = info(grads[t]);
-    if (gi.dtype != pdtype || gi.numel != pi.numel || !on_device(gi))
-      fail(name + ": grad " + which() + " must be a tensor of the param's dtype and shape on its device");
-    CheckedTensor& d = out.tensors[t];
-    d.p = pi.data;
-    d.g = gi.data;
-    d.n = pi.numel;
-    bool dense = pi.contiguous && gi.contiguous;
-    bool vec = aligned16(pi.data) && aligned16(gi.data);
-    if (has_master) {
-      Info mi = info((*master)[t]);
-      if (mi.dtype != c.f32 || mi.numel != pi.numel || !on_device(mi))
-        fail(name + ": master weight " + which() + " must be a float32 tensor with the param's shape on its device");
-      dense = dense && mi.contiguous;
-      vec = vec && aligned16(mi.data);
-      d.master = static_cast<float*>(mi.data);
-    }
-    for (int k = 0; k < kStateSlots; ++k) {
-      if (!((required >> k) & 1)) continue;
-      Info si = info((*slots[k])[t]);
-      if (sdtype < 0) {
-        sdtype = si.dtype;
-        if (sdtype == c.f32) out.sd = DType::kFloat;
-        else if (sdtype == c.bf16) out.sd = DType::kBFloat16;
-        else fail(name + ": states must be float32 or bfloat16, got " + dtype_name(sdtype));
-      }
-      if (si.dtype != sdtype || si.numel != pi.numel || !on_device(si))
-        fail(name + ": state slot " + std::to_string(k) + " of param " + which() +
-             " must be a tensor with the param's shape on its device and the call's one state dtype");
-      dense = dense && si.contiguous;
-      vec = vec && aligned16(si.data);
-      d.s[k] = si.data;
-    }
-    if (!dense && pi.numel > 1) {
-      bool ok = same_dense_layout(params[t], grads[t]);
-      if (ok && has_master) ok = same_dense_layout(params[t], (*master)[t]);
-      for (int k = 0; k < kStateSlots && ok; ++k)
-        if ((required >> k) & 1) ok = same_dense_layout(params[t], (*slots[k])[t]);
-      if (!ok)
-        fail(name + ": param " + which() + ", its grad and states must be contiguous or share one dense layout");
-    }
-    d.aligned16 = vec;
-  }
-  return out;
-}
-
-// --- the tables of a step: steps, index, hyper; grad_scale, found_inf ------------------------
+// --- messages, and the checks of a table ------------------------------------------------------
 
 // "cpu" or "cuda:<index>", for messages.
 inline std::string device_name(int32_t device_type, int32_t device_index) {
@@ -290,6 +159,264 @@ inline Info check_table(const std::string& name, const torch::stable::Tensor& t,
          (i.contiguous ? "" : " (not contiguous)") + " on " + device_name(i.device_type, i.device_index));
   return i;
 }
+
+// --- the state table (Note [state tables]) ----------------------------------------------
+// Note [state tables]: a launch's states and master weights stay the same tensors, at the same
+// addresses, for as long as the optimizer's plan lives, while the step op runs every step; a
+// param may be re-pointed (`p.data = ...`) and a grad is often a new tensor every step. So
+// fusedopt::state_table checks the states and master weights once, against the params, and
+// describes them in an int64 CPU tensor (docs/kernel-interface.md); the step op takes that table
+// instead of the state lists (saving torch's per-tensor boxing of every list, the dominant host
+// cost of a call of thousands of tensors) and checks each step's params and grads against it.
+// The table holds raw addresses: its owner keeps the tensors it describes alive and builds a
+// new table when they change.
+constexpr int kStateSlots = 3;
+using TensorList = std::vector<torch::stable::Tensor>;
+
+namespace table {
+constexpr int64_t kCols = 8;
+// "fusedopT" and the layout's version in the low byte.
+constexpr int64_t kMagic = 0x667573656f705401;
+// Row 0, the header.
+enum Header : int64_t {
+  kMagicCol = 0,
+  kCount = 1,        // n, the tensors (rows 1..n)
+  kParamDtype = 2,   // the params' dtype code (-1 when n == 0)
+  kStateDtype = 3,   // the states' dtype code (-1 without states)
+  kSlots = 4,        // bit k: state slot k is present
+  kHasMaster = 5,    // 0 / 1
+  kDeviceType = 6,   // the device type code of every tensor
+  kDeviceIndex = 7,  // its index (-1 when n == 0)
+};
+// Row 1 + t, tensor t. Columns 0..2 are the state slots' addresses (0: inactive slot).
+enum Row : int64_t {
+  kMaster = 3,      // the float32 master weight's address, or 0
+  kNumel = 4,       // the param's element count, shared by its states and master weight
+  kLayout = 5,      // layout_signature() of the param when the table was built
+  kContiguous = 6,  // 1: every state and master weight of the param is contiguous
+  kAligned = 7,     // 1: every address of the row is 16-byte aligned
+};
+}  // namespace table
+
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+// A hash of what same_dense_layout() compares: the sizes, and the strides of dimensions whose
+// size is not 1. Equal signatures mean a param has the layout the table's tensors were checked
+// against (up to a 64-bit hash collision).
+inline int64_t layout_signature(const torch::stable::Tensor& t) {
+  int64_t dim = 0;
+  int64_t *sizes = nullptr, *strides = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dim(t.get(), &dim));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_sizes(t.get(), &sizes));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_strides(t.get(), &strides));
+  uint64_t h = 1469598103934665603ull ^ static_cast<uint64_t>(dim);
+  auto mix = [&h](int64_t v) { h = (h ^ static_cast<uint64_t>(v)) * 1099511628211ull; };
+  for (int64_t d = 0; d < dim; ++d) {
+    mix(sizes[d]);
+    mix(sizes[d] != 1 ? strides[d] : 0);
+  }
+  return static_cast<int64_t>(h);
+}
+
+// fusedopt::state_table (docs/kernel-interface.md) for kernels on `device_type`: every tensor
+// checked (one param dtype float32/bfloat16/float16, one state dtype float32/bfloat16 over every
+// present slot, float32 master weights for 16-bit params only, equal element counts, all on
+// param 0's device, each param's states and master weight contiguous with it or sharing its
+// dense layout), then described.
+inline torch::stable::Tensor state_table(const TensorList& params, const TensorList* const slots[kStateSlots],
+                                         const std::optional<TensorList>& master, int32_t device_type) {
+  const std::string name = "fusedopt::state_table";
+  const Codes& c = codes();
+  const size_t n = params.size();
+  const bool has_master = master.has_value();
+  int present = 0;
+  for (int k = 0; k < kStateSlots; ++k) {
+    if (slots[k]->empty()) continue;
+    present |= 1 << k;
+    STD_TORCH_CHECK(slots[k]->size() == n, name, ": state slot ", k, " has ", slots[k]->size(),
+                    " tensors for ", n, " params");
+  }
+  if (has_master)
+    STD_TORCH_CHECK(master->size() == n, name, ": ", master->size(), " master weights for ", n, " params");
+
+  int64_t sizes[2] = {static_cast<int64_t>(n) + 1, table::kCols};
+  int64_t strides[2] = {table::kCols, 1};
+  AtenTensorHandle handle = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_empty_strided(2, sizes, strides, c.i64, c.cpu, 0, &handle));
+  torch::stable::Tensor out(handle);
+  int64_t* rows = static_cast<int64_t*>(out.data_ptr());
+  std::fill(rows, rows + sizes[0] * table::kCols, int64_t{0});
+  int64_t* head = rows;
+  head[table::kMagicCol] = table::kMagic;
+  head[table::kCount] = static_cast<int64_t>(n);
+  head[table::kParamDtype] = -1;
+  head[table::kStateDtype] = -1;
+  head[table::kSlots] = present;
+  head[table::kHasMaster] = has_master ? 1 : 0;
+  head[table::kDeviceType] = device_type;
+  head[table::kDeviceIndex] = -1;
+
+  int32_t pdtype = -1, sdtype = -1, device = -1;
+  auto on_device = [&](const Info& i) { return i.device_type == device_type && i.device_index == device; };
+  for (size_t t = 0; t < n; ++t) {
+    auto which = [t] { return std::to_string(t); };  // for messages only: no string per tensor
+    Info pi = info(params[t]);
+    if (t == 0) {
+      pdtype = pi.dtype;
+      device = pi.device_index;
+      if (pdtype != c.f32 && pdtype != c.bf16 && pdtype != c.f16)
+        fail(name + ": params must be float32, bfloat16 or float16, got " + dtype_name(pdtype));
+      if (has_master && pdtype == c.f32) fail(name + ": master weights are for bfloat16/float16 params only");
+      if (pi.device_type != device_type) fail(name + ": param 0 is on the wrong device type for this kernel");
+    }
+    if (pi.dtype != pdtype)
+      fail(name + ": all params of a call must share one dtype (param " + which() + ")");
+    if (!on_device(pi)) fail(name + ": param " + which() + " is not on param 0's device");
+    int64_t* row = rows + (t + 1) * table::kCols;
+    bool contiguous = true;
+    bool vec = true;
+    if (has_master) {
+      Info mi = info((*master)[t]);
+      if (mi.dtype != c.f32 || mi.numel != pi.numel || !on_device(mi))
+        fail(name + ": master weight " + which() + " must be a float32 tensor with the param's shape on its device");
+      contiguous = contiguous && mi.contiguous;
+      vec = vec && aligned16(mi.data);
+      row[table::kMaster] = static_cast<int64_t>(reinterpret_cast<uintptr_t>(mi.data));
+    }
+    for (int k = 0; k < kStateSlots; ++k) {
+      if (!((present >> k) & 1)) continue;
+      Info si = info((*slots[k])[t]);
+      if (sdtype < 0) {
+        sdtype = si.dtype;
+        if (sdtype != c.f32 && sdtype != c.bf16)
+          fail(name + ": states must be float32 or bfloat16, got " + dtype_name(sdtype));
+      }
+      if (si.dtype != sdtype || si.numel != pi.numel || !on_device(si))
+        fail(name + ": state slot " + std::to_string(k) + " of param " + which() +
+             " must be a tensor with the param's shape on its device and the call's one state dtype");
+      contiguous = contiguous && si.contiguous;
+      vec = vec && aligned16(si.data);
+      row[k] = static_cast<int64_t>(reinterpret_cast<uintptr_t>(si.data));
+    }
+    if (!(contiguous && pi.contiguous) && pi.numel > 1) {
+      bool ok = !has_master || same_dense_layout(params[t], (*master)[t]);
+      for (int k = 0; k < kStateSlots && ok; ++k)
+        if ((present >> k) & 1) ok = same_dense_layout(params[t], (*slots[k])[t]);
+      if (!ok)
+        fail(name + ": param " + which() + ", its grad and states must be contiguous or share one dense layout");
+    }
+    row[table::kNumel] = pi.numel;
+    row[table::kLayout] = layout_signature(params[t]);
+    row[table::kContiguous] = contiguous ? 1 : 0;
+    row[table::kAligned] = vec ? 1 : 0;
+  }
+  head[table::kParamDtype] = pdtype;
+  head[table::kStateDtype] = sdtype;
+  head[table::kDeviceIndex] = device;
+  return out;
+}
+
+// --- the arguments of one step op ----------------------------------------------------------
+
+// One tensor's addresses, as every traversal needs them.
+struct CheckedTensor {
+  void* p = nullptr;
+  const void* g = nullptr;
+  float* master = nullptr;              // float32 master weights, or null
+  void* s[kStateSlots] = {nullptr, nullptr, nullptr};  // null for inactive slots
+  int64_t n = 0;
+  bool aligned16 = false;               // every pointer above is 16-byte aligned
+};
+
+struct CheckedCall {
+  DType pd = DType::kFloat;  // params and grads
+  DType sd = DType::kFloat;  // states: float32 or bfloat16
+  bool master = false;       // float32 master weights
+  int32_t device_index = -1;
+  std::vector<CheckedTensor> tensors;
+};
+
+inline DType dtype_of(int32_t code) {
+  const Codes& c = codes();
+  if (code == c.bf16) return DType::kBFloat16;
+  if (code == c.f16) return DType::kHalf;
+  return DType::kFloat;
+}
+
+// The state table of a step op: an int64 [n + 1, kCols] CPU tensor of fusedopt::state_table for
+// `n` params and kernels on `device_type`; its rows.
+inline const int64_t* check_state_table(const std::string& name, const torch::stable::Tensor& t, size_t n,
+                                        int32_t device_type) {
+  const Codes& c = codes();
+  const std::string what = "a state table of fusedopt::state_table (a contiguous int64 CPU tensor of shape [" +
+                           std::to_string(n + 1) + ", " + std::to_string(table::kCols) + "] for " +
+                           std::to_string(n) + " params)";
+  Info i = check_table(name, t, "table", c.i64, 2, table::kCols, c.cpu, -1, what);
+  const int64_t* rows = static_cast<const int64_t*>(i.data);
+  if (i.numel < table::kCols || rows[table::kMagicCol] != table::kMagic)
+    fail(name + ": table must be " + what + "; got another int64 tensor");
+  if (rows[table::kCount] != static_cast<int64_t>(n) || i.numel != static_cast<int64_t>(n + 1) * table::kCols)
+    fail(name + ": the state table describes " + std::to_string(rows[table::kCount]) + " tensors, for " +
+         std::to_string(n) + " params");
+  if (rows[table::kDeviceType] != device_type)
+    fail(name + ": the state table describes tensors of another device type than this kernel's");
+  return rows;
+}
+
+// Every param and grad of a step checked against the state table before anything is written:
+// the counts, the params' dtype and device, each param's element count and layout (contiguous
+// with its grad and states, or of the layout its states were checked against, with its grad
+// sharing it), each grad dense and of its param's shape, dtype and device.
+inline CheckedCall check_tensors(const std::string& name, const TensorList& params, const TensorList& grads,
+                                 const int64_t* rows, int required) {
+  const size_t n = params.size();
+  CheckedCall out;
+  out.tensors.resize(n);
+  const int32_t pdtype = static_cast<int32_t>(rows[table::kParamDtype]);
+  const int32_t device_type = static_cast<int32_t>(rows[table::kDeviceType]);
+  out.device_index = static_cast<int32_t>(rows[table::kDeviceIndex]);
+  out.pd = dtype_of(pdtype);
+  out.sd = dtype_of(static_cast<int32_t>(rows[table::kStateDtype]));
+  out.master = rows[table::kHasMaster] != 0;
+  const std::string where = device_name(device_type, out.device_index);
+  auto on_device = [&](const Info& i) {
+    return i.device_type == device_type && i.device_index == out.device_index;
+  };
+  for (size_t t = 0; t < n; ++t) {
+    auto which = [t] { return std::to_string(t); };  // for messages only: no string per tensor
+    const int64_t* row = rows + (t + 1) * table::kCols;
+    bool sparse = false;
+    if (!grad_matches(params[t], grads[t], &sparse))
+      fail(name + ": grad " + which() +
+           (sparse ? " is sparse; fusedopt needs dense gradients" : " does not have its param's shape"));
+    Info pi = info(params[t]);
+    if (pi.dtype != pdtype)
+      fail(name + ": param " + which() + " is " + dtype_name(pi.dtype) + " but the state table is for " +
+           dtype_name(pdtype) + " params");
+    if (!on_device(pi)) fail(name + ": param " + which() + " is not on the state table's device (" + where + ")");
+    if (pi.numel != row[table::kNumel])
+      fail(name + ": param " + which() + " has " + std::to_string(pi.numel) + " elements but its states in the " +
+           "state table have " + std::to_string(row[table::kNumel]));
+    Info gi = info(grads[t]);
+    if (gi.dtype != pdtype || gi.numel != pi.numel || !on_device(gi))
+      fail(name + ": grad " + which() + " must be a tensor of the param's dtype and shape on its device");
+    const bool contiguous = pi.contiguous && gi.contiguous && row[table::kContiguous] != 0;
+    if (!contiguous && pi.numel > 1 &&
+        !(layout_signature(params[t]) == row[table::kLayout] && same_dense_layout(params[t], grads[t])))
+      fail(name + ": param " + which() + ", its grad and states must be contiguous or share one dense layout");
+    CheckedTensor& d = out.tensors[t];
+    d.p = pi.data;
+    d.g = gi.data;
+    d.n = pi.numel;
+    d.master = reinterpret_cast<float*>(static_cast<uintptr_t>(row[table::kMaster]));
+    for (int k = 0; k < kStateSlots; ++k)
+      d.s[k] = (required >> k) & 1 ? reinterpret_cast<void*>(static_cast<uintptr_t>(row[k])) : nullptr;
+    d.aligned16 = row[table::kAligned] != 0 && aligned16(pi.data) && aligned16(gi.data);
+  }
+  return out;
+}
+
+// --- the tables of a step: steps, index, hyper; grad_scale, found_inf ------------------------
 
 // One tensor's place in the tables: its step counter steps[step] and its row hyper[row].
 struct StepTables {
@@ -366,25 +493,32 @@ struct CheckedStep {
 };
 
 // The checks of one call of fusedopt::<A::kName> (docs/kernel-interface.md) whose kernels run on
-// `device_type`, in the order of its arguments; a failure writes nothing.
+// `device_type`, in the order of its arguments; a failure writes nothing. The state slots the
+// variant reads must be exactly those of the table (a call without params has none to read).
 template <class A>
-CheckedStep check_step(const TensorList& params, const TensorList& grads,
-                       const TensorList* const slots[kStateSlots], const std::optional<TensorList>& master,
+CheckedStep check_step(const TensorList& params, const TensorList& grads, const torch::stable::Tensor& table,
                        const torch::stable::Tensor& steps, const torch::stable::Tensor& index,
                        const torch::stable::Tensor& hyper, const std::vector<bool>& flags,
                        const std::optional<torch::stable::Tensor>& grad_scale,
                        const std::optional<torch::stable::Tensor>& found_inf, int32_t device_type) {
   const std::string name = std::string("fusedopt::") + A::kName;
+  const size_t n = params.size();
+  STD_TORCH_CHECK(grads.size() == n, name, ": ", n, " params but ", grads.size(), " grads");
+  const int64_t* rows = check_state_table(name, table, n, device_type);
+  const int present = static_cast<int>(rows[table::kSlots]);
   CheckedStep out;
-  int present = 0;
-  for (int k = 0; k < kStateSlots; ++k) present |= slots[k]->empty() ? 0 : 1 << k;
   out.variant = A::call_variant(flag_bits(name, flags, A::kNumFlags), present);
+  if (n == 0) return out;
   const int required = A::slots(out.variant);
-  check_counts(name, params, grads, slots, required, master);
-  if (params.empty()) return out;
-  out.call = check_tensors(name, params, grads, slots, required, master, device_type);
+  for (int k = 0; k < kStateSlots; ++k) {
+    const bool needed = (required >> k) & 1;
+    STD_TORCH_CHECK(((present >> k) & 1) == needed, name, ": state slot ", k,
+                    needed ? " is required by the flags but the state table has none"
+                           : " must be empty for these flags but the state table has it");
+  }
+  out.call = check_tensors(name, params, grads, rows, required);
   const int32_t device = out.call.device_index;
-  out.tables = check_tables(name, params.size(), steps, index, hyper, A::kNumHyper, device_type, device);
+  out.tables = check_tables(name, n, steps, index, hyper, A::kNumHyper, device_type, device);
   out.grad_scale = scalar_tensor(name, grad_scale, "grad_scale", device_type, device);
   out.found_inf = scalar_tensor(name, found_inf, "found_inf", device_type, device);
   return out;

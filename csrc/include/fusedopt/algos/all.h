@@ -13,9 +13,12 @@
 
 #define FUSEDOPT_FOR_EACH_ALGORITHM(X) X(Sgd) X(Adagrad) X(Adadelta) X(Rmsprop) X(Adam) X(Yogi) X(Radam)
 
-// The schema of every step op after its name (the state slots s0, s1, s2 in SLOTS order, an
-// unused one an empty list).
-#define FUSEDOPT_STEP_SCHEMA                                                                    \
-  "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] s0, Tensor(c!)[] s1, Tensor(d!)[] s2, " \
-  "Tensor(e!)[]? master, Tensor steps, Tensor index, Tensor hyper, bool[] flags, "            \
-  "Tensor? grad_scale=None, Tensor? found_inf=None) -> ()"
+// The schema of every step op after its name: the states and master weights it updates come
+// from `table`, made by fusedopt::state_table (Note [state tables] in tensor_info.h).
+#define FUSEDOPT_STEP_SCHEMA                                                                \
+  "(Tensor(a!)[] params, Tensor[] grads, Tensor table, Tensor steps, Tensor index, "       \
+  "Tensor hyper, bool[] flags, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()"
+// The schema of fusedopt::state_table after its name (the state slots s0, s1, s2 in SLOTS order,
+// an unused one an empty list).
+#define FUSEDOPT_STATE_TABLE_SCHEMA \
+  "(Tensor[] params, Tensor[] s0, Tensor[] s1, Tensor[] s2, Tensor[]? master) -> Tensor"
