@@ -1,4 +1,5 @@
-"""Checkpoints: ``load_state_dict`` of a state dict saved by fusedopt or by torch.optim.
+"""Checkpoints: the optimizer's ``state`` mapping, and ``load_state_dict`` of a state dict saved
+by fusedopt or by torch.optim.
 
 ``state_dict()`` is torch.optim's own (the keys are torch's, ``param_names`` included when the
 optimizer was built from named parameters); loading checks every tensor against its parameter
@@ -16,9 +17,53 @@ import torch
 from ._plan import state_dtype_for
 
 
-def load(opt, state_dict: dict[str, Any], make_state) -> None:
-    """Load ``state_dict`` into ``opt`` (a FusedOptimizer), as torch.optim does, all or nothing;
-    ``make_state`` wraps the new per-parameter states into the optimizer's ``state`` mapping."""
+class State(defaultdict):
+    """``optimizer.state``: torch.optim's ``defaultdict(dict)`` that also counts replaced and
+    removed entries, so a step plan notices ``opt.state[p] = {}`` or ``del opt.state[p]``."""
+
+    def __init__(self, items=()):
+        super().__init__(dict, items)
+        self.version = 0
+
+    def __setitem__(self, key, value):
+        self.version += 1
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self.version += 1
+        super().__delitem__(key)
+
+    def pop(self, *args):
+        self.version += 1
+        return super().pop(*args)
+
+    def popitem(self):
+        self.version += 1
+        return super().popitem()
+
+    def clear(self):
+        self.version += 1
+        super().clear()
+
+    def update(self, *args, **kwargs):
+        self.version += 1
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key, default=None):
+        self.version += 1
+        return super().setdefault(key, default)
+
+    def copy(self):
+        return State(self)
+
+    __copy__ = copy
+
+    def __reduce__(self):
+        return (State, (), None, None, iter(self.items()))
+
+
+def load(opt, state_dict: dict[str, Any]) -> None:
+    """Load ``state_dict`` into ``opt`` (a FusedOptimizer), as torch.optim does, all or nothing."""
     state_dict = state_dict.copy()
     for pre_hook in opt._optimizer_load_state_dict_pre_hooks.values():
         result = pre_hook(opt, state_dict)
@@ -67,7 +112,7 @@ def load(opt, state_dict: dict[str, Any], make_state) -> None:
         new_groups.append(ng)
     for ng in new_groups:
         opt.algorithm.validate(ng)
-    opt.state = make_state(new_state)
+    opt.state = State(new_state)
     opt.param_groups = new_groups
     opt._reset_caches()
     for post_hook in opt._optimizer_load_state_dict_post_hooks.values():

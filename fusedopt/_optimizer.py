@@ -7,13 +7,13 @@ prologue (:mod:`fusedopt._prologue`: one gradient scale and the inf flag), the s
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
 
 from . import _checkpoint, _distributed, backends
+from ._checkpoint import State
 from ._plan import HyperTables, Plan, build, layout, state_dtype_for
 from ._prologue import prologue
 from ._steps import StepArena
@@ -21,51 +21,6 @@ from .algorithms import Algorithm
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 _SUPPORTED = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-class _State(defaultdict):
-    """``optimizer.state``: torch.optim's ``defaultdict(dict)`` that also counts replaced and
-    removed entries, so a step plan notices ``opt.state[p] = {}`` or ``del opt.state[p]``."""
-
-    def __init__(self, items=()):
-        super().__init__(dict, items)
-        self.version = 0
-
-    def __setitem__(self, key, value):
-        self.version += 1
-        super().__setitem__(key, value)
-
-    def __delitem__(self, key):
-        self.version += 1
-        super().__delitem__(key)
-
-    def pop(self, *args):
-        self.version += 1
-        return super().pop(*args)
-
-    def popitem(self):
-        self.version += 1
-        return super().popitem()
-
-    def clear(self):
-        self.version += 1
-        super().clear()
-
-    def update(self, *args, **kwargs):
-        self.version += 1
-        super().update(*args, **kwargs)
-
-    def setdefault(self, key, default=None):
-        self.version += 1
-        return super().setdefault(key, default)
-
-    def copy(self):
-        return _State(self)
-
-    __copy__ = copy
-
-    def __reduce__(self):
-        return (_State, (), None, None, iter(self.items()))
 
 
 class FusedOptimizer(Optimizer):
@@ -119,7 +74,7 @@ class FusedOptimizer(Optimizer):
         defaults = dict(defaults, backend=backend, capturable=bool(capturable),
                         master_weights=bool(master_weights), state_dtype=state_dtype)
         super().__init__(params, defaults)
-        self.state = _State(self.state)
+        self.state = State(self.state)
         if self.algorithm.eager_state:
             # as torch.optim does for this algorithm, so checkpoints load into it both ways
             for group in self.param_groups:
@@ -160,7 +115,7 @@ class FusedOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self.state = _State(self.state)
+        self.state = State(self.state)
         for group in self.param_groups:
             for k, v in self.defaults.items():
                 group.setdefault(k, v)
@@ -313,4 +268,4 @@ class FusedOptimizer(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict saved by this class or by the torch.optim optimizer of the same
         algorithm. Every tensor is checked against its parameter before anything changes."""
-        _checkpoint.load(self, state_dict, _State)
+        _checkpoint.load(self, state_dict)
