@@ -119,27 +119,34 @@ def build(algo: Algorithm, groups: list[dict], with_grads: list[list[torch.Tenso
 
 class HyperTables:
     """The per-group hyperparameter table of each device, float64 ``[groups, len(HYPER)]``,
-    rebuilt only when a host value changes; a tensor lr on an accelerator is copied into its
-    cell on the device at every step (no host synchronisation, and a captured graph replays
-    the copy)."""
+    rebuilt only when a host value changes. A tensor lr on an accelerator is copied into its
+    cell on the device at every step, with device-resident cell indices: no host
+    synchronisation, and a captured CUDA graph replays the copy."""
 
     def __init__(self):
         self.rows: list | None = None
-        self.tables: dict[torch.device, torch.Tensor] = {}
+        self.tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
     def get(self, algo: Algorithm, groups: list[dict], device: torch.device) -> torch.Tensor:
         rows = [algo.hyper_row(g) for g in groups]
-        host = [[0.0 if isinstance(v, torch.Tensor) else v for v in row] for row in rows]
+        # tensor cells are None here, so where they are is part of what must not change
+        host = [[None if isinstance(v, torch.Tensor) else v for v in row] for row in rows]
         if host != self.rows:
             self.rows, self.tables = host, {}
-        table = self.tables.get(device)
-        if table is None:
-            table = torch.tensor(host, dtype=torch.float64).reshape(len(host), len(algo.HYPER))
+        got = self.tables.get(device)
+        if got is None:
+            width = len(algo.HYPER)
+            table = torch.tensor([[0.0 if v is None else v for v in row] for row in host],
+                                 dtype=torch.float64).reshape(len(host), width)
+            cells = [r * width + c for r, row in enumerate(host) for c, v in enumerate(row) if v is None]
+            index = torch.tensor(cells, dtype=torch.int64) if cells else None
             if device.type != "cpu":
                 table = table.pin_memory().to(device, non_blocking=True)
-            self.tables[device] = table
-        cells = [(r, c, v) for r, row in enumerate(rows) for c, v in enumerate(row) if isinstance(v, torch.Tensor)]
-        if cells:
-            values = torch.stack([v.reshape(()).to(device=device, dtype=torch.float64) for _, _, v in cells])
-            table[[r for r, _, _ in cells], [c for _, c, _ in cells]] = values
+                index = None if index is None else index.pin_memory().to(device, non_blocking=True)
+            got = self.tables[device] = (table, index)
+        table, index = got
+        if index is not None:
+            values = torch.stack([v.reshape(()).to(device=device, dtype=torch.float64)
+                                  for row in rows for v in row if isinstance(v, torch.Tensor)])
+            table.view(-1).index_copy_(0, index, values)
         return table

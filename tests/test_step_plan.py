@@ -177,3 +177,27 @@ def test_sgd_first_momentum_step_per_param_in_one_launch(monkeypatch):
             opt.step()
     assert counter.calls == [3, 3, 4, 4]
     _assert_match(ours, theirs, "SGD late first step")
+
+
+def test_hyper_table_fills_tensor_cells_in_place_and_rebuilds_only_on_host_changes(monkeypatch):
+    """A tensor lr on an accelerator stays a tensor cell of the row: the cached table is filled
+    from it at every step (the same table object, so nothing is re-uploaded), and rebuilt only
+    when a host value changes. (Here the cell's tensor is on the CPU, standing in for one on a
+    GPU: ``hyper_row`` keeps it a tensor as it does for an accelerator's.)"""
+    from fusedopt._plan import HyperTables
+    algo = fusedopt.Adam.algorithm
+    base = type(algo).hyper_row
+    monkeypatch.setattr(type(algo), "hyper_row",
+                        lambda self, g: (g["lr"],) + base(self, {**g, "lr": 0.0})[1:])
+    lr = torch.tensor(0.5)
+    groups = [{**algo.defaults, "lr": lr}, {**algo.defaults, "lr": lr * 2, "weight_decay": 0.1}]
+    tables = HyperTables()
+    first = tables.get(algo, groups, torch.device("cpu"))
+    assert first[:, 0].tolist() == [0.5, 1.0] and first[1, 1] == 0.1
+    lr.fill_(0.25)
+    groups[1]["lr"].fill_(0.125)
+    again = tables.get(algo, groups, torch.device("cpu"))
+    assert again is first and again[:, 0].tolist() == [0.25, 0.125]
+    groups[1]["weight_decay"] = 0.2
+    rebuilt = tables.get(algo, groups, torch.device("cpu"))
+    assert rebuilt is not first and rebuilt[1, 1] == 0.2 and rebuilt[:, 0].tolist() == [0.25, 0.125]
