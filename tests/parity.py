@@ -201,3 +201,38 @@ def exact_scalars_call(name, n=60, elems=8, seed=3, device="cpu"):
             else:
                 t.copy_(torch.randn(elems, generator=gen).to(device))
     return spec, call
+
+
+def mutable(call):
+    """Every tensor a direct backend call may write, in a fixed order."""
+    return list(call["params"]) + [t for slot in call["states"] for t in slot] + list(call["master"] or [])
+
+
+def clone_call(call, device=None):
+    """A copy of a direct backend call's arguments (on ``device`` when given), so that backends
+    can be run side by side on the same inputs."""
+    def copy(t):  # with the same strides, so layouts under test survive the copy
+        return torch.empty_strided(t.size(), t.stride(), dtype=t.dtype, device=device or t.device).copy_(t)
+
+    out = dict(call)
+    for key in ("params", "grads"):
+        out[key] = [copy(t) for t in call[key]]
+    out["states"] = [[copy(t) for t in slot] for slot in call["states"]]
+    out["master"] = None if call["master"] is None else [copy(m) for m in call["master"]]
+    if device is not None:
+        out["steps"], out["hyper"] = call["steps"].to(device), call["hyper"].to(device)
+    return out
+
+
+def run_call(backend, call, **kw):
+    """``backend.step`` on a copy of ``call``; returns the copy, updated."""
+    out = clone_call(call)
+    backend.step(**out, **kw)
+    return out
+
+
+def assert_calls_match(got, want, what=""):
+    """Params, every state tensor and the master weights, each within its dtype's tolerance."""
+    for i, (a, b) in enumerate(zip(mutable(got), mutable(want))):
+        rtol, atol = TOL[a.dtype]
+        torch.testing.assert_close(a, b.to(a.device), rtol=rtol, atol=atol, msg=lambda m: f"{what} tensor {i}: {m}")

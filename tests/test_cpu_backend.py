@@ -25,7 +25,8 @@ from fusedopt import _ext
 from fusedopt.algorithms import ALGORITHMS
 from fusedopt.backends import get_backend
 from parity import (CASES, MIXED_PRECISION, MIXED_PRECISION_IDS, MIXED_ROWS, ODD_SIZES, REPRESENTATIVE, TOL,
-                    case_id, exact_scalars_call, interface_problem, make_problem, run_parity, set_rows)
+                    assert_calls_match, case_id, clone_call, exact_scalars_call, interface_problem, make_problem,
+                    mutable, run_call, run_parity, set_rows)
 
 _OK, _WHY = _ext.cpu_status()
 if not _OK:
@@ -78,30 +79,7 @@ def _call(name, dtype, n=(3, 4097), state_dtype=torch.float32, master=False, cou
 
 
 
-def _mutable(call):
-    """Every tensor a step may write, in a fixed order."""
-    return list(call["params"]) + [t for slot in call["states"] for t in slot] + list(call["master"] or [])
 
-
-def _clone(call):
-    out = dict(call)
-    out["params"] = [p.clone() for p in call["params"]]
-    out["states"] = [[t.clone() for t in slot] for slot in call["states"]]
-    out["master"] = None if call["master"] is None else [m.clone() for m in call["master"]]
-    return out
-
-
-def _run(backend, call, **kw):
-    out = _clone(call)
-    backend.step(**out, **kw)
-    return out
-
-
-def _assert_matches(got, want, what=""):
-    """Params, every state tensor and the master weights, each within its dtype's tolerance."""
-    for i, (a, b) in enumerate(zip(_mutable(got), _mutable(want))):
-        rtol, atol = TOL[a.dtype]
-        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{what} tensor {i}: {m}")
 
 
 def _variants():
@@ -145,7 +123,7 @@ def test_interface_odd_sizes(name, dtype, state_dtype, master):
     """Odd sizes, two rows and step counts 3, 7, 1 in one call (SGD's first step beside later
     ones, RAdam's un-rectified and rectified branches side by side)."""
     spec, call = _call(name, dtype, n=ODD_SIZES, state_dtype=state_dtype, master=master)
-    _assert_matches(_run(_cpu(), call), _run(_ref(), call), f"{name} {dtype}")
+    assert_calls_match(run_call(_cpu(), call), run_call(_ref(), call), f"{name} {dtype}")
 
 
 def test_interface_covers_both_branches():
@@ -166,7 +144,7 @@ def test_interface_rows_mix_preamble_modes(name):
     weight-decay mode is the tensor's own."""
     spec, call = _call(name, torch.float32, n=(3, 4097, 5, 17, 1000, 33, 2, 70000))
     set_rows(spec, call, MIXED_ROWS)
-    _assert_matches(_run(_cpu(), call), _run(_ref(), call), name)
+    assert_calls_match(run_call(_cpu(), call), run_call(_ref(), call), name)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -180,7 +158,7 @@ def test_interface_many_tensors(name, dtype):
     spec, call = _call(name, dtype, n=sizes, counts=counts)
     set_rows(spec, call, MIXED_ROWS)
     call["index"][:, 1] = torch.randint(0, len(MIXED_ROWS), (len(sizes),), generator=gen)
-    _assert_matches(_run(_cpu(), call), _run(_ref(), call), name)
+    assert_calls_match(run_call(_cpu(), call), run_call(_ref(), call), name)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -191,7 +169,7 @@ def test_interface_distinct_step_count_per_tensor(name):
     spec, call = _call(name, torch.float32, n=[7] * n, counts=(1.0,))
     call["steps"] = torch.arange(1, n + 1, dtype=torch.float32).flip(0)
     call["index"][:, 0] = torch.arange(n)
-    _assert_matches(_run(_cpu(), call), _run(_ref(), call), name)
+    assert_calls_match(run_call(_cpu(), call), run_call(_ref(), call), name)
 
 
 
@@ -204,8 +182,8 @@ def test_per_tensor_scalars_are_the_references_to_the_bit(name):
     in float64 from its row and t as Python does and round them once: with every other operation
     exact, the results are the reference's bit for bit, steps 1 to 60, two rows."""
     spec, call = exact_scalars_call(name)
-    got, want = _run(_cpu(), call), _run(_ref(), call)
-    for i, (a, b) in enumerate(zip(_mutable(got), _mutable(want))):
+    got, want = run_call(_cpu(), call), run_call(_ref(), call)
+    for i, (a, b) in enumerate(zip(mutable(got), mutable(want))):
         assert torch.equal(a, b), f"{name} tensor {i}: {a} != {b}"
 
 
@@ -215,13 +193,13 @@ def test_grad_scale_and_found_inf(name, dtype):
     """The 0-dim grad_scale multiplies g; found_inf != 0 writes nothing at all (bitwise)."""
     spec, call = _call(name, dtype, n=(7, 5000), master=dtype != torch.float32)
     scale = torch.tensor(0.25)
-    got = _run(_cpu(), call, grad_scale=scale, found_inf=torch.tensor(0.0))
-    _assert_matches(got, _run(_ref(), call, grad_scale=scale, found_inf=torch.tensor(0.0)), name)
+    got = run_call(_cpu(), call, grad_scale=scale, found_inf=torch.tensor(0.0))
+    assert_calls_match(got, run_call(_ref(), call, grad_scale=scale, found_inf=torch.tensor(0.0)), name)
     assert not torch.equal(got["params"][1], call["params"][1])
     # GradScaler's found_inf is one element of shape [1]: accepted as well.
     for found_inf in (torch.tensor(1.0), torch.tensor([float("inf")])):
-        skipped = _run(_cpu(), call, grad_scale=scale, found_inf=found_inf)
-        for a, b in zip(_mutable(skipped), _mutable(call)):
+        skipped = run_call(_cpu(), call, grad_scale=scale, found_inf=found_inf)
+        for a, b in zip(mutable(skipped), mutable(call)):
             assert torch.equal(a, b)
 
 
@@ -250,32 +228,32 @@ def test_channels_last_runs_in_the_kernel_and_strided_falls_back():
         call[key] = [shaped(t, i) for i, t in enumerate(call[key])]
     call["states"] = [[shaped(t, i) for i, t in enumerate(slot)] for slot in call["states"]]
     assert call["params"][0].stride() == channels_last.stride() and not call["params"][1].is_contiguous()
-    _assert_matches(_run(_cpu(), call), _run(_ref(), call), "layouts")
+    assert_calls_match(run_call(_cpu(), call), run_call(_ref(), call), "layouts")
 
-    only_cl = _clone(call)  # the channels_last tensor alone: the op itself takes it
+    only_cl = clone_call(call)  # the channels_last tensor alone: the op itself takes it
     for key in ("params", "grads"):
         only_cl[key] = only_cl[key][:1]
     only_cl["states"] = [slot[:1] for slot in only_cl["states"]]
     only_cl["index"] = only_cl["index"][:1]
-    want = _run(_ref(), only_cl)
+    want = run_call(_ref(), only_cl)
     torch.ops.fusedopt.adam(*_op_args(only_cl))
-    _assert_matches(only_cl, want, "channels_last")
+    assert_calls_match(only_cl, want, "channels_last")
 
-    op_call = _clone(call)
-    before = [t.clone() for t in _mutable(op_call)]
+    op_call = clone_call(call)
+    before = [t.clone() for t in mutable(op_call)]
     with pytest.raises(RuntimeError, match="share one dense layout"):
         torch.ops.fusedopt.adam(*_op_args(op_call))
-    for a, b in zip(_mutable(op_call), before):
+    for a, b in zip(mutable(op_call), before):
         assert torch.equal(a, b)
 
     # A param re-pointed to another layout than its states' (same sizes): refused by the step.
-    cl_call = _clone(only_cl)
+    cl_call = clone_call(only_cl)
     args = _op_args(cl_call)
     cl_call["params"][0] = args[0][0] = cl_call["params"][0].contiguous()
-    before = [t.clone() for t in _mutable(cl_call)]
+    before = [t.clone() for t in mutable(cl_call)]
     with pytest.raises(RuntimeError, match="param 0, its grad and states must be contiguous or share one"):
         torch.ops.fusedopt.adam(*args)
-    for a, b in zip(_mutable(cl_call), before):
+    for a, b in zip(mutable(cl_call), before):
         assert torch.equal(a, b)
 
 
@@ -369,10 +347,10 @@ def test_errors_write_nothing(what, name, edit, message):
     args = _op_args(call)
     args[0], args[1] = list(args[0]), list(args[1])
     edit(args, call)
-    before = [t.clone() for t in _mutable(call)]
+    before = [t.clone() for t in mutable(call)]
     with pytest.raises(RuntimeError, match=message):
         getattr(torch.ops.fusedopt, spec.name)(*args)
-    for a, b in zip(_mutable(call), before):
+    for a, b in zip(mutable(call), before):
         assert torch.equal(a, b)
 
 
@@ -423,18 +401,18 @@ def test_backend_caches_the_state_table_per_lists():
     """The same states and master lists reuse their table (Note [cached state tables]); other
     lists get a new one; results are those of an uncached call."""
     spec, call = _call("Adam", torch.float32, n=(10, 4097))
-    want = _run(_cpu(), call)
-    got, cache = _clone(call), {}
+    want = run_call(_cpu(), call)
+    got, cache = clone_call(call), {}
     _cpu().step(**got, cache=cache)
     entry = cache["state_table"]
     assert entry[0] is got["states"] and entry[1] is got["master"]
-    _assert_matches(got, want, "cached")
+    assert_calls_match(got, want, "cached")
     _cpu().step(**got, cache=cache)
     assert cache["state_table"] is entry
-    other = _clone(call)
+    other = clone_call(call)
     _cpu().step(**other, cache=cache)
     assert cache["state_table"] is not entry and cache["state_table"][0] is other["states"]
-    _assert_matches(other, want, "rebuilt")
+    assert_calls_match(other, want, "rebuilt")
 
 
 def test_optimizer_keeps_one_table_per_plan():
@@ -459,10 +437,10 @@ def test_optimizer_keeps_one_table_per_plan():
 ], ids=["grad_scale-dtype", "found_inf-shape"])
 def test_scalar_tensor_errors_write_nothing(kw, message):
     spec, call = _call("Adam", torch.float32, n=(10, 10, 10))
-    before = [t.clone() for t in _mutable(call)]
+    before = [t.clone() for t in mutable(call)]
     with pytest.raises(RuntimeError, match=message):
         torch.ops.fusedopt.adam(*_op_args(call), **kw)
-    for a, b in zip(_mutable(call), before):
+    for a, b in zip(mutable(call), before):
         assert torch.equal(a, b)
 
 
@@ -483,10 +461,10 @@ def test_thread_count_does_not_change_results():
     try:
         for threads in (1, max(2, old)):
             torch.set_num_threads(threads)
-            results.append(_run(_cpu(), call))
+            results.append(run_call(_cpu(), call))
     finally:
         torch.set_num_threads(old)
-    for a, b in zip(_mutable(results[0]), _mutable(results[1])):
+    for a, b in zip(mutable(results[0]), mutable(results[1])):
         assert torch.equal(a, b)
 
 
@@ -499,7 +477,7 @@ _ISA_SCRIPT = textwrap.dedent("""
         for dtype, state_dtype, master in t.VARIANTS:
             spec, call = t._call(name, dtype, n=(5, 4097, 30001), state_dtype=state_dtype, master=master)
             t.set_rows(spec, call, t.MIXED_ROWS)
-            out[(name, str(dtype), str(state_dtype), master)] = t._mutable(t._run(t._cpu(), call))
+            out[(name, str(dtype), str(state_dtype), master)] = t.mutable(t.run_call(t._cpu(), call))
     torch.save(out, sys.argv[1])
 """)
 

@@ -29,8 +29,8 @@ import torch
 import fusedopt
 from fusedopt import _ext, algorithms, backends
 from parity import (CASES, MIXED_PRECISION, MIXED_PRECISION_IDS, MIXED_ROWS, ODD_SIZES, REPRESENTATIVE, TOL,
-                    assert_same_state, case_id, exact_scalars_call, interface_problem, make_problem, run_parity,
-                    set_rows)
+                    assert_calls_match, assert_same_state, case_id, clone_call, exact_scalars_call,
+                    interface_problem, make_problem, mutable, run_call, run_parity, set_rows)
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 NAMES = [name for name, _ in REPRESENTATIVE]
@@ -196,36 +196,11 @@ def _call(name, dtype, n=(3, 4097, 20011), state_dtype=torch.float32, master=Fal
     return spec, call
 
 
-def _mutable(call):
-    """Every tensor a step may write, in a fixed order."""
-    return list(call["params"]) + [t for slot in call["states"] for t in slot] + list(call["master"] or [])
 
-
-def _clone(call, device=None):
-    out = dict(call)
-    for key in ("params", "grads"):
-        out[key] = [t.to(device, copy=True) for t in call[key]]
-    out["states"] = [[t.to(device, copy=True) for t in slot] for slot in call["states"]]
-    out["master"] = None if call["master"] is None else [m.to(device, copy=True) for m in call["master"]]
-    if device is not None:
-        out["steps"], out["hyper"] = call["steps"].to(device), call["hyper"].to(device)
-    return out
-
-
-def _run(backend, call, **kw):
-    out = _clone(call)
-    backend.step(**out, **kw)
-    return out
-
-
-def _assert_matches(got, want, what=""):
-    for i, (a, b) in enumerate(zip(_mutable(got), _mutable(want))):
-        rtol, atol = TOL[a.dtype]
-        torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{what} tensor {i}: {m}")
 
 
 def _assert_unchanged(call, before):
-    for a, b in zip(_mutable(call), before):
+    for a, b in zip(mutable(call), before):
         assert torch.equal(a, b)
 
 
@@ -380,8 +355,8 @@ def test_interface_matches_reference(name, dtype, state_dtype, master):
     """Odd sizes over four rows (every weight-decay mode, maximize) and step counts 3, 7, 1 in
     one launch: SGD's first step beside later ones, RAdam's two branches side by side."""
     spec, call = _call(name, dtype, n=ODD_SIZES, state_dtype=state_dtype, master=master)
-    assert _count_kernels(lambda: _run(_cu(), call)) == 1
-    _assert_matches(_run(_cu(), call), _run(_ref(), call), f"{name} {dtype}")
+    assert _count_kernels(lambda: run_call(_cu(), call)) == 1
+    assert_calls_match(run_call(_cu(), call), run_call(_ref(), call), f"{name} {dtype}")
 
 
 @cuda
@@ -394,9 +369,9 @@ def test_bitwise_equal_to_the_cpu_kernels(name, dtype, state_dtype, master):
     step counts (float64, rounded once; Note [python pow]), so they agree to the bit."""
     spec, call = _call(name, dtype, state_dtype=state_dtype, master=master,
                        counts=(1.0, 2.0, 3.0, 6.0, 7.0, 100.0), n=(3, 4097, 20011, 5, 1, 65537))
-    got = _run(_cu(), call)
-    want = _run(backends.get_backend("cpu", torch.device("cpu")), _clone(call, "cpu"))
-    for i, (a, b) in enumerate(zip(_mutable(got), _mutable(want))):
+    got = run_call(_cu(), call)
+    want = run_call(backends.get_backend("cpu", torch.device("cpu")), clone_call(call, "cpu"))
+    for i, (a, b) in enumerate(zip(mutable(got), mutable(want))):
         assert torch.equal(a.cpu(), b), (name, i, (a.cpu().float() - b.float()).abs().max())
 
 
@@ -411,8 +386,8 @@ def test_per_tensor_scalars_are_the_references(name):
     (CUDA's float64 pow is within 2 ulp of libm's, which moves a float32 scalar only when it
     lies within 2 ulp of a rounding boundary: not for these.)"""
     spec, call = exact_scalars_call(name, device="cuda")
-    got, want = _run(_cu(), call), _run(_ref(), call)
-    for i, (a, b) in enumerate(zip(_mutable(got), _mutable(want))):
+    got, want = run_call(_cu(), call), run_call(_ref(), call)
+    for i, (a, b) in enumerate(zip(mutable(got), mutable(want))):
         assert torch.equal(a, b), f"{name} tensor {i}: {a} != {b}"
 
 
@@ -425,11 +400,11 @@ def test_amp_grad_scale_and_found_inf(name, dtype):
     spec, call = _call(name, dtype, master=dtype != torch.float32)
     scale = torch.tensor(0.25, device="cuda")
     zero = torch.zeros((), device="cuda")
-    got = _run(_cu(), call, grad_scale=scale, found_inf=zero)
-    _assert_matches(got, _run(_ref(), call, grad_scale=scale, found_inf=zero), name)
+    got = run_call(_cu(), call, grad_scale=scale, found_inf=zero)
+    assert_calls_match(got, run_call(_ref(), call, grad_scale=scale, found_inf=zero), name)
     assert not torch.equal(got["params"][1], call["params"][1])
     for found_inf in (torch.ones((), device="cuda"), torch.full((1,), float("inf"), device="cuda")):
-        _assert_unchanged(_run(_cu(), call, grad_scale=scale, found_inf=found_inf), _mutable(call))
+        _assert_unchanged(run_call(_cu(), call, grad_scale=scale, found_inf=found_inf), mutable(call))
 
 
 @cuda
@@ -442,9 +417,9 @@ def test_tables_are_read_at_run_time():
     call["steps"].fill_(9.0)  # the rectified branch
     call["hyper"][0, spec.HYPER.index("lr")] = 0.5
     call["hyper"][0, spec.HYPER.index("maximize")] = 1.0
-    want = _run(ref, call)
+    want = run_call(ref, call)
     cu.step(**call)
-    _assert_matches(call, want, "new values")
+    assert_calls_match(call, want, "new values")
 
 
 @cuda
@@ -457,21 +432,21 @@ def test_table_cache_keys_on_each_tensors_slot_and_row():
         if column is not None:
             call["index"] = call["index"].clone()
             call["index"][:, column] = call["index"][:, column].flip(0)
-        want = _run(ref, call)
+        want = run_call(ref, call)
         cu.step(**call)
-        _assert_matches(call, want, f"index column {column} swapped")
+        assert_calls_match(call, want, f"index column {column} swapped")
 
 
 @cuda
 def test_unaligned_tensors_take_the_element_path():
     """Views at odd offsets cannot use 16-byte accesses; results are the same."""
     spec, call = _call("Adam", torch.float32, n=(5000, 9000))
-    want = _run(_ref(), call)
-    got = _clone(call)
+    want = run_call(_ref(), call)
+    got = clone_call(call)
     got["params"] = [torch.cat([torch.zeros(1, device="cuda"), p])[1:] for p in got["params"]]  # 4-byte offset
     assert got["params"][0].data_ptr() % 16 != 0
     _cu().step(**got)
-    _assert_matches(got, want, "unaligned")
+    assert_calls_match(got, want, "unaligned")
 
 
 def _table_args(call):
@@ -519,7 +494,7 @@ def test_errors_write_nothing(what, edit, message):
     args = _op_args(call)
     args[0], args[1] = list(args[0]), list(args[1])
     edit(args, call)
-    before = [t.clone() for t in _mutable(call)]
+    before = [t.clone() for t in mutable(call)]
     with pytest.raises(RuntimeError, match=message):
         torch.ops.fusedopt.adam(*args)
     torch.cuda.synchronize()
@@ -542,7 +517,7 @@ def test_state_table_refuses_a_state_on_another_device():
 ], ids=["grad_scale-on-cpu", "found_inf-shape"])
 def test_scalar_tensor_errors_write_nothing(key, make, message):
     spec, call = _call("Adam", torch.float32, n=(10, 10, 10))
-    before = [t.clone() for t in _mutable(call)]
+    before = [t.clone() for t in mutable(call)]
     with pytest.raises(RuntimeError, match=message):
         torch.ops.fusedopt.adam(*_op_args(call), **{key: make()})
     torch.cuda.synchronize()
@@ -613,7 +588,7 @@ def test_cuda_graph_capture_and_replay(warm):
     n = (3, 4097, 65537, 1000 + (0 if warm else 7))  # a size of its own: a cold table
     spec, call = _call("Adam", torch.float32, n=n, seed=23)
     scale, found_inf = torch.tensor(0.5, device="cuda"), torch.zeros((), device="cuda")
-    eager = _clone(call)
+    eager = clone_call(call)
     for _ in range(4 if warm else 3):
         cu.step(**eager, grad_scale=scale, found_inf=found_inf)
     side = torch.cuda.Stream()
@@ -628,7 +603,7 @@ def test_cuda_graph_capture_and_replay(warm):
     for _ in range(3):
         graph.replay()
     torch.cuda.synchronize()
-    for a, b in zip(_mutable(call), _mutable(eager)):
+    for a, b in zip(mutable(call), mutable(eager)):
         assert torch.equal(a, b)
     # New step counts and a new lr in the same tensors: the replay reads them.
     call["steps"].add_(5.0)
@@ -636,10 +611,10 @@ def test_cuda_graph_capture_and_replay(warm):
     graph.replay()
     cu.step(**eager, grad_scale=scale, found_inf=found_inf)
     torch.cuda.synchronize()
-    for a, b in zip(_mutable(call), _mutable(eager)):
+    for a, b in zip(mutable(call), mutable(eager)):
         assert torch.equal(a, b)
     found_inf.fill_(1.0)  # the flag is read at replay time
-    before = [t.clone() for t in _mutable(call)]
+    before = [t.clone() for t in mutable(call)]
     graph.replay()
     torch.cuda.synchronize()
     _assert_unchanged(call, before)
@@ -653,7 +628,7 @@ def test_table_built_in_capture_is_not_used_outside_it():
     cu = _cu()
     n = (3, 4097, 1013)  # sizes of its own: no table of an earlier test can match
     spec, call = _call("Adam", torch.float32, n=n, seed=29)
-    eager = _clone(call)
+    eager = clone_call(call)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     graph = torch.cuda.CUDAGraph()
@@ -665,7 +640,7 @@ def test_table_built_in_capture_is_not_used_outside_it():
     for _ in range(2):
         cu.step(**eager)
     torch.cuda.synchronize()
-    for a, b in zip(_mutable(call), _mutable(eager)):
+    for a, b in zip(mutable(call), mutable(eager)):
         assert torch.equal(a, b)
 
 
