@@ -1,4 +1,4 @@
-"""fusedopt: PyTorch optimizers whose step runs as one fused multi-tensor kernel per group."""
+"""fusedopt: PyTorch optimizers whose step runs as one fused multi-tensor kernel per (device, dtype) across param groups."""
 from . import schedules
 from .algorithms import ALGORITHMS
 from .backends import available_backends
