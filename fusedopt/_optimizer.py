@@ -77,9 +77,7 @@ class FusedOptimizer(Optimizer):
         self.state = State(self.state)
         if self.algorithm.eager_state:
             # as torch.optim does for this algorithm, so checkpoints load into it both ways
-            for group in self.param_groups:
-                for p in group["params"]:
-                    self._init_state(p, group)
+            self._init_states([(p, g) for g in self.param_groups for p in g["params"]])
 
     def _reset_caches(self) -> None:
         self._plan: Plan | None = None
@@ -136,20 +134,47 @@ class FusedOptimizer(Optimizer):
             raise ValueError(f"{name}: gradient dtype {g.dtype} differs from its parameter's {p.dtype}")
 
     # -- state -------------------------------------------------------------------------
-    def _init_state(self, p: torch.Tensor, group: dict) -> bool:
-        """Create ``p``'s missing state for ``group``'s options; True when a slot was created."""
-        st = self.state[p]
-        sdt = group.get("state_dtype") or state_dtype_for(p.dtype)
-        created = False
-        for slot, fill in self.algorithm.slot_init(group).items():
-            if st.get(slot) is None:
-                st[slot] = torch.full_like(p, fill, dtype=sdt, memory_format=torch.preserve_format)
-                created = True
-        if group.get("master_weights") and p.dtype in _LOW_PRECISION and "master_param" not in st:
-            st["master_param"] = p.detach().to(torch.float32, copy=True)
-        if self.algorithm.eager_state and "step" not in st:
-            st["step"] = torch.zeros((), dtype=torch.float32)  # adopted by the step counters later
-        return created
+    # Note [contiguous states]: the state slots created in one go (a plan's new params) are views
+    # of one buffer per (device, dtype, slot), each view starting on a 64-byte boundary (vector
+    # loads). Allocated one by one, thousands of small states land wherever the allocator puts
+    # them, e.g. scattered after a large model was freed in the same process: measured on 10,000
+    # x 1K AdamW, 19-30 ms per step after a large run against 18-20 ms with contiguous states.
+    # Params that are not contiguous, and DTensors, get their own tensors as before.
+    def _init_states(self, items) -> set[int]:
+        """Create the missing state of every (param, group) of ``items``; the ids of the params
+        one of whose slots was created."""
+        fresh: set[int] = set()
+        pooled: dict[tuple, list] = {}
+        for p, group in items:
+            st = self.state[p]
+            sdt = group.get("state_dtype") or state_dtype_for(p.dtype)
+            for slot, fill in self.algorithm.slot_init(group).items():
+                if st.get(slot) is None:
+                    fresh.add(id(p))
+                    if p.is_contiguous() and not _distributed.is_dtensor(p):
+                        pooled.setdefault((p.device, sdt, slot), []).append((st, p, fill))
+                    else:
+                        st[slot] = torch.full_like(p, fill, dtype=sdt, memory_format=torch.preserve_format)
+            if group.get("master_weights") and p.dtype in _LOW_PRECISION and "master_param" not in st:
+                st["master_param"] = p.detach().to(torch.float32, copy=True)
+            if self.algorithm.eager_state and "step" not in st:
+                st["step"] = torch.zeros((), dtype=torch.float32)  # adopted by the step counters later
+        for (device, sdt, slot), members in pooled.items():
+            align = 64 // sdt.itemsize
+            offsets, total = [], 0
+            for _, p, _ in members:
+                offsets.append(total)
+                total += -(-p.numel() // align) * align
+            buf = torch.empty(total, dtype=sdt, device=device)
+            fills = {fill for _, _, fill in members}
+            if len(fills) == 1:
+                buf.fill_(fills.pop())
+            for (st, p, fill), at in zip(members, offsets):
+                view = buf[at: at + p.numel()].view(p.shape)
+                if len(fills) > 1:
+                    view.fill_(fill)
+                st[slot] = view
+        return fresh
 
     def _arena(self, device: torch.device) -> StepArena:
         arena = self._arenas.get(device)
@@ -177,15 +202,8 @@ class FusedOptimizer(Optimizer):
             return plan
         for p in flat:
             self._check_grad(p)
-        fresh = set()
-        states = []
-        for group, params in zip(groups, with_grads):
-            sts = []
-            for p in params:
-                if self._init_state(p, group):
-                    fresh.add(id(p))
-                sts.append(self.state[p])
-            states.append(sts)
+        fresh = self._init_states([(p, g) for g, ps in zip(groups, with_grads) for p in ps])
+        states = [[self.state[p] for p in ps] for ps in with_grads]
         self._plan = build(algo, groups, with_grads, states, fresh, self._arena, self.state.version, layouts)
         return self._plan
 

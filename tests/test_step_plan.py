@@ -201,3 +201,28 @@ def test_hyper_table_fills_tensor_cells_in_place_and_rebuilds_only_on_host_chang
     groups[1]["weight_decay"] = 0.2
     rebuilt = tables.get(algo, groups, torch.device("cpu"))
     assert rebuilt is not first and rebuilt[1, 1] == 0.2 and rebuilt[:, 0].tolist() == [0.25, 0.125]
+
+
+def test_new_states_are_contiguous_aligned_views_and_checkpoint_at_their_size(tmp_path):
+    """Note [contiguous states]: a plan's new states are views of one buffer per slot, each on a
+    64-byte boundary; a saved state dict holds that buffer once (not once per view) and loads
+    back into torch.optim and fusedopt alike."""
+    ps = [torch.randn(n, requires_grad=True) for n in (3, 17, 1000, 0, 64)]
+    opt = fusedopt.Adam(ps, lr=0.1, backend=BACKENDS[-1])
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    for key in ("exp_avg", "exp_avg_sq"):
+        states = [opt.state[p][key] for p in ps]
+        assert len({t.untyped_storage().data_ptr() for t in states}) == 1
+        assert all(t.data_ptr() % 64 == 0 for t in states if t.numel())
+    path = tmp_path / "opt.pt"
+    torch.save(opt.state_dict(), path)
+    state_bytes = sum(t.numel() * 4 for p in ps for t in (opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"]))
+    assert path.stat().st_size < state_bytes + 64 * 4 * 2 * len(ps) + 20_000
+    loaded = torch.load(path)
+    ref_ps = [p.detach().clone().requires_grad_(True) for p in ps]
+    ref = torch.optim.Adam(ref_ps, lr=0.1)
+    ref.load_state_dict(loaded)
+    for p, q in zip(ps, ref_ps):
+        torch.testing.assert_close(ref.state[q]["exp_avg"], opt.state[p]["exp_avg"])
