@@ -234,16 +234,17 @@ class FusedOptimizer(Optimizer):
             self.step_skipped = torch.ones(())
             return
         algo = self.algorithm
-        advances: dict[torch.device, Any] = {}
+        per_device: dict[torch.device, tuple] = {}  # the hyper table and the counters' advance
         for b in plan.buckets:
             device = b.device
             scale, found_inf = pro.on(device)
-            if device not in advances:  # an overflow step does not count
-                advances[device] = 1.0 if found_inf is None else 1.0 - found_inf
-            advance = advances[device]
+            if device not in per_device:  # an overflow step does not count
+                per_device[device] = (self._hyper.get(algo, groups, device),
+                                      1.0 if found_inf is None else 1.0 - found_inf)
+            hyper, advance = per_device[device]
             b.arena.advance(b.slots, advance)
             try:
-                self._launch(b, self._hyper.get(algo, groups, device), scale, found_inf)
+                self._launch(b, hyper, scale, found_inf)
             except Exception:
                 # refused before writing (the ops check every tensor first): the counts stay
                 b.arena.advance(b.slots, -advance)
