@@ -116,6 +116,17 @@ def run_parity(backend: str, opt_name: str, kwargs: dict, dtype=torch.float32, s
     assert_same_state(ps_a, opt_a, ps_b, opt_b, TOL[dtype], what=f"{opt_name}{kwargs} [{backend}, {dtype}]")
 
 
+def random_state(slot, n, gen, init):
+    """A valid random state: moments of either sign, squares positive, RMSprop's grad_avg small
+    enough that square_avg - grad_avg**2 stays positive."""
+    u = torch.rand(n, generator=gen)
+    if slot == "grad_avg":
+        return (u - 0.5) * 0.5
+    if slot in ("exp_avg", "momentum_buffer"):
+        return u - 0.5 + init
+    return 0.5 + 0.5 * u + init
+
+
 def interface_problem(name, dtype, n=(3, 4097), seed=7, device="cpu", random_states=False,
                       step_counts=(3.0, 7.0, 1.0)):
     """One direct ``backend.step`` call of optimizer ``name`` (its representative options):
@@ -138,12 +149,12 @@ def interface_problem(name, dtype, n=(3, 4097), seed=7, device="cpu", random_sta
     gs = [torch.randn(k, generator=gen).to(device=device, dtype=dtype) for k in n]
     init = spec.slot_init(group)
 
-    def state(k, fill):
+    def state(slot, k, fill):
         if random_states:
-            return torch.rand(k, generator=gen).to(device) + fill
+            return random_state(slot, k, gen, fill).to(device)
         return torch.full((k,), fill, device=device)
 
-    states = [[state(k, init[s]) for k in n] if s in init else [] for s in spec.SLOTS]
+    states = [[state(s, k, init[s]) for k in n] if s in init else [] for s in spec.SLOTS]
     counts = [step_counts[i % len(step_counts)] for i in range(len(n))]
     call = dict(algo=spec.name, flags=spec.flags(group), params=ps, grads=gs, states=states, master=None,
                 steps=torch.tensor(counts, dtype=torch.float32, device=device),

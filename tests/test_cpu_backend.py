@@ -26,7 +26,7 @@ from fusedopt.algorithms import ALGORITHMS
 from fusedopt.backends import get_backend
 from parity import (CASES, MIXED_PRECISION, MIXED_PRECISION_IDS, MIXED_ROWS, ODD_SIZES, REPRESENTATIVE, TOL,
                     assert_calls_match, case_id, clone_call, exact_scalars_call, interface_problem, make_problem,
-                    mutable, run_call, run_parity, set_rows)
+                    mutable, random_state, run_call, run_parity, set_rows)
 
 _OK, _WHY = _ext.cpu_status()
 if not _OK:
@@ -49,17 +49,6 @@ def _ref():
 
 # --- building calls -------------------------------------------------------------------------
 
-def _state(slot, n, gen, init):
-    """A valid random state: moments of either sign, squares positive, RMSprop's grad_avg small
-    enough that square_avg - grad_avg**2 stays positive."""
-    u = torch.rand(n, generator=gen)
-    if slot == "grad_avg":
-        return (u - 0.5) * 0.5
-    if slot in ("exp_avg", "momentum_buffer"):
-        return u - 0.5 + init
-    return 0.5 + 0.5 * u + init
-
-
 def _call(name, dtype, n=(3, 4097), state_dtype=torch.float32, master=False, counts=(3.0, 7.0, 1.0), seed=7):
     """interface_problem's call with valid random states of `state_dtype` and, with `master`,
     float32 master weights near the 16-bit params (not their exact values, so that a kernel
@@ -67,7 +56,7 @@ def _call(name, dtype, n=(3, 4097), state_dtype=torch.float32, master=False, cou
     spec, call = interface_problem(name, dtype, n=n, seed=seed, step_counts=counts)
     gen = torch.Generator().manual_seed(seed + 1)
     init = spec.slot_init({**spec.defaults, **dict(REPRESENTATIVE)[name]})
-    call["states"] = [[_state(slot, p.numel(), gen, init[slot]).to(state_dtype) for p in call["params"]]
+    call["states"] = [[random_state(slot, p.numel(), gen, init[slot]).to(state_dtype) for p in call["params"]]
                       if len(lst) else [] for slot, lst in zip(spec.SLOTS, call["states"])]
     if master:
         call["master"] = [p.float() + 1e-3 * torch.randn(p.numel(), generator=gen) for p in call["params"]]

@@ -30,7 +30,7 @@ import fusedopt
 from fusedopt import _ext, algorithms, backends
 from parity import (CASES, MIXED_PRECISION, MIXED_PRECISION_IDS, MIXED_ROWS, ODD_SIZES, REPRESENTATIVE, TOL,
                     assert_calls_match, assert_same_state, case_id, clone_call, exact_scalars_call,
-                    interface_problem, make_problem, mutable, run_call, run_parity, set_rows)
+                    interface_problem, make_problem, mutable, random_state, run_call, run_parity, set_rows)
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 NAMES = [name for name, _ in REPRESENTATIVE]
@@ -160,17 +160,6 @@ def _count_kernels(fn) -> int:
     return sum(1 for e in prof.events() if "step_kernel" in e.name or "lookahead_kernel" in e.name)
 
 
-def _state(slot, n, gen, init):
-    """A valid random state: moments of either sign, squares positive, RMSprop's grad_avg small
-    enough that square_avg - grad_avg**2 stays positive."""
-    u = torch.rand(n, generator=gen)
-    if slot == "grad_avg":
-        return (u - 0.5) * 0.5
-    if slot in ("exp_avg", "momentum_buffer"):
-        return u - 0.5 + init
-    return 0.5 + 0.5 * u + init
-
-
 # The preamble's per-row variety: every weight-decay mode and maximize, side by side in one call.
 
 
@@ -186,7 +175,7 @@ def _call(name, dtype, n=(3, 4097, 20011), state_dtype=torch.float32, master=Fal
     spec, call = interface_problem(name, dtype, n=n, seed=seed, device="cuda", step_counts=counts)
     gen = torch.Generator().manual_seed(seed + 1)
     init = spec.slot_init({**spec.defaults, **dict(REPRESENTATIVE)[name]})
-    call["states"] = [[_state(slot, p.numel(), gen, init[slot]).to("cuda", state_dtype) for p in call["params"]]
+    call["states"] = [[random_state(slot, p.numel(), gen, init[slot]).to("cuda", state_dtype) for p in call["params"]]
                       if len(lst) else [] for slot, lst in zip(spec.SLOTS, call["states"])]
     if master:
         call["master"] = [(p.float().cpu() + 1e-3 * torch.randn(p.numel(), generator=gen)).cuda()
