@@ -7,6 +7,8 @@ prologue (:mod:`fusedopt._prologue`: one gradient scale and the inf flag), the s
 """
 from __future__ import annotations
 
+import operator
+from itertools import repeat
 from typing import Any
 
 import torch
@@ -220,16 +222,29 @@ class FusedOptimizer(Optimizer):
 
     # Under torch.compile the whole step runs eagerly behind one graph break: it launches
     # kernels on tables it caches, and nothing in it is worth tracing.
+    # Note [one pass over the grads]: a step reads each param's ``.grad`` once. With thousands of
+    # small tensors allocated one by one, their metadata is spread over as much memory as their
+    # data, and every pass over it costs cache and TLB misses: measured on 10,000 x 1K params, one
+    # Python pass over ``p.grad`` takes 2.5 ms where the whole fused update takes 6 ms.
     @torch.compiler.disable
     def _step(self) -> None:
         groups = self.param_groups
-        with_grads = [[p for p in g["params"] if p.grad is not None] for g in groups]
-        flat = [p for ps in with_grads for p in ps]
-        if not flat:  # nothing to update; not an overflow either
+        with_grads, grads = [], []
+        for g in groups:
+            params = g["params"]
+            gs = [p.grad for p in params]
+            if all(map(operator.is_not, gs, repeat(None, len(gs)))):
+                with_grads.append(params)
+                grads += gs
+            else:
+                with_grads.append([p for p, gr in zip(params, gs) if gr is not None])
+                grads += [gr for gr in gs if gr is not None]
+        if not grads:  # nothing to update; not an overflow either
             self.step_skipped = self._skipped(None, groups[0]["params"][0].device)
             return
+        flat = [p for ps in with_grads for p in ps]
         plan = self._current_plan(groups, with_grads, flat)
-        pro = prologue(self, [p.grad for p in flat], flat[0].device)
+        pro = prologue(self, grads, flat[0].device)
         if pro is None:  # an overflow seen on the host: nothing happens
             self.step_skipped = torch.ones(())
             return
@@ -244,17 +259,19 @@ class FusedOptimizer(Optimizer):
             hyper, advance = per_device[device]
             b.arena.advance(b.slots, advance)
             try:
-                self._launch(b, hyper, scale, found_inf)
+                self._launch(b, hyper, grads, scale, found_inf)
             except Exception:
                 # refused before writing (the ops check every tensor first): the counts stay
                 b.arena.advance(b.slots, -advance)
                 raise
         self.step_skipped = self._skipped(pro.found_inf, flat[0].device)
 
-    def _launch(self, b, hyper: torch.Tensor, scale=None, found_inf=None) -> None:
-        """One backend call: bucket ``b``'s tensors with this step's gradients."""
+    def _launch(self, b, hyper: torch.Tensor, grads: list[torch.Tensor], scale=None, found_inf=None) -> None:
+        """One backend call: bucket ``b``'s tensors with this step's gradients (``grads``: those
+        of the plan's params, in order)."""
         params, states, master = b.args
-        grads = [p.grad for p in b.params]
+        if b.order is not None:
+            grads = [grads[i] for i in b.order]
         if b.dtensor:  # FSDP2: the kernels update the local shards
             params, grads = _distributed.local_list(b.params), _distributed.local_list(grads)
         kw = {"cache": b.cache} if getattr(b.backend, "caches_state_table", False) else {}
@@ -270,9 +287,11 @@ class FusedOptimizer(Optimizer):
             return None
         calls = [(b, self._hyper.get(self.algorithm, plan.groups, b.device)) for b in plan.buckets]
 
+        @torch.no_grad()
         def replay():
+            grads = [p.grad for p in plan.params]
             for b, hyper in calls:
-                self._launch(b, hyper)
+                self._launch(b, hyper, grads)
         return replay
 
     def _skipped(self, found_inf: torch.Tensor | None, device: torch.device) -> torch.Tensor:

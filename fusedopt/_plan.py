@@ -32,6 +32,9 @@ class Bucket:
     backend: object
     flags: tuple[bool, ...]
     params: list[torch.Tensor]
+    # where the bucket's params are in the plan's ``params`` (the step's grads come in that
+    # order); None when the bucket is all of them, in order
+    order: list[int] | None
     states: list[dict]
     active: tuple[str, ...]       # the state slots present, in SLOTS order
     master: bool
@@ -83,7 +86,8 @@ def build(algo: Algorithm, groups: list[dict], with_grads: list[list[torch.Tenso
     """Bucket the params with gradients of every group into launches and place their step
     counters. ``states[g][i]`` is the state of ``with_grads[g][i]``; ``fresh`` the ids of params
     whose state was just created."""
-    keyed: dict[tuple, list[tuple[int, torch.Tensor, dict]]] = {}
+    keyed: dict[tuple, list[tuple[int, int, torch.Tensor, dict]]] = {}
+    at = 0  # the position of each param in the plan's params
     for gi, (group, params, sts) in enumerate(zip(groups, with_grads, states)):
         active = tuple(algo.slot_init(group))
         flags = algo.flags(group)
@@ -93,15 +97,17 @@ def build(algo: Algorithm, groups: list[dict], with_grads: list[list[torch.Tenso
             master = "master_param" in st and bool(group.get("master_weights"))
             chosen = "reference" if name == "auto" and p.dtype == torch.float64 else name
             key = (p.device, p.dtype, sdt, chosen, flags, active, master)
-            keyed.setdefault(key, []).append((gi, p, st))
+            keyed.setdefault(key, []).append((gi, at, p, st))
+            at += 1
     plan = Plan(groups=list(groups), params=[p for ps in with_grads for p in ps], version=version,
                 layouts=layouts)
     for (device, _, _, name, flags, active, master), members in keyed.items():
-        params = [p for _, p, _ in members]
-        sts = [st for _, _, st in members]
+        params = [p for _, _, p, _ in members]
+        sts = [st for _, _, _, st in members]
+        order = [i for _, i, _, _ in members]
         arena = arena_for(device)
         slots = arena.place(params, sts, algo.has_step, fresh)
-        index = torch.tensor([[k, gi] for k, (gi, _, _) in zip(slots, members)], dtype=torch.int64).reshape(-1, 2)
+        index = torch.tensor([[k, gi] for k, (gi, _, _, _) in zip(slots, members)], dtype=torch.int64).reshape(-1, 2)
         watched = {key: [st[key] for st in sts] for key in active + (("step",) if algo.has_step else ())}
         if master:
             watched["master_param"] = [st["master_param"] for st in sts]
@@ -110,7 +116,8 @@ def build(algo: Algorithm, groups: list[dict], with_grads: list[list[torch.Tenso
                 [local(watched[s]) if s in active else [] for s in algo.SLOTS],
                 local(watched["master_param"]) if master else None)
         plan.buckets.append(Bucket(
-            backend=backends.get_backend(name, device), flags=flags, params=params, states=sts, active=active,
+            backend=backends.get_backend(name, device), flags=flags, params=params,
+            order=None if order == list(range(at)) else order, states=sts, active=active,
             master=master, arena=arena, index=index,
             slots=index[:, 0].contiguous().to(device, non_blocking=True), watched=watched, args=args,
             dtensor=args[0] is not params))

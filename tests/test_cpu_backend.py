@@ -11,11 +11,13 @@ classes: the parity matrix of ``parity.CASES``, Lookahead.
 """
 from __future__ import annotations
 
+import gc
 import math
 import os
 import subprocess
 import sys
 import textwrap
+import weakref
 
 import pytest
 import torch
@@ -104,6 +106,7 @@ def test_every_algorithm_has_an_op():
                 "bool[] flags, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()") in schema
     schema = str(torch.ops.fusedopt.state_table.default._schema)
     assert "(Tensor[] params, Tensor[] s0, Tensor[] s1, Tensor[] s2, Tensor[]? master) -> Tensor" in schema
+    assert "(Tensor(a!) table) -> ()" in str(torch.ops.fusedopt.release_table.default._schema)
 
 
 @pytest.mark.parametrize("dtype,state_dtype,master", VARIANTS, ids=VARIANT_IDS)
@@ -384,6 +387,55 @@ def test_state_table_layout():
     for t, row in enumerate(rows):
         assert row[:3] == [call["states"][k][t].data_ptr() for k in range(3)]
         assert row[3] == call["master"][t].data_ptr() and row[4] == call["params"][t].numel() and row[6] == 1
+        assert row[8] != 0  # the table's own reference to the param (Note [owned params])
+    torch.ops.fusedopt.release_table(table)
+    assert table[1:, 8].eq(0).all()
+    torch.ops.fusedopt.release_table(table)  # a second release does nothing
+
+
+def test_state_table_owns_its_params_until_released():
+    """The table keeps each param alive (its own reference) until release_table; a step with an
+    empty params list updates the table's params as a step given them explicitly does."""
+    spec, call = _call("Adam", torch.float32, n=(5, 300))
+    want = run_call(_ref(), call)
+    got = clone_call(call)
+    table = torch.ops.fusedopt.state_table(*_table_args(got))
+    args = [[], got["grads"], table, got["steps"], got["index"], got["hyper"], list(got["flags"])]
+    getattr(torch.ops.fusedopt, spec.name)(*args)
+    assert_calls_match(got, want, "owned params")
+    probe = torch.randn(4)
+    watch = weakref.ref(probe)
+    probe_table = torch.ops.fusedopt.state_table([probe], [torch.zeros(4)], [torch.zeros(4)], [], None)
+    del probe
+    gc.collect()
+    assert watch() is not None  # the table's reference keeps it (and its Python object) alive
+    torch.ops.fusedopt.release_table(probe_table)
+    gc.collect()
+    assert watch() is None
+    torch.ops.fusedopt.release_table(table)
+    with pytest.raises(RuntimeError, match="state table was released"):
+        getattr(torch.ops.fusedopt, spec.name)(*args)
+
+
+def test_owned_params_see_a_param_re_pointed():
+    """A param whose storage is replaced between steps (`p.data = ...`) is updated in its new
+    storage by a step through a cached table, as torch.optim updates it."""
+    ps = [torch.randn(n, requires_grad=True) for n in (10, 300)]
+    ref = [p.detach().clone().requires_grad_(True) for p in ps]
+    opt, topt = fusedopt.AdamW(ps, backend="cpu"), torch.optim.AdamW(ref)
+    for step in range(3):
+        for p, r in zip(ps, ref):
+            p.grad = torch.full_like(p, 0.1 * (step + 1))
+            r.grad = p.grad.clone()
+        if step == 2:
+            old = ps[1].data
+            ps[1].data = torch.randn(300)
+            ref[1].data = ps[1].data.clone()
+        opt.step()
+        topt.step()
+    assert not torch.equal(old, ps[1].detach())
+    for p, r in zip(ps, ref):
+        torch.testing.assert_close(p.detach(), r.detach())
 
 
 def test_backend_caches_the_state_table_per_lists():
@@ -394,13 +446,13 @@ def test_backend_caches_the_state_table_per_lists():
     got, cache = clone_call(call), {}
     _cpu().step(**got, cache=cache)
     entry = cache["state_table"]
-    assert entry[0] is got["states"] and entry[1] is got["master"]
+    assert entry.states is got["states"] and entry.master is got["master"] and entry.params is got["params"]
     assert_calls_match(got, want, "cached")
     _cpu().step(**got, cache=cache)
     assert cache["state_table"] is entry
     other = clone_call(call)
     _cpu().step(**other, cache=cache)
-    assert cache["state_table"] is not entry and cache["state_table"][0] is other["states"]
+    assert cache["state_table"] is not entry and cache["state_table"].states is other["states"]
     assert_calls_match(other, want, "rebuilt")
 
 
@@ -417,7 +469,7 @@ def test_optimizer_keeps_one_table_per_plan():
     assert opt._plan.buckets[0] is bucket and bucket.cache["state_table"] is entry
     ps[0].grad = None  # another set of params: a new plan, a new table
     opt.step()
-    assert opt._plan.buckets[0].cache["state_table"][2].shape[0] == 2
+    assert opt._plan.buckets[0].cache["state_table"].table.shape[0] == 2
 
 
 @pytest.mark.parametrize("kw,message", [
@@ -501,6 +553,9 @@ def _op_samples():
             spec, call = _call(name, dtype, n=(5, 3, 1), state_dtype=state_dtype, master=master)
             yield spec.name, tuple(_op_args(call)), kw
             yield "state_table", _table_args(call), {}
+    released = torch.ops.fusedopt.state_table([torch.randn(5)], [torch.zeros(5)], [], [], None)
+    torch.ops.fusedopt.release_table(released)  # opcheck releases copies of it: nothing to drop
+    yield "release_table", (released,), {}
     yield "lookahead", ([torch.randn(5), torch.randn(3)], [torch.randn(5), torch.randn(3)], 0.5), {}
     yield "lookahead", ([torch.randn(5).bfloat16()], [torch.randn(5)], 0.5), {}
 
@@ -512,7 +567,8 @@ OP_SAMPLES = list(_op_samples())
 def test_opcheck(name, args, kwargs):
     # A state table holds its tensors' addresses, so it differs between the copies of the inputs
     # that test_aot_dispatch_dynamic runs on: every other check.
-    utils = ("test_schema", "test_autograd_registration", "test_faketensor") if name == "state_table" else None
+    utils = (("test_schema", "test_autograd_registration", "test_faketensor")
+             if name in ("state_table", "release_table") else None)
     torch.library.opcheck(getattr(_ext.ops(), name).default, args, kwargs,
                           **({"test_utils": utils} if utils else {}))
 

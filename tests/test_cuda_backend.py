@@ -108,7 +108,8 @@ info = lib.fusedopt_cuda_info().decode()
 print(info)
 has = torch._C._dispatch_has_kernel_for_dispatch_key
 for name in _ext.OPS:
-    assert has(f"fusedopt::{name}", "CUDA"), name
+    if name != "release_table":  # takes a state table, host memory whatever the device
+        assert has(f"fusedopt::{name}", "CUDA"), name
     assert has(f"fusedopt::{name}", "CPU"), name
 for name in _ext.STEP_OPS:
     assert f" {name}" in info, (name, info)

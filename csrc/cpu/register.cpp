@@ -17,6 +17,7 @@
 #include <torch/csrc/stable/library.h>
 
 #include "fusedopt/algos/all.h"
+#include "fusedopt/tensor_info.h"
 #include "step.h"
 
 STABLE_TORCH_LIBRARY(fusedopt, m) {
@@ -24,6 +25,7 @@ STABLE_TORCH_LIBRARY(fusedopt, m) {
   FUSEDOPT_FOR_EACH_ALGORITHM(FUSEDOPT_DEF)
 #undef FUSEDOPT_DEF
   m.def("state_table" FUSEDOPT_STATE_TABLE_SCHEMA);
+  m.def("release_table" FUSEDOPT_RELEASE_TABLE_SCHEMA);
   m.def("lookahead(Tensor(a!)[] params, Tensor(b!)[] slow, float alpha) -> ()");
 }
 
@@ -32,6 +34,8 @@ STABLE_TORCH_LIBRARY_IMPL(fusedopt, CPU, m) {
   FUSEDOPT_FOR_EACH_ALGORITHM(FUSEDOPT_IMPL)
 #undef FUSEDOPT_IMPL
   m.impl("state_table", TORCH_BOX(&fusedopt::cpu::state_table));
+  // a state table is a CPU tensor whatever the device of the tensors it describes
+  m.impl("release_table", TORCH_BOX(&fusedopt::host::release_table));
 }
 
 extern "C" {

@@ -4,14 +4,18 @@ and for tensors without a dense layout.
 
 Note [cached state tables]: the step op takes the states and master weights as a table made by
 ``torch.ops.fusedopt.state_table`` (addresses and what a step's params and grads are checked
-against), so that a step of thousands of tensors passes only its params and grads through torch's
-per-tensor boxing. The table is built once per ``cache`` the caller passes: the optimizer's plan
-keeps one dict per launch (``_plan.Bucket.cache``) and passes the same ``states`` and ``master``
-lists every step while the plan lives (the plan is rebuilt when a state tensor is replaced). The
-entry keeps those lists, so the tensors the table points to live as long as it does, and is used
-only for the very same list objects. Without a cache (direct callers) each call builds its table.
-A state tensor whose storage is swapped in place (``state["exp_avg"].data = ...``) is not seen:
-the plan's state tensors are updated in place only.
+against), so that a step of thousands of tensors passes only its grads through torch's
+per-tensor boxing: the table also holds a reference to each param (Note [owned params] in
+``csrc/include/fusedopt/tensor_info.h``), and a call with a cached table passes an empty params
+list. The table is built once per ``cache`` the caller passes: the optimizer's plan keeps one
+dict per launch (``_plan.Bucket.cache``) and passes the same ``params``, ``states`` and
+``master`` lists every step while the plan lives (the plan is rebuilt when a state tensor is
+replaced). The entry keeps those lists, so the tensors the table points to live as long as it
+does, is used only for the very same list objects, and releases the table's references when it
+is dropped. Without a cache (direct callers) each call builds its table. A state tensor whose
+storage is swapped in place (``state["exp_avg"].data = ...``) is not seen: the plan's state
+tensors are updated in place only. A param whose storage is swapped is seen: the op reads each
+param through the table's reference every step.
 """
 from __future__ import annotations
 
@@ -19,6 +23,25 @@ import torch
 
 _LAYOUT_ERROR = "share one dense layout"
 _SLOT_LISTS = 3  # every step op takes three state lists (s0, s1, s2); unused ones are empty
+
+
+class StateTable:
+    """A ``fusedopt::state_table`` and the lists it was built from; its references to the params
+    are released when it is dropped."""
+    __slots__ = ("params", "states", "master", "table")
+
+    def __init__(self, params, states, master):
+        slots = list(states) + [[]] * (_SLOT_LISTS - len(states))
+        self.table = torch.ops.fusedopt.state_table(params, *slots, master)
+        self.params, self.states, self.master = params, states, master
+
+    def __del__(self):
+        table = getattr(self, "table", None)
+        if table is not None:
+            try:
+                torch.ops.fusedopt.release_table(table)
+            except Exception:  # interpreter shutdown: torch may be gone already  # pragma: no cover
+                pass
 
 
 class CompiledBackend:
@@ -43,8 +66,8 @@ class CompiledBackend:
 
     def step(self, algo, flags, params, grads, states, master, steps, index, hyper,
              grad_scale=None, found_inf=None, cache=None):
-        """``cache``: a dict the caller keeps for these ``states`` and ``master`` lists, or None
-        (Note [cached state tables])."""
+        """``cache``: a dict the caller keeps for these ``params``, ``states`` and ``master``
+        lists, or None (Note [cached state tables])."""
         if not params:
             return
         if params[0].dtype == torch.float64:
@@ -52,12 +75,15 @@ class CompiledBackend:
                                          hyper, grad_scale, found_inf)
         try:
             entry = cache.get("state_table") if cache is not None else None
-            if entry is None or entry[0] is not states or entry[1] is not master:
-                slots = list(states) + [[]] * (_SLOT_LISTS - len(states))
-                entry = (states, master, torch.ops.fusedopt.state_table(params, *slots, master))
+            if entry is None or not (entry.states is states and entry.master is master):
+                entry = StateTable(params, states, master)
                 if cache is not None:
                     cache["state_table"] = entry
-            getattr(torch.ops.fusedopt, algo)(params, grads, entry[2], steps, index, hyper,
+            # The table's own params when they are the very list it was built from; else the
+            # params given (FSDP2's local shards are a new list every step), checked against the
+            # table as always.
+            call_params = [] if entry.params is params else params
+            getattr(torch.ops.fusedopt, algo)(call_params, grads, entry.table, steps, index, hyper,
                                               [bool(f) for f in flags], grad_scale, found_inf)
         except RuntimeError as e:
             # Nothing was written: the op checks every tensor before touching memory.

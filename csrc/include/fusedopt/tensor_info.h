@@ -43,19 +43,18 @@ inline const Codes& codes() {
 
 // A gradient the step can read as its param's: strided (not sparse) and of the param's sizes.
 // Checked before info(), which would fail on a sparse tensor's data pointer with a vaguer error.
-inline bool grad_matches(const torch::stable::Tensor& p, const torch::stable::Tensor& g,
-                         bool* sparse) {
+inline bool grad_matches(AtenTensorHandle p, AtenTensorHandle g, bool* sparse) {
   int32_t layout = 0;
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_layout(g.get(), &layout));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_layout(g, &layout));
   *sparse = layout != codes().strided;
   if (*sparse) return false;
   int64_t dp = 0, dg = 0;
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dim(p.get(), &dp));
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dim(g.get(), &dg));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dim(p, &dp));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dim(g, &dg));
   if (dp != dg) return false;
   int64_t *sp = nullptr, *sg = nullptr;
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_sizes(p.get(), &sp));
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_sizes(g.get(), &sg));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_sizes(p, &sp));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_sizes(g, &sg));
   return std::equal(sp, sp + dp, sg);
 }
 
@@ -78,8 +77,7 @@ struct Info {
   bool contiguous;
 };
 
-inline Info info(const torch::stable::Tensor& t) {
-  AtenTensorHandle h = t.get();
+inline Info info(AtenTensorHandle h) {
   Info i{};
   STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_data_ptr(h, &i.data));
   STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_numel(h, &i.numel));
@@ -89,20 +87,21 @@ inline Info info(const torch::stable::Tensor& t) {
   STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_is_contiguous(h, &i.contiguous));
   return i;
 }
+inline Info info(const torch::stable::Tensor& t) { return info(t.get()); }
 
 // A non-contiguous tensor is accepted when it is dense and non-overlapping (e.g.
 // channels_last) and `b` has exactly its sizes and strides: the elementwise update then walks
 // both as flat arrays.
-inline bool same_dense_layout(const torch::stable::Tensor& a, const torch::stable::Tensor& b) {
+inline bool same_dense_layout(AtenTensorHandle a, AtenTensorHandle b) {
   int64_t da = 0, db = 0;
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dim(a.get(), &da));
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dim(b.get(), &db));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dim(a, &da));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dim(b, &db));
   if (da != db) return false;
   int64_t *sa = nullptr, *sb = nullptr, *ta = nullptr, *tb = nullptr;
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_sizes(a.get(), &sa));
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_sizes(b.get(), &sb));
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_strides(a.get(), &ta));
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_strides(b.get(), &tb));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_sizes(a, &sa));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_sizes(b, &sb));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_strides(a, &ta));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_strides(b, &tb));
   std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size), size > 1 only
   for (int64_t d = 0; d < da; ++d) {
     if (sa[d] != sb[d]) return false;
@@ -170,13 +169,21 @@ inline Info check_table(const std::string& name, const torch::stable::Tensor& t,
 // cost of a call of thousands of tensors) and checks each step's params and grads against it.
 // The table holds raw addresses: its owner keeps the tensors it describes alive and builds a
 // new table when they change.
+//
+// Note [owned params]: the table also owns a reference to each param (a tensor handle of its
+// own, stored in the row), so that a steady step can pass an empty params list: the op then
+// checks and reads each param through its handle, which sees a param re-pointed since
+// (`p.data = ...`) as the param it now is. That saves torch's boxing of the params list (about a
+// quarter of the host cost of a 10,000-tensor call). Grads are not owned: they are often new
+// tensors every step, and a reference kept between steps would keep the old ones alive.
+// fusedopt::release_table drops the references; the owner calls it once, when it drops the table.
 constexpr int kStateSlots = 3;
 using TensorList = std::vector<torch::stable::Tensor>;
 
 namespace table {
-constexpr int64_t kCols = 8;
+constexpr int64_t kCols = 9;
 // "fusedopT" and the layout's version in the low byte.
-constexpr int64_t kMagic = 0x667573656f705401;
+constexpr int64_t kMagic = 0x667573656f705402;
 // Row 0, the header.
 enum Header : int64_t {
   kMagicCol = 0,
@@ -195,6 +202,7 @@ enum Row : int64_t {
   kLayout = 5,      // layout_signature() of the param when the table was built
   kContiguous = 6,  // 1: every state and master weight of the param is contiguous
   kAligned = 7,     // 1: every address of the row is 16-byte aligned
+  kParam = 8,       // the table's own AtenTensorHandle of the param (Note [owned params]); 0 once released
 };
 }  // namespace table
 
@@ -203,12 +211,12 @@ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 
 // A hash of what same_dense_layout() compares: the sizes, and the strides of dimensions whose
 // size is not 1. Equal signatures mean a param has the layout the table's tensors were checked
 // against (up to a 64-bit hash collision).
-inline int64_t layout_signature(const torch::stable::Tensor& t) {
+inline int64_t layout_signature(AtenTensorHandle t) {
   int64_t dim = 0;
   int64_t *sizes = nullptr, *strides = nullptr;
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dim(t.get(), &dim));
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_sizes(t.get(), &sizes));
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_strides(t.get(), &strides));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dim(t, &dim));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_sizes(t, &sizes));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_strides(t, &strides));
   uint64_t h = 1469598103934665603ull ^ static_cast<uint64_t>(dim);
   auto mix = [&h](int64_t v) { h = (h ^ static_cast<uint64_t>(v)) * 1099511628211ull; };
   for (int64_t d = 0; d < dim; ++d) {
@@ -299,20 +307,26 @@ inline torch::stable::Tensor state_table(const TensorList& params, const TensorL
       row[k] = static_cast<int64_t>(reinterpret_cast<uintptr_t>(si.data));
     }
     if (!(contiguous && pi.contiguous) && pi.numel > 1) {
-      bool ok = !has_master || same_dense_layout(params[t], (*master)[t]);
+      bool ok = !has_master || same_dense_layout(params[t].get(), (*master)[t].get());
       for (int k = 0; k < kStateSlots && ok; ++k)
-        if ((present >> k) & 1) ok = same_dense_layout(params[t], (*slots[k])[t]);
+        if ((present >> k) & 1) ok = same_dense_layout(params[t].get(), (*slots[k])[t].get());
       if (!ok)
         fail(name + ": param " + which() + ", its grad and states must be contiguous or share one dense layout");
     }
     row[table::kNumel] = pi.numel;
-    row[table::kLayout] = layout_signature(params[t]);
+    row[table::kLayout] = layout_signature(params[t].get());
     row[table::kContiguous] = contiguous ? 1 : 0;
     row[table::kAligned] = vec ? 1 : 0;
   }
   head[table::kParamDtype] = pdtype;
   head[table::kStateDtype] = sdtype;
   head[table::kDeviceIndex] = device;
+  // Only now that every check passed: a refused call leaves no reference behind.
+  for (size_t t = 0; t < n; ++t) {
+    AtenTensorHandle own = nullptr;
+    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_new_tensor_handle(params[t].get(), &own));
+    rows[(t + 1) * table::kCols + table::kParam] = static_cast<int64_t>(reinterpret_cast<uintptr_t>(own));
+  }
   return out;
 }
 
@@ -346,7 +360,7 @@ inline DType dtype_of(int32_t code) {
 // The state table of a step op: an int64 [n + 1, kCols] CPU tensor of fusedopt::state_table for
 // `n` params and kernels on `device_type`; its rows.
 inline const int64_t* check_state_table(const std::string& name, const torch::stable::Tensor& t, size_t n,
-                                        int32_t device_type) {
+                                        int32_t device_type, bool owned_params) {
   const Codes& c = codes();
   const std::string what = "a state table of fusedopt::state_table (a contiguous int64 CPU tensor of shape [" +
                            std::to_string(n + 1) + ", " + std::to_string(table::kCols) + "] for " +
@@ -360,7 +374,37 @@ inline const int64_t* check_state_table(const std::string& name, const torch::st
          std::to_string(n) + " params");
   if (rows[table::kDeviceType] != device_type)
     fail(name + ": the state table describes tensors of another device type than this kernel's");
+  if (owned_params && n > 0 && rows[table::kCols + table::kParam] == 0)
+    fail(name + ": params is empty but the state table was released (fusedopt::release_table)");
   return rows;
+}
+
+// The number of tensors a state table describes, from its header, once it looks like one.
+inline size_t state_table_count(const std::string& name, const torch::stable::Tensor& t) {
+  Info i = info(t);
+  const int64_t* rows = static_cast<const int64_t*>(i.data);
+  if (i.dtype != codes().i64 || i.device_type != codes().cpu || !i.contiguous || i.numel < table::kCols ||
+      rows[table::kMagicCol] != table::kMagic || rows[table::kCount] < 0)
+    fail(name + ": table must be a state table of fusedopt::state_table (a contiguous int64 CPU tensor)");
+  return static_cast<size_t>(rows[table::kCount]);
+}
+
+// fusedopt::release_table: drops the table's references to its params (Note [owned params]). A
+// second release does nothing; the table stays usable with explicit params.
+inline void release_table(const torch::stable::Tensor& t) {
+  const std::string name = "fusedopt::release_table";
+  const size_t n = state_table_count(name, t);
+  int64_t* rows = static_cast<int64_t*>(t.data_ptr());
+  if (info(t).numel != static_cast<int64_t>(n + 1) * table::kCols)
+    fail(name + ": table must be a state table of fusedopt::state_table");
+  for (size_t r = 1; r <= n; ++r) {
+    int64_t& cell = rows[r * table::kCols + table::kParam];
+    if (cell != 0) {
+      AtenTensorHandle own = reinterpret_cast<AtenTensorHandle>(static_cast<uintptr_t>(cell));
+      cell = 0;
+      STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_delete_tensor_object(own));
+    }
+  }
 }
 
 // Every param and grad of a step checked against the state table before anything is written:
@@ -369,7 +413,8 @@ inline const int64_t* check_state_table(const std::string& name, const torch::st
 // sharing it), each grad dense and of its param's shape, dtype and device.
 inline CheckedCall check_tensors(const std::string& name, const TensorList& params, const TensorList& grads,
                                  const int64_t* rows, int required) {
-  const size_t n = params.size();
+  const size_t n = grads.size();
+  const bool owned = params.empty();  // the table's own params (Note [owned params])
   CheckedCall out;
   out.tensors.resize(n);
   const int32_t pdtype = static_cast<int32_t>(rows[table::kParamDtype]);
@@ -382,14 +427,20 @@ inline CheckedCall check_tensors(const std::string& name, const TensorList& para
   auto on_device = [&](const Info& i) {
     return i.device_type == device_type && i.device_index == out.device_index;
   };
+  auto param_handle = [&](size_t t) {
+    return owned ? reinterpret_cast<AtenTensorHandle>(static_cast<uintptr_t>(rows[(t + 1) * table::kCols + table::kParam]))
+                 : params[t].get();
+  };
   for (size_t t = 0; t < n; ++t) {
     auto which = [t] { return std::to_string(t); };  // for messages only: no string per tensor
     const int64_t* row = rows + (t + 1) * table::kCols;
+    AtenTensorHandle ph = param_handle(t);
+    AtenTensorHandle gh = grads[t].get();
     bool sparse = false;
-    if (!grad_matches(params[t], grads[t], &sparse))
+    if (!grad_matches(ph, gh, &sparse))
       fail(name + ": grad " + which() +
            (sparse ? " is sparse; fusedopt needs dense gradients" : " does not have its param's shape"));
-    Info pi = info(params[t]);
+    Info pi = info(ph);
     if (pi.dtype != pdtype)
       fail(name + ": param " + which() + " is " + dtype_name(pi.dtype) + " but the state table is for " +
            dtype_name(pdtype) + " params");
@@ -397,12 +448,12 @@ inline CheckedCall check_tensors(const std::string& name, const TensorList& para
     if (pi.numel != row[table::kNumel])
       fail(name + ": param " + which() + " has " + std::to_string(pi.numel) + " elements but its states in the " +
            "state table have " + std::to_string(row[table::kNumel]));
-    Info gi = info(grads[t]);
+    Info gi = info(gh);
     if (gi.dtype != pdtype || gi.numel != pi.numel || !on_device(gi))
       fail(name + ": grad " + which() + " must be a tensor of the param's dtype and shape on its device");
     const bool contiguous = pi.contiguous && gi.contiguous && row[table::kContiguous] != 0;
     if (!contiguous && pi.numel > 1 &&
-        !(layout_signature(params[t]) == row[table::kLayout] && same_dense_layout(params[t], grads[t])))
+        !(layout_signature(ph) == row[table::kLayout] && same_dense_layout(ph, gh)))
       fail(name + ": param " + which() + ", its grad and states must be contiguous or share one dense layout");
     CheckedTensor& d = out.tensors[t];
     d.p = pi.data;
@@ -502,9 +553,11 @@ CheckedStep check_step(const TensorList& params, const TensorList& grads, const 
                        const std::optional<torch::stable::Tensor>& grad_scale,
                        const std::optional<torch::stable::Tensor>& found_inf, int32_t device_type) {
   const std::string name = std::string("fusedopt::") + A::kName;
-  const size_t n = params.size();
+  // An empty params list with grads: the table's own params (Note [owned params]).
+  const bool owned = params.empty() && !grads.empty();
+  const size_t n = owned ? grads.size() : params.size();
   STD_TORCH_CHECK(grads.size() == n, name, ": ", n, " params but ", grads.size(), " grads");
-  const int64_t* rows = check_state_table(name, table, n, device_type);
+  const int64_t* rows = check_state_table(name, table, n, device_type, owned);
   const int present = static_cast<int>(rows[table::kSlots]);
   CheckedStep out;
   out.variant = A::call_variant(flag_bits(name, flags, A::kNumFlags), present);

@@ -14,10 +14,13 @@
 #define FUSEDOPT_FOR_EACH_ALGORITHM(X) X(Sgd) X(Adagrad) X(Adadelta) X(Rmsprop) X(Adam) X(Yogi) X(Radam)
 
 // The schema of every step op after its name: the states and master weights it updates come
-// from `table`, made by fusedopt::state_table (Note [state tables] in tensor_info.h).
+// from `table`, made by fusedopt::state_table (Note [state tables] in tensor_info.h); an empty
+// `params` with grads means the table's own params (Note [owned params]).
 #define FUSEDOPT_STEP_SCHEMA                                                                \
   "(Tensor(a!)[] params, Tensor[] grads, Tensor table, Tensor steps, Tensor index, "       \
   "Tensor hyper, bool[] flags, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()"
+// fusedopt::release_table: drops the references a state table holds (Note [owned params]).
+#define FUSEDOPT_RELEASE_TABLE_SCHEMA "(Tensor(a!) table) -> ()"
 // The schema of fusedopt::state_table after its name (the state slots s0, s1, s2 in SLOTS order,
 // an unused one an empty list).
 #define FUSEDOPT_STATE_TABLE_SCHEMA \
