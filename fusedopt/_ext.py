@@ -33,7 +33,7 @@ import torch
 
 from .algorithms import ALGORITHMS
 
-# The step ops, one per algorithm (the C++ list in csrc/include/fusedopt/algos/all.h).
+# The step ops, one per algorithm (the C++ list is generated from it: csrc/include/fusedopt/algos/contract.h).
 STEP_OPS = tuple(ALGORITHMS)
 OPS = STEP_OPS + ("state_table", "release_table", "lookahead")
 # The columns of a state table (csrc/include/fusedopt/tensor_info.h, table::kCols).

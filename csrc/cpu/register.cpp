@@ -7,7 +7,7 @@
 // kernels use only the LibTorch stable ABI, so it serves every torch from the targeted version
 // on.
 //
-// Schemas (docs/kernel-interface.md): one op per algorithm of the list in algos/all.h, all with
+// Schemas (docs/kernel-interface.md): one op per algorithm of the list in algos/contract.h, all with
 // one schema (FUSEDOPT_STEP_SCHEMA), the state_table they take (FUSEDOPT_STATE_TABLE_SCHEMA), and
 // lookahead.
 #include <Python.h>

@@ -1,8 +1,9 @@
 // The CPU kernel of every step op: one template over the algorithm descriptor
 // (csrc/include/fusedopt/algos), defined in multi_tensor.h and instantiated once per algorithm in
-// a translation unit of its own (<name>.cpp), so the build compiles the algorithms in parallel;
-// register.cpp registers every instantiation from the one list of algos/all.h, and the CPU kernel
-// of fusedopt::state_table (multi_tensor.cpp).
+// a translation unit of its own that setup.py writes (Note [one translation unit per algorithm]),
+// so the build compiles the algorithms in parallel; register.cpp registers every instantiation
+// from the one list of algos/contract.h, and the CPU kernel of fusedopt::state_table
+// (multi_tensor.cpp).
 #pragma once
 
 #include <optional>

@@ -63,8 +63,8 @@ struct LookaheadLaunch {
 };
 
 // Each returns a cudaError_t value (0 on success) for the host side to report. launch_step is
-// defined in multi_tensor.cuh and instantiated for every algorithm of algos/all.h by the *.cu
-// files.
+// defined in multi_tensor.cuh and instantiated for every algorithm of algos/contract.h by the
+// translation units setup.py writes (Note [one translation unit per algorithm]).
 template <class A>
 int launch_step(const StepLaunch& l);
 int launch_lookahead(const LookaheadLaunch& l);

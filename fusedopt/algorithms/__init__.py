@@ -2,7 +2,7 @@
 from .adadelta import ADADELTA
 from .adagrad import ADAGRAD
 from .adam import ADAM
-from .base import Algorithm
+from .base import COMMON_HYPER, Algorithm
 from .radam import RADAM, rectification
 from .rmsprop import RMSPROP
 from .sgd import SGD
@@ -10,5 +10,5 @@ from .yogi import YOGI
 
 ALGORITHMS = {a.name: a for a in (SGD, ADAGRAD, ADADELTA, RMSPROP, ADAM, YOGI, RADAM)}
 
-__all__ = ["Algorithm", "ALGORITHMS", "SGD", "ADAGRAD", "ADADELTA", "RMSPROP", "ADAM", "YOGI", "RADAM",
+__all__ = ["Algorithm", "COMMON_HYPER", "ALGORITHMS", "SGD", "ADAGRAD", "ADADELTA", "RMSPROP", "ADAM", "YOGI", "RADAM",
            "rectification"]

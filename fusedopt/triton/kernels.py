@@ -31,18 +31,23 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# Algorithm ids (the ``ALGO`` constexpr of the traversal).
-SGD = tl.constexpr(0)
-ADAGRAD = tl.constexpr(1)
-ADADELTA = tl.constexpr(2)
-RMSPROP = tl.constexpr(3)
-ADAM = tl.constexpr(4)
-YOGI = tl.constexpr(5)
-RADAM = tl.constexpr(6)
-LOOKAHEAD = tl.constexpr(7)
+from ..algorithms import ALGORITHMS, COMMON_HYPER
 
-ALGO_IDS = {"sgd": SGD.value, "adagrad": ADAGRAD.value, "adadelta": ADADELTA.value, "rmsprop": RMSPROP.value,
-            "adam": ADAM.value, "yogi": YOGI.value, "radam": RADAM.value, "lookahead": LOOKAHEAD.value}
+# Note [one declaration] (fusedopt/algorithms/contract.py): the algorithms' ids and the columns
+# of their hyperparameter rows are the Python declarations', as module constants the kernels read:
+# per algorithm <NAME> (its id, the ``ALGO`` constexpr of the traversal, in ALGORITHMS order) and
+# <NAME>_<COLUMN> (a column of its row, e.g. ADAM_BETA1); COL_<COLUMN> for the common columns.
+def _declarations() -> dict[str, tl.constexpr]:
+    out = {f"COL_{col.upper()}": tl.constexpr(c) for c, col in enumerate(COMMON_HYPER)}
+    for i, algo in enumerate(ALGORITHMS.values()):
+        out[algo.name.upper()] = tl.constexpr(i)
+        out.update({f"{algo.name.upper()}_{col.upper()}": tl.constexpr(c) for c, col in enumerate(algo.HYPER)})
+    out["LOOKAHEAD"] = tl.constexpr(len(ALGORITHMS))
+    return out
+
+
+globals().update(_declarations())
+ALGO_IDS = {name: i for i, name in enumerate(ALGORITHMS)} | {"lookahead": len(ALGORITHMS)}
 
 
 @triton.jit
@@ -66,11 +71,11 @@ def _pow(b, t):
 @triton.jit
 def _preamble_scalars(h):
     # row: lr, weight_decay, maximize, decoupled, ...
-    wd = tl.load(h + 1)
-    decoupled = tl.load(h + 3)
+    wd = tl.load(h + COL_WEIGHT_DECAY)
+    decoupled = tl.load(h + COL_DECOUPLED)
     # decay is exactly 1 unless decoupled decay applies: p * decay is then p, bit for bit.
-    decay = tl.where((wd != 0) & (decoupled != 0), 1.0 - tl.load(h) * wd, 1.0)
-    return tl.load(h + 2) != 0, (wd != 0) & (decoupled == 0), _f32(wd), _f32(decay)
+    decay = tl.where((wd != 0) & (decoupled != 0), 1.0 - tl.load(h + COL_LR) * wd, 1.0)
+    return tl.load(h + COL_MAXIMIZE) != 0, (wd != 0) & (decoupled == 0), _f32(wd), _f32(decay)
 
 
 @triton.jit
@@ -95,8 +100,8 @@ def _preamble(p, g, sc):
 
 @triton.jit
 def _sgd_scalars(h, t):
-    # row: lr, weight_decay, maximize, decoupled, momentum, dampening
-    return _f32(tl.load(h)), _f32(tl.load(h + 4)), _f32(1.0 - tl.load(h + 5)), t == 1.0
+    return (_f32(tl.load(h + SGD_LR)), _f32(tl.load(h + SGD_MOMENTUM)), _f32(1.0 - tl.load(h + SGD_DAMPENING)),
+            t == 1.0)
 
 
 @triton.jit
@@ -115,9 +120,8 @@ def _sgd_math(p, g, buf, s1, s2, sc, NESTEROV: tl.constexpr, HAS_BUF: tl.constex
 
 @triton.jit
 def _adagrad_scalars(h, t):
-    # row: lr, weight_decay, maximize, decoupled, lr_decay, eps
-    clr = tl.load(h) / (1.0 + (t - 1.0) * tl.load(h + 4))
-    return _f32(clr), _f32(tl.load(h + 5))
+    clr = tl.load(h + ADAGRAD_LR) / (1.0 + (t - 1.0) * tl.load(h + ADAGRAD_LR_DECAY))
+    return _f32(clr), _f32(tl.load(h + ADAGRAD_EPS))
 
 
 @triton.jit
@@ -130,9 +134,8 @@ def _adagrad_math(p, g, acc, s1, s2, sc):
 
 @triton.jit
 def _adadelta_scalars(h, t):
-    # row: lr, weight_decay, maximize, decoupled, rho, eps
-    rho = tl.load(h + 4)
-    return _f32(tl.load(h)), _f32(rho), _f32(1.0 - rho), _f32(tl.load(h + 5))
+    rho = tl.load(h + ADADELTA_RHO)
+    return _f32(tl.load(h + ADADELTA_LR)), _f32(rho), _f32(1.0 - rho), _f32(tl.load(h + ADADELTA_EPS))
 
 
 @triton.jit
@@ -148,9 +151,9 @@ def _adadelta_math(p, g, sq, acc, s2, sc):
 
 @triton.jit
 def _rmsprop_scalars(h, t):
-    # row: lr, weight_decay, maximize, decoupled, alpha, eps, momentum
-    alpha = tl.load(h + 4)
-    return _f32(tl.load(h)), _f32(alpha), _f32(1.0 - alpha), _f32(tl.load(h + 5)), _f32(tl.load(h + 6))
+    alpha = tl.load(h + RMSPROP_ALPHA)
+    return (_f32(tl.load(h + RMSPROP_LR)), _f32(alpha), _f32(1.0 - alpha), _f32(tl.load(h + RMSPROP_EPS)),
+            _f32(tl.load(h + RMSPROP_MOMENTUM)))
 
 
 @triton.jit
@@ -172,12 +175,12 @@ def _rmsprop_math(p, g, sq, buf, ga, sc, CENTERED: tl.constexpr, HAS_BUF: tl.con
 
 @triton.jit
 def _adam_scalars(h, t):
-    # row: lr, weight_decay, maximize, decoupled, beta1, beta2, eps
-    beta1 = tl.load(h + 4)
-    beta2 = tl.load(h + 5)
-    step_size = tl.load(h) / (1.0 - _pow(beta1, t))
+    beta1 = tl.load(h + ADAM_BETA1)
+    beta2 = tl.load(h + ADAM_BETA2)
+    step_size = tl.load(h + ADAM_LR) / (1.0 - _pow(beta1, t))
     bc2_sqrt = tl.sqrt(1.0 - _pow(beta2, t))
-    return _f32(1.0 - beta1), _f32(beta2), _f32(1.0 - beta2), _f32(tl.load(h + 6)), _f32(step_size), _f32(bc2_sqrt)
+    return (_f32(1.0 - beta1), _f32(beta2), _f32(1.0 - beta2), _f32(tl.load(h + ADAM_EPS)), _f32(step_size),
+            _f32(bc2_sqrt))
 
 
 @triton.jit
@@ -196,12 +199,12 @@ def _adam_math(p, g, m, v, vmax, sc, AMSGRAD: tl.constexpr):
 
 @triton.jit
 def _yogi_scalars(h, t):
-    # row: lr, weight_decay, maximize, decoupled, beta1, beta2, eps (bias corrections as Adam's)
-    beta1 = tl.load(h + 4)
-    beta2 = tl.load(h + 5)
-    step_size = tl.load(h) / (1.0 - _pow(beta1, t))
+    beta1 = tl.load(h + YOGI_BETA1)
+    beta2 = tl.load(h + YOGI_BETA2)
+    step_size = tl.load(h + YOGI_LR) / (1.0 - _pow(beta1, t))
     bc2_sqrt = tl.sqrt(1.0 - _pow(beta2, t))
-    return _f32(beta1), _f32(1.0 - beta1), _f32(1.0 - beta2), _f32(tl.load(h + 6)), _f32(step_size), _f32(bc2_sqrt)
+    return (_f32(beta1), _f32(1.0 - beta1), _f32(1.0 - beta2), _f32(tl.load(h + YOGI_EPS)), _f32(step_size),
+            _f32(bc2_sqrt))
 
 
 @triton.jit
@@ -219,9 +222,8 @@ def _yogi_math(p, g, m, v, s2, sc):
 
 @triton.jit
 def _radam_scalars(h, t):
-    # row: lr, weight_decay, maximize, decoupled, beta1, beta2, eps
-    beta1 = tl.load(h + 4)
-    beta2 = tl.load(h + 5)
+    beta1 = tl.load(h + RADAM_BETA1)
+    beta2 = tl.load(h + RADAM_BETA2)
     beta2_t = _pow(beta2, t)
     bc2 = 1.0 - beta2_t
     # The rectification, as algorithms.radam.rectification: 0 where rho_t <= 5 (the update
@@ -231,7 +233,8 @@ def _radam_scalars(h, t):
     rect = tl.full((), 0.0, tl.float64)
     if rho_t > 5.0:
         rect = tl.sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
-    return (_f32(tl.load(h)), _f32(1.0 - beta1), _f32(beta2), _f32(1.0 - beta2), _f32(tl.load(h + 6)),
+    return (_f32(tl.load(h + RADAM_LR)), _f32(1.0 - beta1), _f32(beta2), _f32(1.0 - beta2),
+            _f32(tl.load(h + RADAM_EPS)),
             _f32(1.0 - _pow(beta1, t)), _f32(tl.sqrt(bc2)), _f32(rect))
 
 

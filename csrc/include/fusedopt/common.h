@@ -2,11 +2,14 @@
 // four columns of a hyperparameter row, the preamble they define, the state-slot bits, and the
 // shape of an algorithm descriptor.
 //
-// An algorithm descriptor (algos/<name>.h) mirrors the Python declaration of its algorithm
-// (fusedopt/algorithms/<name>.py) and is all that the CPU and CUDA traversals know of it:
+// An algorithm descriptor (algos/<name>.h) is all that the CPU and CUDA traversals know of an
+// algorithm. It derives from contract::<Name> (algos/contract.h, generated from the Python
+// declaration, Note [one declaration]), which gives it
 //   kName                      the op, fusedopt::<kName>
-//   enum of columns, kNumHyper the row (HYPER): the common four, then its own
-//   kNumFlags                  len(FLAGS)
+//   enum Hyper, kNumHyper      the row (HYPER): the common four, then its own
+//   kNumFlags, enum Flag       FLAGS, as bits of a call's flags
+//   enum Slot                  SLOTS, in order
+// and adds the math:
 //   Args, make(row, t)         what the update reads of the row and of t: TENSOR_SCALARS and
 //                              constants such as 1 - beta1, each computed in float64 from the row
 //                              and the step count t and rounded once to float32, as the
@@ -25,12 +28,13 @@
 #include <type_traits>
 #include <utility>
 
+#include "fusedopt/algos/contract.h"
 #include "fusedopt/math.h"
 
 namespace fusedopt {
 
-// The columns every row starts with (COMMON_HYPER in fusedopt/algorithms/base.py).
-enum CommonHyper : int { kLr = 0, kWeightDecay = 1, kMaximize = 2, kDecoupled = 3, kNumCommonHyper = 4 };
+// The columns every row starts with (COMMON_HYPER in fusedopt/algorithms/base.py) are
+// CommonHyper of the generated contract.h.
 
 // Slot masks: which state slots a variant reads and writes.
 enum SlotBit : int { kSlot0 = 1, kSlot1 = 2, kSlot2 = 4 };

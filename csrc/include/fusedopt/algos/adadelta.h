@@ -10,10 +10,7 @@
 
 namespace fusedopt {
 
-struct Adadelta : AlgorithmDefaults {
-  static constexpr const char* kName = "adadelta";
-  enum : int { kRho = kNumCommonHyper, kEps, kNumHyper };
-  static constexpr int kNumFlags = 0;
+struct Adadelta : AlgorithmDefaults, contract::Adadelta {
   static constexpr int slots(int) { return kSlot0 | kSlot1; }
 
   struct Args {

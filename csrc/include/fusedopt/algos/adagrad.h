@@ -9,10 +9,7 @@
 
 namespace fusedopt {
 
-struct Adagrad : AlgorithmDefaults {
-  static constexpr const char* kName = "adagrad";
-  enum : int { kLrDecay = kNumCommonHyper, kEps, kNumHyper };
-  static constexpr int kNumFlags = 0;
+struct Adagrad : AlgorithmDefaults, contract::Adagrad {
   static constexpr int slots(int) { return kSlot0; }
 
   struct Args {

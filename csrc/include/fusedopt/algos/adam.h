@@ -21,12 +21,9 @@ struct AdamBiasCorrection {
   }
 };
 
-struct Adam : AlgorithmDefaults {
-  static constexpr const char* kName = "adam";
-  enum : int { kBeta1 = kNumCommonHyper, kBeta2, kEps, kNumHyper };
-  static constexpr int kNumFlags = 1;
+struct Adam : AlgorithmDefaults, contract::Adam {
   enum : int { kAmsgrad = 1, kNumVariants = 2 };
-  static constexpr int call_variant(unsigned flags, int) { return (flags & 1u) ? kAmsgrad : 0; }
+  static constexpr int call_variant(unsigned flags, int) { return (flags & kFlagAmsgrad) ? kAmsgrad : 0; }
   static constexpr int slots(int v) { return kSlot0 | kSlot1 | ((v & kAmsgrad) ? kSlot2 : 0); }
 
   struct Args {

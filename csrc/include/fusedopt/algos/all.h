@@ -1,8 +1,9 @@
-// Every algorithm descriptor, and the one list the ops are registered from: one op
-// fusedopt::<A::kName> per entry, all with the schema of docs/kernel-interface.md, in the order
-// of ALGORITHMS in fusedopt/algorithms/__init__.py.
+// Every algorithm descriptor, and the schemas of the ops. The list the ops are registered from,
+// FUSEDOPT_FOR_EACH_ALGORITHM (one op fusedopt::<A::kName> per entry, all with the schema below),
+// is generated into contract.h from ALGORITHMS in fusedopt/algorithms/__init__.py.
 #pragma once
 
+#include "fusedopt/algos/contract.h"
 #include "fusedopt/algos/adadelta.h"
 #include "fusedopt/algos/adagrad.h"
 #include "fusedopt/algos/adam.h"
@@ -10,8 +11,6 @@
 #include "fusedopt/algos/rmsprop.h"
 #include "fusedopt/algos/sgd.h"
 #include "fusedopt/algos/yogi.h"
-
-#define FUSEDOPT_FOR_EACH_ALGORITHM(X) X(Sgd) X(Adagrad) X(Adadelta) X(Rmsprop) X(Adam) X(Yogi) X(Radam)
 
 // The schema of every step op after its name: the states and master weights it updates come
 // from `table`, made by fusedopt::state_table (Note [state tables] in tensor_info.h); an empty

@@ -12,10 +12,7 @@
 
 namespace fusedopt {
 
-struct Radam : AlgorithmDefaults {
-  static constexpr const char* kName = "radam";
-  enum : int { kBeta1 = kNumCommonHyper, kBeta2, kEps, kNumHyper };
-  static constexpr int kNumFlags = 0;
+struct Radam : AlgorithmDefaults, contract::Radam {
   enum : int { kRectified = 1, kNumVariants = 2, kTensorBit = kRectified };
   static constexpr int slots(int) { return kSlot0 | kSlot1; }
 

@@ -14,14 +14,11 @@
 
 namespace fusedopt {
 
-struct Rmsprop : AlgorithmDefaults {
-  static constexpr const char* kName = "rmsprop";
-  enum : int { kAlpha = kNumCommonHyper, kEps, kMomentum, kNumHyper };
-  static constexpr int kNumFlags = 1;
+struct Rmsprop : AlgorithmDefaults, contract::Rmsprop {
   // Whether the momentum buffer's list is present, and centered: each adds a state tensor.
   enum : int { kHasMomentum = 1, kCentered = 2, kNumVariants = 4 };
   static constexpr int call_variant(unsigned flags, int present) {
-    return ((present & kSlot1) ? kHasMomentum : 0) | ((flags & 1u) ? kCentered : 0);
+    return ((present & kSlot1) ? kHasMomentum : 0) | ((flags & kFlagCentered) ? kCentered : 0);
   }
   static constexpr int slots(int v) {
     return kSlot0 | ((v & kHasMomentum) ? kSlot1 : 0) | ((v & kCentered) ? kSlot2 : 0);

@@ -13,16 +13,13 @@
 
 namespace fusedopt {
 
-struct Sgd : AlgorithmDefaults {
-  static constexpr const char* kName = "sgd";
-  enum : int { kMomentum = kNumCommonHyper, kDampening, kNumHyper };
-  static constexpr int kNumFlags = 1;
+struct Sgd : AlgorithmDefaults, contract::Sgd {
   // Whether the buffer's list is present, nesterov, and (per tensor) the buffer's first step.
   enum : int { kHasBuf = 1, kNesterov = 2, kFirst = 4, kNumVariants = 8, kTensorBit = kFirst };
   // Without a buffer, neither nesterov nor the first step changes the update.
   static constexpr int canonical(int v) { return (v & kHasBuf) ? v : 0; }
   static constexpr int call_variant(unsigned flags, int present) {
-    return canonical(((present & kSlot0) ? kHasBuf : 0) | ((flags & 1u) ? kNesterov : 0));
+    return canonical(((present & kSlot0) ? kHasBuf : 0) | ((flags & kFlagNesterov) ? kNesterov : 0));
   }
   static constexpr int slots(int v) { return (v & kHasBuf) ? kSlot0 : 0; }
 

@@ -12,10 +12,7 @@
 
 namespace fusedopt {
 
-struct Yogi : AlgorithmDefaults {
-  static constexpr const char* kName = "yogi";
-  enum : int { kBeta1 = kNumCommonHyper, kBeta2, kEps, kNumHyper };
-  static constexpr int kNumFlags = 0;
+struct Yogi : AlgorithmDefaults, contract::Yogi {
   static constexpr int slots(int) { return kSlot0 | kSlot1; }
 
   struct Args {
