@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 from ._optimizer import FusedOptimizer
-from .algorithms import ADADELTA, ADAGRAD, ADAM, RADAM, RMSPROP, SGD as _SGD, YOGI
+from .algorithms import ADADELTA, ADAGRAD, ADAM, ADAMAX, LION, RADAM, RMSPROP, SGD as _SGD, YOGI
 
 
 class SGD(FusedOptimizer):
@@ -142,6 +142,34 @@ class RAdam(FusedOptimizer):
                          backend, foreach=foreach, capturable=capturable, differentiable=differentiable, **options)
 
 
+class Adamax(FusedOptimizer):
+    """Adamax, Adam with the infinity norm (``torch.optim.Adamax``).
+
+    Defaults ``lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0`` (coupled). State:
+    ``step``, ``exp_avg``, ``exp_inf``.
+    """
+    algorithm = ADAMAX
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, foreach=None, *,
+                 maximize=False, differentiable=False, capturable=False, backend="auto", **options):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, maximize=maximize),
+                         backend, foreach=foreach, capturable=capturable, differentiable=differentiable, **options)
+
+
+class Lion(FusedOptimizer):
+    """Lion, EvoLved Sign Momentum (no torch.optim counterpart).
+
+    Defaults ``lr=1e-4, betas=(0.9, 0.99), weight_decay=0`` (always decoupled: ``p *= 1 - lr *
+    weight_decay``). State: ``exp_avg`` (no step count).
+    """
+    algorithm = LION
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False, foreach=None,
+                 fused=None, backend="auto", **options):
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize),
+                         backend, foreach=foreach, fused=fused, **options)
+
+
 # Each docstring ends with its algorithm's math and paper, written once in fusedopt.algorithms.
-for _cls in (SGD, Adagrad, Adadelta, RMSprop, Adam, AdamW, Yogi, RAdam):
+for _cls in (SGD, Adagrad, Adadelta, RMSprop, Adam, AdamW, Yogi, RAdam, Adamax, Lion):
     _cls.__doc__ += "\n" + (sys.modules[type(_cls.algorithm).__module__].__doc__ or "")

@@ -44,6 +44,8 @@ CASES = (
     + [("AdamW", {}), ("AdamW", {"amsgrad": True, "maximize": True})]
     + _cross("Yogi", [{}, {"betas": (0.8, 0.99), "initial_accumulator_value": 0.0}])
     + _cross("RAdam", [{}, {"decoupled_weight_decay": True}, {"betas": (0.9, 0.99)}])
+    + _cross("Adamax", [{}, {"betas": (0.8, 0.99), "eps": 1e-3}])
+    + _cross("Lion", [{}, {"betas": (0.95, 0.98), "lr": 3e-4}])
 )
 
 # One representative configuration per optimizer, for the expensive crossings (sizes, dtypes).
@@ -56,6 +58,8 @@ REPRESENTATIVE = [
     ("AdamW", {}),
     ("Yogi", {"weight_decay": 0.01}),
     ("RAdam", {"decoupled_weight_decay": True, "weight_decay": 0.01}),
+    ("Adamax", {"weight_decay": 0.01}),
+    ("Lion", {"weight_decay": 0.1}),
 ]
 
 ODD_SIZES = [0, 1, 3, 4095, 4097, 65537]

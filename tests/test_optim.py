@@ -10,8 +10,8 @@ import torch
 import fusedopt
 from parity import TOL, assert_same_state, make_problem
 
-TORCH_NAMES = ["SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "RAdam"]
-ALL_NAMES = TORCH_NAMES + ["Yogi"]
+TORCH_NAMES = ["SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "RAdam", "Adamax"]
+ALL_NAMES = TORCH_NAMES + ["Yogi", "Lion"]
 KW = {"SGD": {"lr": 0.05, "momentum": 0.9}, "RMSprop": {"momentum": 0.5, "centered": True},
       "Adam": {"amsgrad": True}}
 

@@ -9,7 +9,7 @@ import torch
 import fusedopt
 from parity import CASES, TOL, assert_same_state, case_id, make_problem, run_steps
 
-TORCH_CASES = [c for c in CASES if c[0] != "Yogi"]
+TORCH_CASES = [c for c in CASES if c[0] not in ("Yogi", "Lion")]
 
 
 @pytest.mark.parametrize("case", TORCH_CASES, ids=case_id)
@@ -148,3 +148,45 @@ def test_lookahead_matches_formulas(inner):
     for p, f, s in zip(ps, fast, slow):
         torch.testing.assert_close(p.detach(), f, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(opt.state[p]["slow_param"], s, rtol=1e-12, atol=1e-14)
+
+
+# -- Lion: no torch counterpart; checked against Program 1 of Chen et al. (2023) -----------------
+
+def _lion_by_hand(p0, grads, lr, b1, b2, wd=0.0, maximize=False):
+    """The paper's update, element by element in Python floats: interpolate, take the sign,
+    decay the weight, then update the momentum with beta2."""
+    p = list(p0)
+    m = [0.0] * len(p)
+    for g_t in grads:
+        for i in range(len(p)):
+            g = -g_t[i] if maximize else g_t[i]
+            c = b1 * m[i] + (1 - b1) * g
+            sign = (c > 0) - (c < 0)
+            p[i] = p[i] * (1 - lr * wd) - lr * sign
+            m[i] = b2 * m[i] + (1 - b2) * g
+    return p, m
+
+
+@pytest.mark.parametrize("kw", [{}, {"weight_decay": 0.5, "maximize": True},
+                                {"betas": (0.5, 0.9), "lr": 0.1, "weight_decay": 0.1}])
+def test_lion_reference_matches_the_paper(kw):
+    params, grads = make_problem([9], torch.float64, steps=30, seed=5)
+    ps, opt = run_steps(fusedopt.Lion, params, grads, kw, "reference")
+    hp = {**fusedopt.Lion.algorithm.defaults, **kw}
+    p, m = _lion_by_hand(params[0].tolist(), [gs[0].tolist() for gs in grads], hp["lr"], *hp["betas"],
+                         hp["weight_decay"], hp["maximize"])
+    torch.testing.assert_close(ps[0].detach(), torch.tensor(p, dtype=torch.float64), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(opt.state[ps[0]]["exp_avg"], torch.tensor(m, dtype=torch.float64),
+                               rtol=1e-12, atol=1e-14)
+    assert set(opt.state[ps[0]]) == {"exp_avg"}  # no step count
+
+
+def test_lion_moves_every_coordinate_by_lr():
+    """Without weight decay every coordinate with a nonzero interpolation moves by exactly lr."""
+    p = torch.randn(1000, dtype=torch.float64, requires_grad=True)
+    before = p.detach().clone()
+    opt = fusedopt.Lion([p], lr=1e-3, backend="reference")
+    p.grad = torch.randn(1000, dtype=torch.float64)
+    opt.step()
+    torch.testing.assert_close((p.detach() - before).abs(), torch.full((1000,), 1e-3, dtype=torch.float64),
+                               rtol=1e-12, atol=1e-15)

@@ -386,7 +386,7 @@ def test_rejections():
     g = torch.zeros(6, 4).t()  # same shape, other layout: cannot be walked alongside p
     _rejected(dict(call, params=[p], grads=[g], states=[[], [], []], flags=(False,),
                    index=call["index"][:1].clone()), ValueError, "laid out")
-    _rejected(dict(call, algo="lion"), ValueError, "unknown algorithm")
+    _rejected(dict(call, algo="lamb"), ValueError, "unknown algorithm")
     _rejected(dict(call, states=call["states"][:2]), ValueError, "3 state slots")
     _rejected(dict(call, flags=()), ValueError, "flags")
     _rejected(dict(call, hyper=call["hyper"][:, :5].contiguous()), ValueError, r"\[rows, 7\]")

@@ -2,13 +2,15 @@
 from .adadelta import ADADELTA
 from .adagrad import ADAGRAD
 from .adam import ADAM
+from .adamax import ADAMAX
 from .base import COMMON_HYPER, Algorithm
+from .lion import LION
 from .radam import RADAM, rectification
 from .rmsprop import RMSPROP
 from .sgd import SGD
 from .yogi import YOGI
 
-ALGORITHMS = {a.name: a for a in (SGD, ADAGRAD, ADADELTA, RMSPROP, ADAM, YOGI, RADAM)}
+ALGORITHMS = {a.name: a for a in (SGD, ADAGRAD, ADADELTA, RMSPROP, ADAM, YOGI, RADAM, ADAMAX, LION)}
 
-__all__ = ["Algorithm", "COMMON_HYPER", "ALGORITHMS", "SGD", "ADAGRAD", "ADADELTA", "RMSPROP", "ADAM", "YOGI", "RADAM",
-           "rectification"]
+__all__ = ["Algorithm", "COMMON_HYPER", "ALGORITHMS", "SGD", "ADAGRAD", "ADADELTA", "RMSPROP", "ADAM", "YOGI",
+           "RADAM", "ADAMAX", "LION", "rectification"]

@@ -86,6 +86,7 @@ class Algorithm:
     has_step: bool = True       # keeps torch's per-parameter ``state['step']`` (SGD counts privately)
     eager_state: bool = False   # Adagrad: torch creates its state in the constructor
     decoupled_key: str | None = None  # the group option that selects decoupled weight decay
+    always_decoupled: bool = False    # decoupled weight decay without an option (Lion)
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -106,7 +107,7 @@ class Algorithm:
         lr = group["lr"]
         if not (isinstance(lr, torch.Tensor) and lr.device.type != "cpu"):
             lr = float(lr)
-        decoupled = bool(group.get(self.decoupled_key, False)) if self.decoupled_key else False
+        decoupled = bool(group.get(self.decoupled_key, False)) if self.decoupled_key else self.always_decoupled
         return (lr, float(group["weight_decay"]), float(bool(group.get("maximize", False))),
                 float(decoupled)) + tuple(self.extra_hyper(group))
 

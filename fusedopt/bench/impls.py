@@ -44,6 +44,8 @@ CASES = {c.name: c for c in (
     Case("adamw", "AdamW", "AdamW", dict(lr=1e-3, weight_decay=1e-2), 2, adam_like="adamw"),
     Case("yogi", "Yogi", None, dict(lr=1e-2), 2),
     Case("radam", "RAdam", "RAdam", dict(lr=1e-3), 2),
+    Case("adamax", "Adamax", "Adamax", dict(lr=2e-3), 2),
+    Case("lion", "Lion", None, dict(lr=1e-4, weight_decay=1e-1), 1),
 )}
 
 TORCH_IMPLS = ("torch-forloop", "torch-foreach", "torch-fused")

@@ -253,6 +253,45 @@ def _radam_math(p, g, m, v, s2, sc):
 
 
 @triton.jit
+def _adamax_scalars(h, t):
+    beta1 = tl.load(h + ADAMAX_BETA1)
+    clr = tl.load(h + ADAMAX_LR) / (1.0 - _pow(beta1, t))
+    return _f32(1.0 - beta1), _f32(tl.load(h + ADAMAX_BETA2)), _f32(tl.load(h + ADAMAX_EPS)), _f32(clr)
+
+
+@triton.jit
+def _adamax_math(p, g, m, u, s2, sc):
+    one_minus_beta1, beta2, eps, clr = sc
+    m = m + one_minus_beta1 * (g - m)
+    u = tl.maximum(u * beta2, tl.abs(g) + eps, propagate_nan=tl.PropagateNan.ALL)
+    p = p - tl.div_rn(clr * m, u)
+    return p, m, u, s2
+
+
+@triton.jit
+def _lerp(a, b, w):
+    """torch.lerp with a scalar weight, as ATen computes it (exact at w = 1): the product that
+    decides Lion's sign must round as the reference's does."""
+    return tl.where(tl.abs(w) < 0.5, tl.fma(w, b - a, a), tl.fma(w - 1.0, b - a, b))
+
+
+@triton.jit
+def _lion_scalars(h, t):
+    return (_f32(tl.load(h + LION_LR)), _f32(1.0 - tl.load(h + LION_BETA1)),
+            _f32(1.0 - tl.load(h + LION_BETA2)))
+
+
+@triton.jit
+def _lion_math(p, g, m, s1, s2, sc):
+    lr, one_minus_beta1, one_minus_beta2 = sc
+    c = _lerp(m, g, one_minus_beta1)
+    # sign(c) with sign(0) = 0 and NaN propagated, as torch.sign.
+    p = tl.fma(-lr, tl.where(c > 0, 1.0, tl.where(c < 0, -1.0, c * 0.0)), p)
+    m = _lerp(m, g, one_minus_beta2)
+    return p, m, s1, s2
+
+
+@triton.jit
 def _lookahead_math(p, slow, alpha):
     slow = slow + alpha * (p - slow)
     return slow, slow
@@ -299,6 +338,10 @@ def _scalars(h, t, ALGO: tl.constexpr):
         sc = _yogi_scalars(h, t)
     elif ALGO == RADAM:
         sc = _radam_scalars(h, t)
+    elif ALGO == ADAMAX:
+        sc = _adamax_scalars(h, t)
+    elif ALGO == LION:
+        sc = _lion_scalars(h, t)
     return sc
 
 
@@ -363,6 +406,10 @@ def _chunk(row, pre, sc, grad_scale_ptr, offs, mask, other, ALGO: tl.constexpr, 
             p, s0, s1, s2 = _yogi_math(p, g, s0, s1, s2, sc)
         elif ALGO == RADAM:
             p, s0, s1, s2 = _radam_math(p, g, s0, s1, s2, sc)
+        elif ALGO == ADAMAX:
+            p, s0, s1, s2 = _adamax_math(p, g, s0, s1, s2, sc)
+        elif ALGO == LION:
+            p, s0, s1, s2 = _lion_math(p, g, s0, s1, s2, sc)
 
         if HAS_S0:
             tl.store(s0_ptr + offs, _rne_bf16(s0) if RNE_S else s0.to(S_DTYPE), mask=mask)

@@ -69,6 +69,14 @@ FUSEDOPT_HD FUSEDOPT_INLINE float fo_max(float a, float b) {
   return (a != a) ? a : ((b != b) ? b : (a > b ? a : b));
 }
 
+FUSEDOPT_HD FUSEDOPT_INLINE float fo_abs(float x) {
+#if defined(__CUDA_ARCH__)
+  return fabsf(x);
+#else
+  return __builtin_fabsf(x);
+#endif
+}
+
 // sign(x) with sign(0) = 0 (NaN gives 0 here; torch.sign gives NaN, which the
 // Yogi update then turns into NaN anyway through the product with g * g).
 FUSEDOPT_HD FUSEDOPT_INLINE float fo_sign(float x) {

@@ -7,6 +7,8 @@
 #include "fusedopt/algos/adadelta.h"
 #include "fusedopt/algos/adagrad.h"
 #include "fusedopt/algos/adam.h"
+#include "fusedopt/algos/adamax.h"
+#include "fusedopt/algos/lion.h"
 #include "fusedopt/algos/radam.h"
 #include "fusedopt/algos/rmsprop.h"
 #include "fusedopt/algos/sgd.h"

@@ -64,8 +64,22 @@ struct Radam {
   enum Slot : int { kStateExpAvg = 0, kStateExpAvgSq = 1, kNumSlots = 2 };
 };
 
+struct Adamax {
+  static constexpr const char* kName = "adamax";
+  enum Hyper : int { kBeta1 = kNumCommonHyper, kBeta2, kEps, kNumHyper };
+  static constexpr int kNumFlags = 0;
+  enum Slot : int { kStateExpAvg = 0, kStateExpInf = 1, kNumSlots = 2 };
+};
+
+struct Lion {
+  static constexpr const char* kName = "lion";
+  enum Hyper : int { kBeta1 = kNumCommonHyper, kBeta2, kNumHyper };
+  static constexpr int kNumFlags = 0;
+  enum Slot : int { kStateExpAvg = 0, kNumSlots = 1 };
+};
+
 }  // namespace contract
 }  // namespace fusedopt
 
 // Every algorithm, in the order of ALGORITHMS: one op fusedopt::<kName> per entry.
-#define FUSEDOPT_FOR_EACH_ALGORITHM(X) X(Sgd) X(Adagrad) X(Adadelta) X(Rmsprop) X(Adam) X(Yogi) X(Radam)
+#define FUSEDOPT_FOR_EACH_ALGORITHM(X) X(Sgd) X(Adagrad) X(Adadelta) X(Rmsprop) X(Adam) X(Yogi) X(Radam) X(Adamax) X(Lion)
