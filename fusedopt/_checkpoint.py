@@ -88,7 +88,7 @@ def load(opt, state_dict: dict[str, Any]) -> None:
         p = id_map[sid]
         entry = {}
         for key, v in value.items():
-            if isinstance(v, torch.Tensor) and key != "step":
+            if isinstance(v, torch.Tensor) and key not in opt.algorithm.COUNTERS:
                 if v.shape != p.shape:
                     raise ValueError(f"state_dict: state {key!r} of parameter {sid} has shape "
                                      f"{tuple(v.shape)}, the parameter has {tuple(p.shape)}")

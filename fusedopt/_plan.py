@@ -41,6 +41,7 @@ class Bucket:
     arena: StepArena
     index: torch.Tensor           # int64 [n, 2] on the CPU: (step slot, hyper row) per tensor
     slots: torch.Tensor           # the step slots on the params' device, for advancing them
+    rows: torch.Tensor            # the hyper rows on the params' device (scalar states' advance)
     watched: dict[str, list[torch.Tensor]]  # the state tensors the plan was built from
     args: tuple                   # (params, states by slot, master): what the kernels walk
     dtensor: bool                 # FSDP2 / DTensor params: the kernels walk the local shards
@@ -106,9 +107,9 @@ def build(algo: Algorithm, groups: list[dict], with_grads: list[list[torch.Tenso
         sts = [st for _, _, _, st in members]
         order = [i for _, i, _, _ in members]
         arena = arena_for(device)
-        slots = arena.place(params, sts, algo.has_step, fresh)
+        slots = arena.place(params, sts, algo.COUNTERS, fresh, algo.COUNTER_INITS)
         index = torch.tensor([[k, gi] for k, (gi, _, _, _) in zip(slots, members)], dtype=torch.int64).reshape(-1, 2)
-        watched = {key: [st[key] for st in sts] for key in active + (("step",) if algo.has_step else ())}
+        watched = {key: [st[key] for st in sts] for key in active + algo.COUNTERS}
         if master:
             watched["master_param"] = [st["master_param"] for st in sts]
         local = _distributed.local_list
@@ -119,7 +120,8 @@ def build(algo: Algorithm, groups: list[dict], with_grads: list[list[torch.Tenso
             backend=backends.get_backend(name, device), flags=flags, params=params,
             order=None if order == list(range(at)) else order, states=sts, active=active,
             master=master, arena=arena, index=index,
-            slots=index[:, 0].contiguous().to(device, non_blocking=True), watched=watched, args=args,
+            slots=index[:, 0].contiguous().to(device, non_blocking=True),
+            rows=index[:, 1].contiguous().to(device, non_blocking=True), watched=watched, args=args,
             dtensor=args[0] is not params))
     return plan
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 from ._optimizer import FusedOptimizer
-from .algorithms import ADADELTA, ADAGRAD, ADAM, ADAMAX, LION, RADAM, RMSPROP, SGD as _SGD, YOGI
+from .algorithms import ADADELTA, ADAGRAD, ADAM, ADAMAX, LION, NADAM, RADAM, RMSPROP, SGD as _SGD, YOGI
 
 
 class SGD(FusedOptimizer):
@@ -170,6 +170,24 @@ class Lion(FusedOptimizer):
                          backend, foreach=foreach, fused=fused, **options)
 
 
+class NAdam(FusedOptimizer):
+    """NAdam, Adam with Nesterov momentum (``torch.optim.NAdam``).
+
+    Defaults ``lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, momentum_decay=4e-3,
+    decoupled_weight_decay=False``. State: ``step``, ``mu_product`` (0-dim float32, as torch),
+    ``exp_avg``, ``exp_avg_sq``.
+    """
+    algorithm = NADAM
+
+    def __init__(self, params, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, momentum_decay=4e-3,
+                 decoupled_weight_decay=False, *, foreach=None, maximize=False, capturable=False,
+                 differentiable=False, backend="auto", **options):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      momentum_decay=momentum_decay,
+                                      decoupled_weight_decay=decoupled_weight_decay, maximize=maximize),
+                         backend, foreach=foreach, capturable=capturable, differentiable=differentiable, **options)
+
+
 # Each docstring ends with its algorithm's math and paper, written once in fusedopt.algorithms.
-for _cls in (SGD, Adagrad, Adadelta, RMSprop, Adam, AdamW, Yogi, RAdam, Adamax, Lion):
+for _cls in (SGD, Adagrad, Adadelta, RMSprop, Adam, AdamW, Yogi, RAdam, Adamax, Lion, NAdam):
     _cls.__doc__ += "\n" + (sys.modules[type(_cls.algorithm).__module__].__doc__ or "")

@@ -38,7 +38,7 @@ def _one_tensor_call(algo):
     states = [[torch.zeros(3)] if s in algo.slot_init({**algo.defaults, **_all_flags_on(algo)}) else []
               for s in algo.SLOTS]
     table = torch.ops.fusedopt.state_table([p], *(states + [[]] * (3 - len(states))), None)
-    steps = torch.ones(1)
+    steps = torch.tensor([1.0] + [0.5] * len(algo.SCALAR_STATES))  # the count, the scalar states
     index = torch.zeros(1, 2, dtype=torch.int64)
     return p, g, table, steps, index, states  # the caller keeps the states the table points to
 
@@ -50,8 +50,9 @@ def _all_flags_on(algo):
 @pytest.mark.skipif(not _ext.cpu_status()[0], reason=_ext.cpu_status()[1] or "no compiled CPU kernels")
 @pytest.mark.parametrize("name", NAMES)
 def test_compiled_ops_take_the_declared_row_and_flags(name):
-    """The C++ descriptor's row width and flag count are the declaration's: a row one column
-    wider, or one flag more, is refused, and the declared ones are taken."""
+    """The C++ descriptor's row width, flag count and counters per tensor are the
+    declaration's: a row one column wider, one flag more, or a steps buffer one counter short is
+    refused, and the declared ones are taken."""
     algo = ALGORITHMS[name]
     op = getattr(torch.ops.fusedopt, name)
     flags = [True] * len(algo.FLAGS)  # as the states of _one_tensor_call
@@ -62,6 +63,9 @@ def test_compiled_ops_take_the_declared_row_and_flags(name):
         op([p], [g], table, steps, index, torch.zeros(1, len(algo.HYPER) + 1, dtype=torch.float64), flags)
     with pytest.raises(RuntimeError, match=rf"expected {len(algo.FLAGS)} flags"):
         op([p], [g], table, steps, index, row[None], flags + [False])
+    if algo.SCALAR_STATES:  # the counters of a tensor must fit in steps
+        with pytest.raises(RuntimeError, match=rf"\({len(steps)} counters per tensor\)"):
+            op([p], [g], table, steps[:-1], index, row[None], flags)
     op([p], [g], table, steps, index, row[None], flags)  # the declared ones: taken
     assert torch.isfinite(p).all()
     torch.ops.fusedopt.release_table(table)

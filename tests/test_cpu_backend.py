@@ -28,7 +28,7 @@ from fusedopt.algorithms import ALGORITHMS
 from fusedopt.backends import get_backend
 from parity import (CASES, MIXED_PRECISION, MIXED_PRECISION_IDS, MIXED_ROWS, ODD_SIZES, REPRESENTATIVE, TOL,
                     assert_calls_match, case_id, clone_call, exact_scalars_call, interface_problem, make_problem,
-                    mutable, random_state, run_call, run_parity, set_rows)
+                    mutable, random_state, run_call, run_parity, set_counters, set_rows)
 
 _OK, _WHY = _ext.cpu_status()
 if not _OK:
@@ -159,8 +159,7 @@ def test_interface_distinct_step_count_per_tensor(name):
     the plan cache holds), rows interleaved."""
     n = 600
     spec, call = _call(name, torch.float32, n=[7] * n, counts=(1.0,))
-    call["steps"] = torch.arange(1, n + 1, dtype=torch.float32).flip(0)
-    call["index"][:, 0] = torch.arange(n)
+    set_counters(spec, call, torch.arange(1, n + 1).flip(0).tolist())
     assert_calls_match(run_call(_cpu(), call), run_call(_ref(), call), name)
 
 
@@ -196,10 +195,18 @@ def test_grad_scale_and_found_inf(name, dtype):
 
 
 def test_empty_call():
+    """A call without tensors does nothing (no table, no check of the empty tables fails); one
+    whose tensors are all zero-size leaves them, the counters and the table as they were."""
     cpu = _cpu()
     spec, call = _call("Adam", torch.float32, n=())
-    cpu.step(**call)
+    steps = call["steps"].clone()
+    assert cpu.step(**call) is None and torch.equal(call["steps"], steps)
     cpu.lookahead([], [], 0.5)
+    spec, call = _call("Adam", torch.float32, n=(0, 0))
+    before = [t.clone() for t in mutable(call)] + [call["steps"].clone(), call["hyper"].clone()]
+    cpu.step(**call)
+    after = mutable(call) + [call["steps"], call["hyper"]]
+    assert all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(after, before))
 
 
 # --- layouts ----------------------------------------------------------------------------------

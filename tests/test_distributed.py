@@ -157,7 +157,7 @@ def _check_fsdp(rank, name, kw, backend, batches, clip_norm=None):
     _assert_states(opt, model, ref_opt, ref, what, STATE_TOL.get(name, (RTOL, ATOL)))
     for p in model.parameters():
         for key, v in opt.state[p].items():
-            if key != "step":
+            if key not in opt.algorithm.COUNTERS:  # the step count and NAdam's mu_product are 0-dim
                 assert type(v) is type(p), f"{what}: state {key!r} is a {type(v).__name__}, not a DTensor"
 
 

@@ -10,7 +10,7 @@ import torch
 import fusedopt
 from parity import TOL, assert_same_state, make_problem
 
-TORCH_NAMES = ["SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "RAdam", "Adamax"]
+TORCH_NAMES = ["SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "RAdam", "Adamax", "NAdam"]
 ALL_NAMES = TORCH_NAMES + ["Yogi", "Lion"]
 KW = {"SGD": {"lr": 0.05, "momentum": 0.9}, "RMSprop": {"momentum": 0.5, "centered": True},
       "Adam": {"amsgrad": True}}
@@ -397,10 +397,24 @@ def test_foreach_and_fused_flags_are_accepted_for_drop_in_use():
         fusedopt.Adam([p], differentiable=True)
 
 
-def test_empty_and_zero_size_params():
-    opt = fusedopt.Adam([torch.zeros(0, requires_grad=True)])
-    opt.param_groups[0]["params"][0].grad = torch.zeros(0)
-    opt.step()
+@pytest.mark.parametrize("name", ["Adam", "SGD", "NAdam", "RMSprop"])
+def test_empty_and_zero_size_params(name):
+    """A zero-size param beside ordinary ones (and one alone): it keeps zero-size states with
+    torch's keys and its step count advances, the others step as torch.optim's do."""
+    kw = KW.get(name, {})
+    sizes = ([0, 5, 0, 3], [0])
+    for shape in sizes:
+        params, grads = make_problem(shape, torch.float32, steps=3, seed=13)
+        ps, qs = _clone(params), _clone(params)
+        ours, theirs = _fused(name, ps, **kw), _torch(name, qs, **kw)
+        _train(ours, ps, grads)
+        _train(theirs, qs, grads)
+        for p, q in zip(ps, qs):
+            assert p.shape == q.shape
+            torch.testing.assert_close(p.detach(), q.detach())
+            assert set(ours.state[p]) == set(theirs.state[q])
+            for key, v in theirs.state[q].items():
+                torch.testing.assert_close(ours.state[p][key].float(), v.float(), msg=key)
     with pytest.raises(ValueError, match="empty parameter list"):
         fusedopt.Adam([])
 

@@ -51,7 +51,7 @@ def _assert_match(ours, theirs, what, tol=(2e-5, 2e-5)):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("scaler", [False, True], ids=["plain", "grad-scaler"])
-@pytest.mark.parametrize("name", ["AdamW", "RAdam", "SGD", "Adagrad"])
+@pytest.mark.parametrize("name", ["AdamW", "RAdam", "SGD", "Adagrad", "NAdam"])
 def test_one_launch_per_step_across_100_groups_with_missing_grads(monkeypatch, backend, scaler, name):
     """100 param groups with different lr and weight decay, 10% of the gradients missing at
     every step (a different 10% each time, so the step counts drift apart): one launch per
@@ -91,7 +91,7 @@ def test_one_launch_per_step_across_100_groups_with_missing_grads(monkeypatch, b
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("how", ["fill_", "assign", "load_state_dict"])
-@pytest.mark.parametrize("name", ["Adam", "RAdam", "Adagrad"])
+@pytest.mark.parametrize("name", ["Adam", "RAdam", "Adagrad", "NAdam"])
 def test_step_count_edited_between_steps_is_what_the_next_step_uses(backend, how, name):
     """state['step'] edited in place, replaced by a new tensor, or loaded: the next step's bias
     corrections (RAdam: its branch too) follow the edited count, as torch.optim's do."""
@@ -119,6 +119,62 @@ def test_step_count_edited_between_steps_is_what_the_next_step_uses(backend, how
             opt.step()
     _assert_match(ours, theirs, f"{name} [{backend}] step edited by {how}")
     assert float(ours[0].state[ours[1][0]]["step"]) == 103.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("how", ["fill_", "assign", "load_state_dict"])
+def test_nadam_mu_product_edited_between_steps_is_what_the_next_step_uses(backend, how):
+    """NAdam's per-tensor scalar state lives beside the step count: edited in place, replaced
+    or loaded, the next step multiplies and reads the edited value, as torch.optim's NAdam."""
+    init = _groups(1, 3, 9, seed=5)
+    ours, theirs = _pair("NAdam", init, [{}], backend)
+    gen = torch.Generator().manual_seed(6)
+    for step in range(5):
+        grads = [torch.randn(9, generator=gen) for _ in range(3)]
+        if step == 2:
+            for opt, ps in (ours, theirs):
+                st = opt.state[ps[1]]
+                if how == "fill_" or opt is theirs[0]:
+                    st["mu_product"].fill_(0.5)
+                elif how == "assign":
+                    st["mu_product"] = torch.tensor(0.5)
+                if how == "load_state_dict" and opt is ours[0]:
+                    sd = opt.state_dict()
+                    sd["state"][1]["mu_product"] = torch.tensor(0.5)
+                    opt.load_state_dict(sd)
+        for opt, ps in (ours, theirs):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+            opt.step()
+    _assert_match(ours, theirs, f"NAdam [{backend}] mu_product edited by {how}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nadam_overflow_step_moves_neither_count_nor_mu_product(backend):
+    """Capturable (the inf flag stays a tensor): an overflow step leaves the step count and
+    mu_product as they were; the next good step continues as torch.optim's NAdam, which never
+    saw the skipped step."""
+    init = _groups(1, 2, 7, seed=7)
+    ours, theirs = _pair("NAdam", init, [{}], backend)
+    ours[0].param_groups[0]["capturable"] = True
+    gen = torch.Generator().manual_seed(8)
+    for step in range(4):
+        grads = [torch.randn(7, generator=gen) for _ in range(2)]
+        for opt, ps in (ours, theirs):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+        if step == 2:
+            before = [dict(ours[0].state[p]) for p in ours[1]]
+            before = [{k: v.clone() for k, v in st.items()} for st in before]
+            ours[0].grad_scale, ours[0].found_inf = torch.ones(()), torch.ones(())
+            ours[0].step()
+            for p, st in zip(ours[1], before):
+                for key, v in st.items():
+                    assert torch.equal(ours[0].state[p][key], v), key
+            ours[0].found_inf = torch.zeros(())
+        for opt, _ in (ours, theirs):
+            opt.step()
+    _assert_match(ours, theirs, f"NAdam [{backend}] after an overflow step")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -22,7 +22,8 @@ pytest.importorskip("triton", reason="triton is not installed")
 import fusedopt  # noqa: E402
 from fusedopt import algorithms, backends  # noqa: E402
 from parity import (CASES, MIXED_PRECISION, MIXED_PRECISION_IDS, ODD_SIZES, REPRESENTATIVE, TOL,  # noqa: E402
-                    assert_same_state, case_id, interface_problem, make_problem, run_parity, run_steps)
+                    assert_same_state, case_id, interface_problem, make_problem, run_parity, run_steps,
+                    set_counters)
 
 
 def _import_kernels():
@@ -162,7 +163,7 @@ def test_flag_and_slot_variants(name, flags, absent):
 
 # Other values of the algorithms' own hyperparameters, for the rows that vary them.
 _OTHER = {"momentum": 0.5, "dampening": 0.5, "lr_decay": 0.1, "eps": 1e-6, "rho": 0.5, "alpha": 0.9,
-          "beta1": 0.8, "beta2": 0.99}
+          "beta1": 0.8, "beta2": 0.99, "momentum_decay": 0.1}
 # Step counts: the first step, both sides of RAdam's threshold for beta2 0.999 (rect > 0 from
 # t = 6) and 0.99, and large counts (b ** t through exp2/log2 in float64).
 _COUNTS = (1.0, 2.0, 3.0, 5.0, 6.0, 7.0, 10.0, 1000.0, 123457.0)
@@ -184,9 +185,9 @@ def _many_rows_call(name, dtype, n_tensors, seed=21):
         rows.append(row)
     gen = torch.Generator().manual_seed(seed)
     slots = torch.randperm(n_tensors, generator=gen)  # steps entries in another order than the tensors
-    call["steps"] = torch.tensor([_COUNTS[i % len(_COUNTS)] for i in range(n_tensors)], dtype=torch.float32)
-    call["index"] = torch.stack([slots, torch.randint(0, len(rows), (n_tensors,), generator=gen)], 1).contiguous()
     call["hyper"] = torch.tensor(rows, dtype=torch.float64)
+    call["index"] = torch.stack([slots, torch.randint(0, len(rows), (n_tensors,), generator=gen)], 1).contiguous()
+    set_counters(spec, call, [_COUNTS[i % len(_COUNTS)] for i in range(n_tensors)], order=slots)
     return spec, call
 
 

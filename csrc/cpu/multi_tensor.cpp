@@ -37,35 +37,44 @@ const char* isa_name() {
   }
 }
 
-// A tensor's key is its row (below 2^31, checked) and the bits of its step count. Consecutive
-// tensors usually share one (a param group at one step count); other repeats (groups that
-// interleave) are found in a small direct-mapped cache, and a pair the cache has lost just gets
-// a second, identical plan.
-PlanKeys plan_keys(const host::StepTables& tables, size_t n) {
+// A tensor's key is its row (below 2^31, checked) and the bits of its counters (the step count,
+// then the algorithm's scalar states). Consecutive tensors usually share one (a param group at
+// one step count); other repeats (groups that interleave) are found in a small direct-mapped
+// cache, and a key the cache has lost just gets a second, identical plan.
+PlanKeys plan_keys(const host::StepTables& tables, size_t n, int counters) {
   constexpr int kCacheBits = 8;
+  struct Key {
+    uint64_t a, b;  // row and step count; up to two scalar states
+    bool operator==(const Key& o) const { return a == o.a && b == o.b; }
+  };
   struct Slot {
-    uint64_t key;
+    Key key;
     int32_t pos;
   };
+  const Key none{~uint64_t{0}, ~uint64_t{0}};  // no key: rows are below 2^31
   Slot cache[1 << kCacheBits];
-  for (Slot& s : cache) s.key = ~uint64_t{0};  // no key: rows are below 2^31
+  for (Slot& s : cache) s.key = none;
   PlanKeys out;
   out.of.resize(n);
-  uint64_t last = ~uint64_t{0};
+  Key last = none;
   int32_t last_pos = -1;
+  auto bits = [](float x) {
+    uint32_t b;
+    memcpy(&b, &x, sizeof(b));
+    return static_cast<uint64_t>(b);
+  };
   for (size_t t = 0; t < n; ++t) {
     const int64_t row = tables.index[2 * t + 1];
-    const float count = tables.steps[tables.index[2 * t]];
-    uint32_t bits;
-    memcpy(&bits, &count, sizeof(bits));
-    const uint64_t key = (static_cast<uint64_t>(row) << 32) | bits;
-    if (key != last) {
-      Slot& s = cache[(key * 0x9E3779B97F4A7C15ull) >> (64 - kCacheBits)];
-      if (s.key != key) {
+    const float* cell = tables.steps + tables.index[2 * t];
+    Key key{(static_cast<uint64_t>(row) << 32) | bits(cell[0]), 0};
+    if (counters > 1) key.b = bits(cell[1]) | (counters > 2 ? bits(cell[2]) << 32 : 0);
+    if (!(key == last)) {
+      Slot& s = cache[((key.a ^ (key.b * 0xC2B2AE3D27D4EB4Full)) * 0x9E3779B97F4A7C15ull) >> (64 - kCacheBits)];
+      if (!(s.key == key)) {
         s.key = key;
         s.pos = static_cast<int32_t>(out.rows.size());
         out.rows.push_back(row);
-        out.counts.push_back(count);
+        out.slots.push_back(tables.index[2 * t]);
       }
       last = key;
       last_pos = s.pos;

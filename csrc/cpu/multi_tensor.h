@@ -221,14 +221,15 @@ void for_each_item(size_t count, const Size& size, const Body& body) {
 
 inline size_t dtype_size(DType d) { return d == DType::kFloat ? 4 : 2; }
 
-// The distinct (hyper row, step count) pairs of a call in first-seen order, and each tensor's
-// position among them (Note [per-tensor plans]).
+// The distinct (hyper row, counters) keys of a call in first-seen order, and each tensor's
+// position among them (Note [per-tensor plans]); `counters` is the algorithm's kNumCounters (the
+// step count, then its per-tensor scalar states), at most 3.
 struct PlanKeys {
   std::vector<int64_t> rows;
-  std::vector<float> counts;
-  std::vector<int32_t> of;  // per tensor
+  std::vector<int64_t> slots;  // the counters of the key's first tensor: steps[slot...]
+  std::vector<int32_t> of;     // per tensor
 };
-PlanKeys plan_keys(const host::StepTables& tables, size_t n);
+PlanKeys plan_keys(const host::StepTables& tables, size_t n, int counters);
 
 // ---------------------------------------------------------------------------
 // The op.
@@ -251,12 +252,12 @@ void Step<A>::op(const TensorList& params, const TensorList& grads, const Tensor
     RangeFn<A> fn;
   };
   const float scale = chk.grad_scale != nullptr ? *chk.grad_scale : 1.0f;
-  const PlanKeys keys = plan_keys(chk.tables, tensors.size());
+  const PlanKeys keys = plan_keys(chk.tables, tensors.size(), A::kNumCounters);
   std::vector<Plan> plans(keys.rows.size());
   for (size_t k = 0; k < plans.size(); ++k) {
     const double* h = chk.tables.hyper + keys.rows[k] * A::kNumHyper;
     Plan& pl = plans[k];
-    pl.args = A::make(h, static_cast<double>(keys.counts[k]));
+    pl.args = make_args<A>(h, chk.tables.steps + keys.slots[k]);
     pl.pre = Preamble::make(h, scale);
     pl.fn = kernels.fn[A::tensor_variant(pl.args) != 0][pl.pre.coupled];
   }

@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(kThreads) step_kernel(const StepParams kp) {
   __shared__ int shared_tensor_variant;
   if (threadIdx.x == 0) {
     const double* h = kp.hyper + static_cast<int64_t>(d->row) * A::kNumHyper;
-    const Args args = A::make(h, static_cast<double>(kp.steps[d->step]));
+    const Args args = make_args<A>(h, kp.steps + d->step);
     shared_args = args;
     shared_pre = Preamble::make(h, kp.grad_scale != nullptr ? *kp.grad_scale : 1.0f);
     shared_tensor_variant = A::tensor_variant(args);

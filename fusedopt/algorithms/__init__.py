@@ -5,12 +5,13 @@ from .adam import ADAM
 from .adamax import ADAMAX
 from .base import COMMON_HYPER, Algorithm
 from .lion import LION
+from .nadam import NADAM
 from .radam import RADAM, rectification
 from .rmsprop import RMSPROP
 from .sgd import SGD
 from .yogi import YOGI
 
-ALGORITHMS = {a.name: a for a in (SGD, ADAGRAD, ADADELTA, RMSPROP, ADAM, YOGI, RADAM, ADAMAX, LION)}
+ALGORITHMS = {a.name: a for a in (SGD, ADAGRAD, ADADELTA, RMSPROP, ADAM, YOGI, RADAM, ADAMAX, LION, NADAM)}
 
 __all__ = ["Algorithm", "COMMON_HYPER", "ALGORITHMS", "SGD", "ADAGRAD", "ADADELTA", "RMSPROP", "ADAM", "YOGI",
-           "RADAM", "ADAMAX", "LION", "rectification"]
+           "RADAM", "ADAMAX", "LION", "NADAM", "rectification"]

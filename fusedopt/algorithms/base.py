@@ -8,6 +8,10 @@ An algorithm is described once, here in Python, and mirrored by the Triton and C
 - ``TENSOR_SCALARS``: what each kernel derives once per tensor (or work item), in float64,
   from its group's row and its own step count ``t`` (:meth:`Algorithm.tensor_scalars`);
 - ``SLOTS``: the state tensors, in order; an inactive slot is an empty list;
+- ``SCALAR_STATES``: per-tensor scalar states beside the step count (NAdam's ``mu_product``),
+  with their initial values: they live in the step-counter buffer, right after each tensor's
+  count, and the kernels read them with it (:meth:`Algorithm.advance_scalar_states` moves
+  them on, on the device, before the kernels run);
 - ``FLAGS``: the compile-time variants (a launch never mixes them).
 """
 from __future__ import annotations
@@ -82,6 +86,7 @@ class Algorithm:
     SLOTS: tuple[str, ...] = ()
     EXTRA_HYPER: tuple[str, ...] = ()
     TENSOR_SCALARS: tuple[str, ...] = ()
+    SCALAR_STATES: dict[str, float] = {}
     FLAGS: tuple[str, ...] = ()
     has_step: bool = True       # keeps torch's per-parameter ``state['step']`` (SGD counts privately)
     eager_state: bool = False   # Adagrad: torch creates its state in the constructor
@@ -91,6 +96,9 @@ class Algorithm:
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
         cls.HYPER = COMMON_HYPER + cls.EXTRA_HYPER
+        # the state keys of a tensor's block in the step-counter buffer (empty: a private counter)
+        cls.COUNTERS = ("step",) + tuple(cls.SCALAR_STATES) if cls.has_step else ()
+        cls.COUNTER_INITS = (0.0,) + tuple(cls.SCALAR_STATES.values()) if cls.has_step else ()
         cls.Scalars = namedtuple(f"{cls.__name__}Scalars", cls.HYPER + cls.TENSOR_SCALARS)
         cls.Flags = namedtuple(f"{cls.__name__}Flags", cls.FLAGS)
 
@@ -124,16 +132,25 @@ class Algorithm:
         return {s: 0.0 for s in self.SLOTS}
 
     # -- per tensor --------------------------------------------------------------------
-    def scalars(self, row, t: float):
+    def scalars(self, row, t: float, scalar_states=()):
         """Everything one tensor's update reads: its group's row and the per-tensor scalars
-        at step count ``t`` (after this step's increment; the first step is 1)."""
+        at step count ``t`` (after this step's increment; the first step is 1) and with its
+        ``SCALAR_STATES`` values (after this step's advance)."""
         h = dict(zip(self.HYPER, (float(x) for x in row)))
-        return self.Scalars(**h, **self.tensor_scalars(h, float(t)))
+        return self.Scalars(**h, **self.tensor_scalars(h, float(t), *(float(x) for x in scalar_states)))
 
     def tensor_scalars(self, h: dict, t: float) -> dict[str, float]:
-        """The per-tensor scalars from the hyperparameters ``h`` and the step count ``t``,
-        in float64 (the kernels compute the same once per tensor or work item)."""
+        """The per-tensor scalars from the hyperparameters ``h`` and the step count ``t`` (and
+        the ``SCALAR_STATES`` values, as further arguments), in float64 (the kernels compute
+        the same once per tensor or work item)."""
         return {}
+
+    def advance_scalar_states(self, data: torch.Tensor, slots: torch.Tensor, rows: torch.Tensor,
+                              hyper: torch.Tensor, advance) -> None:
+        """Move the ``SCALAR_STATES`` of the tensors whose counters are at ``slots`` of the
+        buffer ``data`` (already advanced) on by one step, in place, on the device; ``rows``
+        are their rows of ``hyper``; ``advance`` is 1.0, or a 0-dim tensor that is 0 on an
+        overflow step (nothing moves). Nothing to do without scalar states."""
 
     # -- reference ---------------------------------------------------------------------
     def update(self, p: torch.Tensor, g: torch.Tensor, st: dict, s, f) -> None:

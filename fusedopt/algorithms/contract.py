@@ -38,7 +38,8 @@ def header() -> str:
         "// fusedopt/algorithms (Note [one declaration] there): do not edit; regenerate.",
         "//",
         "// Per algorithm, contract::<Name>: the op name, the columns of its hyperparameter row (HYPER),",
-        "// its compile-time flags (FLAGS, bit i of a call's flags) and its state slots (SLOTS, in order).",
+        "// its compile-time flags (FLAGS, bit i of a call's flags), its per-tensor counters (the step",
+        "// count and SCALAR_STATES) and its state slots (SLOTS, in order).",
         "#pragma once",
         "",
         "namespace fusedopt {",
@@ -59,6 +60,8 @@ def header() -> str:
             f'  static constexpr const char* kName = "{algo.name}";',
             f"  enum Hyper : int {{ {cols} }};",
             f"  static constexpr int kNumFlags = {len(algo.FLAGS)};",
+            "  // the step count and the SCALAR_STATES after it, per tensor, in `steps`",
+            f"  static constexpr int kNumCounters = {1 + len(algo.SCALAR_STATES)};",
         ]
         if algo.FLAGS:
             bits = ", ".join(f"{_constant('kFlag', f)} = {1 << i}u" for i, f in enumerate(algo.FLAGS))

@@ -37,7 +37,7 @@ class Backend:
         counts, rows, where = steps.tolist(), hyper.tolist(), index.tolist()
         for i, (p, g) in enumerate(zip(params, grads)):
             k, row = where[i]
-            s = spec.scalars(rows[row], counts[k])
+            s = spec.scalars(rows[row], counts[k], counts[k + 1: k + 1 + len(spec.SCALAR_STATES)])
             cdt = compute_dtype(p.dtype)
             p32 = (master[i] if master is not None else p).to(cdt, copy=True)
             g32 = g.to(cdt)

@@ -46,6 +46,7 @@ CASES = {c.name: c for c in (
     Case("radam", "RAdam", "RAdam", dict(lr=1e-3), 2),
     Case("adamax", "Adamax", "Adamax", dict(lr=2e-3), 2),
     Case("lion", "Lion", None, dict(lr=1e-4, weight_decay=1e-1), 1),
+    Case("nadam", "NAdam", "NAdam", dict(lr=2e-3), 2),
 )}
 
 TORCH_IMPLS = ("torch-forloop", "torch-foreach", "torch-fused")

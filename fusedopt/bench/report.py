@@ -219,7 +219,7 @@ def write_markdown(rows, path: Path, *, info: dict, settings: dict, copy: dict, 
             "Python side of the step.",
             "- `GB/s` = bytes moved / `ms/step`, with bytes per parameter from the bytes model: "
             "param read + written, gradient read, each state read + written (fp32: "
-            "SGD 12, SGD+momentum/Adagrad/RMSprop/Lion 20, Adadelta/Adam/AdamW/Yogi/RAdam/Adamax 28, amsgrad 36; "
+            "SGD 12, SGD+momentum/Adagrad/RMSprop/Lion 20, Adadelta/Adam/AdamW/Yogi/RAdam/Adamax/NAdam 28, amsgrad 36; "
             "bf16 params with fp32 states Adam 22, with fp32 master weights 28). The states "
             "counted are the ones each implementation actually keeps: torch keeps bf16 states for "
             "bf16 params (Adam 14 bytes/param), fusedopt float32 ones.",

@@ -161,7 +161,7 @@ def bytes_per_param(param_dtype: torch.dtype, grad_dtype: torch.dtype,
     gradient read, each state read and written; with float32 master weights the master is read
     and written and the 16-bit param only written.
 
-    fp32: SGD 12, SGD+momentum/Adagrad/RMSprop/Lion 20, Adadelta/Adam/AdamW/Yogi/RAdam/Adamax 28,
+    fp32: SGD 12, SGD+momentum/Adagrad/RMSprop/Lion 20, Adadelta/Adam/AdamW/Yogi/RAdam/Adamax/NAdam 28,
     amsgrad 36. bf16 params and grads with fp32 states: Adam 22; with fp32 master weights 28;
     torch's bf16 Adam (bf16 states) 14.
     """

@@ -292,6 +292,34 @@ def _lion_math(p, g, m, s1, s2, sc):
 
 
 @triton.jit
+def _nadam_mu(h, t):
+    return tl.load(h + NADAM_BETA1) * (1.0 - 0.5 * _pow(0.96, t * tl.load(h + NADAM_MOMENTUM_DECAY)))
+
+
+@triton.jit
+def _nadam_scalars(h, t, mu_product):
+    beta1 = tl.load(h + NADAM_BETA1)
+    beta2 = tl.load(h + NADAM_BETA2)
+    lr = tl.load(h + NADAM_LR)
+    mu = _nadam_mu(h, t)
+    mu_next = _nadam_mu(h, t + 1.0)
+    return (_f32(1.0 - beta1), _f32(beta2), _f32(1.0 - beta2), _f32(tl.load(h + NADAM_EPS)),
+            _f32(1.0 - _pow(beta2, t)), _f32(-lr * (1.0 - mu) / (1.0 - mu_product)),
+            _f32((-lr * mu_next) / (1.0 - mu_product * mu_next)))
+
+
+@triton.jit
+def _nadam_math(p, g, m, v, s2, sc):
+    one_minus_beta1, beta2, one_minus_beta2, eps, bias_correction2, c_grad, c_avg = sc
+    m = m + one_minus_beta1 * (g - m)
+    v = v * beta2 + one_minus_beta2 * g * g
+    d = tl.sqrt_rn(tl.div_rn(v, bias_correction2)) + eps
+    p = p + tl.div_rn(c_grad * g, d)
+    p = p + tl.div_rn(c_avg * m, d)
+    return p, m, v, s2
+
+
+@triton.jit
 def _lookahead_math(p, slow, alpha):
     slow = slow + alpha * (p - slow)
     return slow, slow
@@ -322,8 +350,9 @@ def _slot(row, COL: tl.constexpr, offs, mask, other, S_DTYPE: tl.constexpr, ALIG
 
 
 @triton.jit
-def _scalars(h, t, ALGO: tl.constexpr):
-    """The algorithm's scalars for row ``h`` and step count ``t``."""
+def _scalars(h, t, cell, ALGO: tl.constexpr):
+    """The algorithm's scalars for row ``h`` and step count ``t`` (``cell``: the tensor's
+    counters, the step count and then its scalar states)."""
     if ALGO == SGD:
         sc = _sgd_scalars(h, t)
     elif ALGO == ADAGRAD:
@@ -342,6 +371,8 @@ def _scalars(h, t, ALGO: tl.constexpr):
         sc = _adamax_scalars(h, t)
     elif ALGO == LION:
         sc = _lion_scalars(h, t)
+    elif ALGO == NADAM:
+        sc = _nadam_scalars(h, t, tl.load(cell + 1).to(tl.float64))
     return sc
 
 
@@ -410,6 +441,8 @@ def _chunk(row, pre, sc, grad_scale_ptr, offs, mask, other, ALGO: tl.constexpr, 
             p, s0, s1, s2 = _adamax_math(p, g, s0, s1, s2, sc)
         elif ALGO == LION:
             p, s0, s1, s2 = _lion_math(p, g, s0, s1, s2, sc)
+        elif ALGO == NADAM:
+            p, s0, s1, s2 = _nadam_math(p, g, s0, s1, s2, sc)
 
         if HAS_S0:
             tl.store(s0_ptr + offs, _rne_bf16(s0) if RNE_S else s0.to(S_DTYPE), mask=mask)
@@ -458,10 +491,11 @@ def multi_tensor_kernel(
         # The tensor's step count (after this step's increment) and its group's row: every
         # scalar of the update derives from them, once per program, before the chunk's loads
         # (its float64 temporaries are dead by the time the chunk occupies registers).
-        t = tl.load(steps + tl.load(info + 1)).to(tl.float64)
+        cell = steps + tl.load(info + 1)  # the step count, then the algorithm's scalar states
+        t = tl.load(cell).to(tl.float64)
         h = hyper + tl.load(info + 2) * NHYPER
         pre = _preamble_scalars(h)
-        sc = _scalars(h, t, ALGO)
+        sc = _scalars(h, t, cell, ALGO)
     offs = start + tl.arange(0, BLOCK)
     # A full chunk goes unmasked, so its accesses vectorise (16 bytes when ALIGNED); only a
     # tensor's last chunk takes the masked path. (Two paths that differ only in the mask would

@@ -168,7 +168,8 @@ def multi_tensor_step(algo, flags, params, grads, states, master, steps, index, 
     # Columns: param, grad, one per slot (empty when absent), master (empty when absent).
     columns = [params, grads, *states, master or []]
     ncol = len(columns)
-    table = _cache.get(columns, ncol, block_size(), index, (steps.numel(), hyper.shape[0]),
+    # a step slot leaves room for the tensor's scalar states after its count
+    table = _cache.get(columns, ncol, block_size(), index, (steps.numel() - len(spec.SCALAR_STATES), hyper.shape[0]),
                        check=lambda: _check_new_table(params, grads, states, master))
     p_dt = _tl_dtype(params[0], "param")
     s_dt = next((_tl_dtype(s[0], "state") for s in states if len(s)), tl.float32)

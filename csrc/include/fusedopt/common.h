@@ -10,7 +10,8 @@
 //   kNumFlags, enum Flag       FLAGS, as bits of a call's flags
 //   enum Slot                  SLOTS, in order
 // and adds the math:
-//   Args, make(row, t)         what the update reads of the row and of t: TENSOR_SCALARS and
+//   Args, make(row, t[, s])    what the update reads of the row, of t (and of the per-tensor
+//                              scalar states s, for kNumCounters > 1): TENSOR_SCALARS and
 //                              constants such as 1 - beta1, each computed in float64 from the row
 //                              and the step count t and rounded once to float32, as the
 //                              reference's Python floats are
@@ -71,6 +72,17 @@ struct Preamble {
     else p = p * decay;
   }
 };
+
+// A tensor's Args from its row `h` and its counters `cell` (its step count, then the algorithm's
+// per-tensor scalar states: NAdam's mu_product), as float64.
+template <class A>
+FUSEDOPT_HD FUSEDOPT_INLINE typename A::Args make_args(const double* h, const float* cell) {
+  if constexpr (A::kNumCounters > 1) {
+    return A::make(h, static_cast<double>(cell[0]), cell + 1);
+  } else {
+    return A::make(h, static_cast<double>(cell[0]));
+  }
+}
 
 // The defaults of an algorithm descriptor with no variants (see the top of this file); a
 // descriptor redeclares what it needs, which hides these.

@@ -477,11 +477,12 @@ struct StepTables {
 };
 
 // steps: float32 1-D; hyper: float64 [rows, n_hyper]; both contiguous on the params' device;
-// index: int64 [n, 2] contiguous on the CPU, every entry in range (and below 2^31, the width of
-// the CUDA tensor table's fields).
+// index: int64 [n, 2] contiguous on the CPU, every entry in range (a step slot leaves room for
+// the algorithm's `n_counters` counters from it; all below 2^31, the width of the CUDA tensor
+// table's fields).
 inline StepTables check_tables(const std::string& name, size_t n, const torch::stable::Tensor& steps,
                                const torch::stable::Tensor& index, const torch::stable::Tensor& hyper,
-                               int64_t n_hyper, int32_t device_type, int32_t device_index) {
+                               int64_t n_hyper, int64_t n_counters, int32_t device_type, int32_t device_index) {
   const Codes& c = codes();
   const std::string where = device_name(device_type, device_index);
   Info si = check_table(name, steps, "steps", c.f32, 1, -1, device_type, device_index,
@@ -501,9 +502,10 @@ inline StepTables check_tables(const std::string& name, size_t n, const torch::s
   const int64_t* idx = static_cast<const int64_t*>(ii.data);
   for (size_t t = 0; t < n; ++t) {
     const int64_t step = idx[2 * t], row = idx[2 * t + 1];
-    if (step < 0 || step >= n_steps || step >= limit)
+    if (step < 0 || step + n_counters > n_steps || step >= limit)
       fail(name + ": index[" + std::to_string(t) + "] has step slot " + std::to_string(step) +
-           ", out of range for steps of " + std::to_string(n_steps) + " elements");
+           ", out of range for steps of " + std::to_string(n_steps) + " elements" +
+           (n_counters > 1 ? " (" + std::to_string(n_counters) + " counters per tensor)" : ""));
     if (row < 0 || row >= rows || row >= limit)
       fail(name + ": index[" + std::to_string(t) + "] has hyper row " + std::to_string(row) +
            ", out of range for hyper of " + std::to_string(rows) + " rows");
@@ -571,7 +573,7 @@ CheckedStep check_step(const TensorList& params, const TensorList& grads, const 
   }
   out.call = check_tensors(name, params, grads, rows, required);
   const int32_t device = out.call.device_index;
-  out.tables = check_tables(name, n, steps, index, hyper, A::kNumHyper, device_type, device);
+  out.tables = check_tables(name, n, steps, index, hyper, A::kNumHyper, A::kNumCounters, device_type, device);
   out.grad_scale = scalar_tensor(name, grad_scale, "grad_scale", device_type, device);
   out.found_inf = scalar_tensor(name, found_inf, "found_inf", device_type, device);
   return out;

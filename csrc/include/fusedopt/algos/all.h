@@ -9,6 +9,7 @@
 #include "fusedopt/algos/adam.h"
 #include "fusedopt/algos/adamax.h"
 #include "fusedopt/algos/lion.h"
+#include "fusedopt/algos/nadam.h"
 #include "fusedopt/algos/radam.h"
 #include "fusedopt/algos/rmsprop.h"
 #include "fusedopt/algos/sgd.h"

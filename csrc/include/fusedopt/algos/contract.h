@@ -2,7 +2,8 @@
 // fusedopt/algorithms (Note [one declaration] there): do not edit; regenerate.
 //
 // Per algorithm, contract::<Name>: the op name, the columns of its hyperparameter row (HYPER),
-// its compile-time flags (FLAGS, bit i of a call's flags) and its state slots (SLOTS, in order).
+// its compile-time flags (FLAGS, bit i of a call's flags), its per-tensor counters (the step
+// count and SCALAR_STATES) and its state slots (SLOTS, in order).
 #pragma once
 
 namespace fusedopt {
@@ -16,6 +17,8 @@ struct Sgd {
   static constexpr const char* kName = "sgd";
   enum Hyper : int { kMomentum = kNumCommonHyper, kDampening, kNumHyper };
   static constexpr int kNumFlags = 1;
+  // the step count and the SCALAR_STATES after it, per tensor, in `steps`
+  static constexpr int kNumCounters = 1;
   enum Flag : unsigned { kFlagNesterov = 1u };
   enum Slot : int { kStateMomentumBuffer = 0, kNumSlots = 1 };
 };
@@ -24,6 +27,8 @@ struct Adagrad {
   static constexpr const char* kName = "adagrad";
   enum Hyper : int { kLrDecay = kNumCommonHyper, kEps, kNumHyper };
   static constexpr int kNumFlags = 0;
+  // the step count and the SCALAR_STATES after it, per tensor, in `steps`
+  static constexpr int kNumCounters = 1;
   enum Slot : int { kStateSum = 0, kNumSlots = 1 };
 };
 
@@ -31,6 +36,8 @@ struct Adadelta {
   static constexpr const char* kName = "adadelta";
   enum Hyper : int { kRho = kNumCommonHyper, kEps, kNumHyper };
   static constexpr int kNumFlags = 0;
+  // the step count and the SCALAR_STATES after it, per tensor, in `steps`
+  static constexpr int kNumCounters = 1;
   enum Slot : int { kStateSquareAvg = 0, kStateAccDelta = 1, kNumSlots = 2 };
 };
 
@@ -38,6 +45,8 @@ struct Rmsprop {
   static constexpr const char* kName = "rmsprop";
   enum Hyper : int { kAlpha = kNumCommonHyper, kEps, kMomentum, kNumHyper };
   static constexpr int kNumFlags = 1;
+  // the step count and the SCALAR_STATES after it, per tensor, in `steps`
+  static constexpr int kNumCounters = 1;
   enum Flag : unsigned { kFlagCentered = 1u };
   enum Slot : int { kStateSquareAvg = 0, kStateMomentumBuffer = 1, kStateGradAvg = 2, kNumSlots = 3 };
 };
@@ -46,6 +55,8 @@ struct Adam {
   static constexpr const char* kName = "adam";
   enum Hyper : int { kBeta1 = kNumCommonHyper, kBeta2, kEps, kNumHyper };
   static constexpr int kNumFlags = 1;
+  // the step count and the SCALAR_STATES after it, per tensor, in `steps`
+  static constexpr int kNumCounters = 1;
   enum Flag : unsigned { kFlagAmsgrad = 1u };
   enum Slot : int { kStateExpAvg = 0, kStateExpAvgSq = 1, kStateMaxExpAvgSq = 2, kNumSlots = 3 };
 };
@@ -54,6 +65,8 @@ struct Yogi {
   static constexpr const char* kName = "yogi";
   enum Hyper : int { kBeta1 = kNumCommonHyper, kBeta2, kEps, kNumHyper };
   static constexpr int kNumFlags = 0;
+  // the step count and the SCALAR_STATES after it, per tensor, in `steps`
+  static constexpr int kNumCounters = 1;
   enum Slot : int { kStateExpAvg = 0, kStateExpAvgSq = 1, kNumSlots = 2 };
 };
 
@@ -61,6 +74,8 @@ struct Radam {
   static constexpr const char* kName = "radam";
   enum Hyper : int { kBeta1 = kNumCommonHyper, kBeta2, kEps, kNumHyper };
   static constexpr int kNumFlags = 0;
+  // the step count and the SCALAR_STATES after it, per tensor, in `steps`
+  static constexpr int kNumCounters = 1;
   enum Slot : int { kStateExpAvg = 0, kStateExpAvgSq = 1, kNumSlots = 2 };
 };
 
@@ -68,6 +83,8 @@ struct Adamax {
   static constexpr const char* kName = "adamax";
   enum Hyper : int { kBeta1 = kNumCommonHyper, kBeta2, kEps, kNumHyper };
   static constexpr int kNumFlags = 0;
+  // the step count and the SCALAR_STATES after it, per tensor, in `steps`
+  static constexpr int kNumCounters = 1;
   enum Slot : int { kStateExpAvg = 0, kStateExpInf = 1, kNumSlots = 2 };
 };
 
@@ -75,11 +92,22 @@ struct Lion {
   static constexpr const char* kName = "lion";
   enum Hyper : int { kBeta1 = kNumCommonHyper, kBeta2, kNumHyper };
   static constexpr int kNumFlags = 0;
+  // the step count and the SCALAR_STATES after it, per tensor, in `steps`
+  static constexpr int kNumCounters = 1;
   enum Slot : int { kStateExpAvg = 0, kNumSlots = 1 };
+};
+
+struct Nadam {
+  static constexpr const char* kName = "nadam";
+  enum Hyper : int { kBeta1 = kNumCommonHyper, kBeta2, kEps, kMomentumDecay, kNumHyper };
+  static constexpr int kNumFlags = 0;
+  // the step count and the SCALAR_STATES after it, per tensor, in `steps`
+  static constexpr int kNumCounters = 2;
+  enum Slot : int { kStateExpAvg = 0, kStateExpAvgSq = 1, kNumSlots = 2 };
 };
 
 }  // namespace contract
 }  // namespace fusedopt
 
 // Every algorithm, in the order of ALGORITHMS: one op fusedopt::<kName> per entry.
-#define FUSEDOPT_FOR_EACH_ALGORITHM(X) X(Sgd) X(Adagrad) X(Adadelta) X(Rmsprop) X(Adam) X(Yogi) X(Radam) X(Adamax) X(Lion)
+#define FUSEDOPT_FOR_EACH_ALGORITHM(X) X(Sgd) X(Adagrad) X(Adadelta) X(Rmsprop) X(Adam) X(Yogi) X(Radam) X(Adamax) X(Lion) X(Nadam)
