@@ -1,12 +1,14 @@
 """The shared parity harness: every fused backend is compared with the reference through it.
 
-``CASES`` declares each optimizer's option combinations once; ``TOL`` is the one per-dtype
-tolerance table; :func:`run_parity` runs a backend and the reference side by side on the same
-parameters and gradients and asserts that params and every state tensor match.
+``OPTIMIZERS`` declares each optimizer once (``CASES``, ``REPRESENTATIVE``, ``TORCH_NAMES``
+derive from it); ``TOL`` is the one per-dtype tolerance table; :func:`run_parity` runs a backend
+and the reference side by side on the same parameters and gradients and asserts that params
+and every state tensor match.
 """
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import torch
 
@@ -30,39 +32,53 @@ TOL = {
 _EXTRAS = ({}, {"weight_decay": 0.01}, {"maximize": True, "weight_decay": 0.01})
 
 
-def _cross(name, cores):
-    return [(name, {**core, **extra}) for core in cores for extra in _EXTRAS]
+@dataclass(frozen=True)
+class Optimizer:
+    """One optimizer, declared once for every test: its option grid (each crossed with the decay
+    and maximize variants), extra cases not crossed, one representative configuration for the
+    expensive crossings (backends x dtypes x sizes x features), and whether torch.optim has a
+    class of the same name and behaviour (the oracle of the reference; without one,
+    tests/test_reference.py checks the reference against the paper's update computed by hand)."""
+    name: str
+    grid: tuple
+    representative: dict
+    torch: bool = True
+    uncrossed: tuple = ()
+
+    def cases(self):
+        return [(self.name, {**core, **extra}) for core in self.grid for extra in _EXTRAS] + \
+            [(self.name, dict(kw)) for kw in self.uncrossed]
 
 
-CASES = (
-    _cross("SGD", [{"lr": 0.01}, {"lr": 0.01, "momentum": 0.9}, {"lr": 0.01, "momentum": 0.9, "dampening": 0.5},
-                   {"lr": 0.01, "momentum": 0.9, "nesterov": True}])
-    + _cross("Adagrad", [{}, {"lr_decay": 0.01}, {"initial_accumulator_value": 0.1}])
-    + _cross("Adadelta", [{}, {"rho": 0.5}])
-    + _cross("RMSprop", [{"centered": c, "momentum": m} for c, m in itertools.product((False, True), (0.0, 0.9))])
-    + _cross("Adam", [{"amsgrad": a, "decoupled_weight_decay": d} for a, d in itertools.product((False, True), (False, True))])
-    + [("AdamW", {}), ("AdamW", {"amsgrad": True, "maximize": True})]
-    + _cross("Yogi", [{}, {"betas": (0.8, 0.99), "initial_accumulator_value": 0.0}])
-    + _cross("RAdam", [{}, {"decoupled_weight_decay": True}, {"betas": (0.9, 0.99)}])
-    + _cross("Adamax", [{}, {"betas": (0.8, 0.99), "eps": 1e-3}])
-    + _cross("Lion", [{}, {"betas": (0.95, 0.98), "lr": 3e-4}])
-    + _cross("NAdam", [{}, {"decoupled_weight_decay": True}, {"momentum_decay": 0.1, "betas": (0.8, 0.99)}])
+OPTIMIZERS = (
+    Optimizer("SGD", ({"lr": 0.01}, {"lr": 0.01, "momentum": 0.9}, {"lr": 0.01, "momentum": 0.9, "dampening": 0.5},
+                      {"lr": 0.01, "momentum": 0.9, "nesterov": True}),
+              {"lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
+    Optimizer("Adagrad", ({}, {"lr_decay": 0.01}, {"initial_accumulator_value": 0.1}),
+              {"lr_decay": 0.01, "weight_decay": 0.01}),
+    Optimizer("Adadelta", ({}, {"rho": 0.5}), {"weight_decay": 0.01}),
+    Optimizer("RMSprop", tuple({"centered": c, "momentum": m} for c, m in itertools.product((False, True), (0.0, 0.9))),
+              {"centered": True, "momentum": 0.9, "weight_decay": 0.01}),
+    Optimizer("Adam", tuple({"amsgrad": a, "decoupled_weight_decay": d}
+                            for a, d in itertools.product((False, True), (False, True))),
+              {"amsgrad": True, "weight_decay": 0.01}),
+    Optimizer("AdamW", (), {}, uncrossed=({}, {"amsgrad": True, "maximize": True})),
+    Optimizer("Yogi", ({}, {"betas": (0.8, 0.99), "initial_accumulator_value": 0.0}), {"weight_decay": 0.01},
+              torch=False),
+    Optimizer("RAdam", ({}, {"decoupled_weight_decay": True}, {"betas": (0.9, 0.99)}),
+              {"decoupled_weight_decay": True, "weight_decay": 0.01}),
+    Optimizer("Adamax", ({}, {"betas": (0.8, 0.99), "eps": 1e-3}), {"weight_decay": 0.01}),
+    Optimizer("Lion", ({}, {"betas": (0.95, 0.98), "lr": 3e-4}), {"weight_decay": 0.1}, torch=False),
+    Optimizer("NAdam", ({}, {"decoupled_weight_decay": True}, {"momentum_decay": 0.1, "betas": (0.8, 0.99)}),
+              {"decoupled_weight_decay": True, "weight_decay": 0.01}),
 )
 
+CASES = [case for opt in OPTIMIZERS for case in opt.cases()]
 # One representative configuration per optimizer, for the expensive crossings (sizes, dtypes).
-REPRESENTATIVE = [
-    ("SGD", {"lr": 0.01, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
-    ("Adagrad", {"lr_decay": 0.01, "weight_decay": 0.01}),
-    ("Adadelta", {"weight_decay": 0.01}),
-    ("RMSprop", {"centered": True, "momentum": 0.9, "weight_decay": 0.01}),
-    ("Adam", {"amsgrad": True, "weight_decay": 0.01}),
-    ("AdamW", {}),
-    ("Yogi", {"weight_decay": 0.01}),
-    ("RAdam", {"decoupled_weight_decay": True, "weight_decay": 0.01}),
-    ("Adamax", {"weight_decay": 0.01}),
-    ("Lion", {"weight_decay": 0.1}),
-    ("NAdam", {"decoupled_weight_decay": True, "weight_decay": 0.01}),
-]
+REPRESENTATIVE = [(opt.name, opt.representative) for opt in OPTIMIZERS]
+# The optimizers torch.optim has (checkpoints both ways, the reference against torch), and all.
+TORCH_NAMES = [opt.name for opt in OPTIMIZERS if opt.torch]
+ALL_NAMES = [opt.name for opt in OPTIMIZERS]
 
 ODD_SIZES = [0, 1, 3, 4095, 4097, 65537]
 

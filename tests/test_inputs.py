@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import fusedopt
+from parity import TORCH_NAMES as NAMES
 
-NAMES = ["SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "RAdam"]
 BACKEND = "reference"  # validation and checkpoints do not depend on the backend
 
 BAD_VALUES = [-1.0, float("nan"), torch.tensor([0.1, 0.2]), torch.tensor(-1.0), "x", None, 1.5, 2, True]

@@ -8,12 +8,21 @@ import pytest
 import torch
 
 import fusedopt
-from parity import TOL, assert_same_state, make_problem
+from parity import ALL_NAMES, OPTIMIZERS, TOL, TORCH_NAMES, assert_same_state, make_problem
 
-TORCH_NAMES = ["SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "RAdam", "Adamax", "NAdam"]
-ALL_NAMES = TORCH_NAMES + ["Yogi", "Lion"]
 KW = {"SGD": {"lr": 0.05, "momentum": 0.9}, "RMSprop": {"momentum": 0.5, "centered": True},
       "Adam": {"amsgrad": True}}
+
+
+def test_every_optimizer_is_declared_once_for_the_tests():
+    """Every optimizer class fusedopt exports and every algorithm has its one test declaration
+    (tests/parity.py OPTIMIZERS), and `torch=True` exactly where torch.optim has the class."""
+    classes = {name for name in fusedopt.__all__ if isinstance(getattr(fusedopt, name), type)
+               and issubclass(getattr(fusedopt, name), fusedopt.optim.FusedOptimizer)}
+    assert classes == set(ALL_NAMES)
+    assert {getattr(fusedopt, n).algorithm.name for n in ALL_NAMES} == set(fusedopt.ALGORITHMS)
+    for opt in OPTIMIZERS:
+        assert opt.torch == hasattr(torch.optim, opt.name), opt.name
 
 
 def _torch(name, params, **kw):

@@ -19,6 +19,8 @@ param through the table's reference every step.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 
 _LAYOUT_ERROR = "share one dense layout"
@@ -37,10 +39,12 @@ class StateTable:
 
     def __del__(self):
         table = getattr(self, "table", None)
-        if table is not None:
+        # At interpreter shutdown torch may be half torn down: the process is ending, and its
+        # references go with it.
+        if table is not None and not sys.is_finalizing():
             try:
                 torch.ops.fusedopt.release_table(table)
-            except Exception:  # interpreter shutdown: torch may be gone already  # pragma: no cover
+            except Exception:  # pragma: no cover
                 pass
 
 
