@@ -36,8 +36,6 @@ class AdamAlgorithm(Algorithm):
             slots["max_exp_avg_sq"] = 0.0
         return slots
 
-    def extra_hyper(self, group):
-        return (*(float(b) for b in group["betas"]), float(group["eps"]))
 
     def tensor_scalars(self, h, t):
         return dict(step_size=h["lr"] / (1 - h["beta1"] ** t), bc2_sqrt=(1 - h["beta2"] ** t) ** 0.5)

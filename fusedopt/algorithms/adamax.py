@@ -25,8 +25,6 @@ class AdamaxAlgorithm(Algorithm):
         super().validate(group)
         check_betas(group)
 
-    def extra_hyper(self, group):
-        return (*(float(b) for b in group["betas"]), float(group["eps"]))
 
     def tensor_scalars(self, h, t):
         return dict(clr=h["lr"] / (1 - h["beta1"] ** t))

@@ -77,8 +77,9 @@ class Algorithm:
     """Base of the per-algorithm declarations.
 
     Subclasses set ``name``, ``defaults``, ``SLOTS``, ``EXTRA_HYPER``, ``TENSOR_SCALARS``,
-    ``FLAGS`` and implement :meth:`validate`, :meth:`slot_init`, :meth:`extra_hyper`,
-    :meth:`tensor_scalars` and :meth:`update`.
+    ``FLAGS`` (and ``SCALAR_STATES``), implement :meth:`update`, and override what differs from
+    the defaults here: :meth:`validate`, :meth:`slot_init`, :meth:`extra_hyper`,
+    :meth:`tensor_scalars`, :meth:`advance_scalar_states`.
     """
 
     name: str = ""
@@ -120,7 +121,11 @@ class Algorithm:
                 float(decoupled)) + tuple(self.extra_hyper(group))
 
     def extra_hyper(self, group: dict) -> tuple[float, ...]:
-        return tuple(float(group[k]) for k in self.EXTRA_HYPER)
+        """The algorithm's own columns (``EXTRA_HYPER``), each the group's option of that name;
+        ``beta1`` and ``beta2`` are the two halves of its ``betas``."""
+        betas = group.get("betas")
+        return tuple(float(betas[0] if k == "beta1" else betas[1] if k == "beta2" else group[k])
+                     for k in self.EXTRA_HYPER)
 
     def flags(self, group: dict) -> tuple[bool, ...]:
         """The compile-time variants for ``group``, in ``FLAGS`` order."""

@@ -28,8 +28,6 @@ class LionAlgorithm(Algorithm):
         super().validate(group)
         check_betas(group)
 
-    def extra_hyper(self, group):
-        return tuple(float(b) for b in group["betas"])
 
     def update(self, p, g, st, s, f):
         g = preamble(p, g, s)

@@ -37,8 +37,6 @@ class NAdamAlgorithm(Algorithm):
         check_betas(group)
         check_nonneg(group, "momentum_decay")
 
-    def extra_hyper(self, group):
-        return (*(float(b) for b in group["betas"]), float(group["eps"]), float(group["momentum_decay"]))
 
     @staticmethod
     def mu(beta1, momentum_decay, t):

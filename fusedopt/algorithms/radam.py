@@ -44,8 +44,6 @@ class RAdamAlgorithm(Algorithm):
         super().validate(group)
         check_betas(group)
 
-    def extra_hyper(self, group):
-        return (*(float(b) for b in group["betas"]), float(group["eps"]))
 
     def tensor_scalars(self, h, t):
         return dict(bias_correction1=1 - h["beta1"] ** t, bc2_sqrt=(1 - h["beta2"] ** t) ** 0.5,

@@ -33,8 +33,6 @@ class YogiAlgorithm(Algorithm):
         v0 = float(group["initial_accumulator_value"])
         return {"exp_avg": v0, "exp_avg_sq": v0}
 
-    def extra_hyper(self, group):
-        return (*(float(b) for b in group["betas"]), float(group["eps"]))
 
     tensor_scalars = AdamAlgorithm.tensor_scalars  # Adam's bias corrections
 
