@@ -113,6 +113,9 @@ def build(algo: Algorithm, groups: list[dict], with_grads: list[list[torch.Tenso
         if master:
             watched["master_param"] = [st["master_param"] for st in sts]
         local = _distributed.local_list
+        if algo.REDUCES and any(_distributed.is_dtensor(p) for p in params):
+            raise RuntimeError(f"fusedopt {algo.name}: its per-tensor norms would be those of each rank's "
+                               "shard; sharded (FSDP2 / DTensor) params are not supported yet")
         args = (local(params),
                 [local(watched[s]) if s in active else [] for s in algo.SLOTS],
                 local(watched["master_param"]) if master else None)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 from ._optimizer import FusedOptimizer
-from .algorithms import ADADELTA, ADAGRAD, ADAM, ADAMAX, LION, NADAM, RADAM, RMSPROP, SGD as _SGD, YOGI
+from .algorithms import ADADELTA, ADAGRAD, ADAM, ADAMAX, LAMB as _LAMB, LION, NADAM, RADAM, RMSPROP, SGD as _SGD, YOGI
 
 
 class SGD(FusedOptimizer):
@@ -188,6 +188,22 @@ class NAdam(FusedOptimizer):
                          backend, foreach=foreach, capturable=capturable, differentiable=differentiable, **options)
 
 
+class LAMB(FusedOptimizer):
+    """LAMB, layer-wise adaptive moments (no torch.optim counterpart).
+
+    Defaults ``lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, bias_correction=True``
+    (weight decay inside the update the trust ratio scales). State: ``step``, ``exp_avg``,
+    ``exp_avg_sq``.
+    """
+    algorithm = _LAMB
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, bias_correction=True, *,
+                 maximize=False, foreach=None, fused=None, backend="auto", **options):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                                      bias_correction=bias_correction, maximize=maximize),
+                         backend, foreach=foreach, fused=fused, **options)
+
+
 # Each docstring ends with its algorithm's math and paper, written once in fusedopt.algorithms.
-for _cls in (SGD, Adagrad, Adadelta, RMSprop, Adam, AdamW, Yogi, RAdam, Adamax, Lion, NAdam):
+for _cls in (SGD, Adagrad, Adadelta, RMSprop, Adam, AdamW, Yogi, RAdam, Adamax, Lion, NAdam, LAMB):
     _cls.__doc__ += "\n" + (sys.modules[type(_cls.algorithm).__module__].__doc__ or "")

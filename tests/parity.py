@@ -71,6 +71,8 @@ OPTIMIZERS = (
     Optimizer("Lion", ({}, {"betas": (0.95, 0.98), "lr": 3e-4}), {"weight_decay": 0.1}, torch=False),
     Optimizer("NAdam", ({}, {"decoupled_weight_decay": True}, {"momentum_decay": 0.1, "betas": (0.8, 0.99)}),
               {"decoupled_weight_decay": True, "weight_decay": 0.01}),
+    Optimizer("LAMB", ({}, {"weight_decay": 0.0}, {"bias_correction": False, "betas": (0.8, 0.99)}),
+              {"weight_decay": 0.1}, torch=False),
 )
 
 CASES = [case for opt in OPTIMIZERS for case in opt.cases()]

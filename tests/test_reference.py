@@ -198,3 +198,59 @@ def test_lion_moves_every_coordinate_by_lr():
     opt.step()
     torch.testing.assert_close((p.detach() - before).abs(), torch.full((1000,), 1e-3, dtype=torch.float64),
                                rtol=1e-12, atol=1e-15)
+
+
+# -- LAMB: no torch counterpart; checked against Algorithm 2 of You et al. (2020) -----------------
+
+def _lamb_by_hand(p0, grads, lr, b1, b2, eps, wd, bias_correction=True, maximize=False):
+    """The paper's update for one tensor, in Python floats: Adam's moments and bias-corrected
+    direction plus the decay, scaled by the trust ratio ||p|| / ||u|| (1 when either is 0)."""
+    p = list(p0)
+    m = [0.0] * len(p)
+    v = [0.0] * len(p)
+    for t, g_t in enumerate(grads, start=1):
+        bc1 = 1 - b1 ** t if bias_correction else 1.0
+        bc2 = 1 - b2 ** t if bias_correction else 1.0
+        u = []
+        for i in range(len(p)):
+            g = -g_t[i] if maximize else g_t[i]
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g * g
+            u.append((m[i] / bc1) / (math.sqrt(v[i] / bc2) + eps) + wd * p[i])
+        pn = math.sqrt(sum(x * x for x in p))
+        un = math.sqrt(sum(x * x for x in u))
+        trust = pn / un if pn > 0 and un > 0 else 1.0
+        p = [x - lr * trust * d for x, d in zip(p, u)]
+    return p, m, v
+
+
+@pytest.mark.parametrize("kw", [{}, {"weight_decay": 0.0, "maximize": True},
+                                {"bias_correction": False, "betas": (0.5, 0.9), "lr": 0.1, "eps": 1e-3}])
+def test_lamb_reference_matches_the_paper(kw):
+    params, grads = make_problem([9, 4], torch.float64, steps=20, seed=9)
+    ps, opt = run_steps(fusedopt.LAMB, params, grads, kw, "reference")
+    hp = {**fusedopt.LAMB.algorithm.defaults, **kw}
+    for k in range(2):
+        p, m, v = _lamb_by_hand(params[k].tolist(), [gs[k].tolist() for gs in grads], hp["lr"], *hp["betas"],
+                                hp["eps"], hp["weight_decay"], hp["bias_correction"], hp["maximize"])
+        st = opt.state[ps[k]]
+        torch.testing.assert_close(ps[k].detach(), torch.tensor(p, dtype=torch.float64), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(st["exp_avg"], torch.tensor(m, dtype=torch.float64), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(st["exp_avg_sq"], torch.tensor(v, dtype=torch.float64), rtol=1e-12, atol=1e-14)
+
+
+def test_lamb_trust_ratio_is_per_tensor_and_one_for_a_zero_param():
+    """The same gradients on a tensor scaled by 10 give a step 10x larger (||p|| / ||u||); a
+    zero tensor takes the unscaled step (trust 1)."""
+    g = torch.randn(50, dtype=torch.float64)
+    base = torch.randn(50, dtype=torch.float64)
+    ps = [base.clone().requires_grad_(True), (10 * base).requires_grad_(True), torch.zeros(50, dtype=torch.float64,
+                                                                                            requires_grad=True)]
+    opt = fusedopt.LAMB(ps, lr=0.01, weight_decay=0.0, backend="reference")
+    for p in ps:
+        p.grad = g.clone()
+    opt.step()
+    d0, d1 = ps[0].detach() - base, ps[1].detach() - 10 * base
+    torch.testing.assert_close(d1, 10 * d0, rtol=1e-10, atol=1e-14)
+    u = g / (g.abs() + 1e-6)  # the first step's direction: m/bc1 = g, sqrt(v/bc2) = |g|
+    torch.testing.assert_close(ps[2].detach(), -0.01 * u, rtol=1e-10, atol=1e-14)

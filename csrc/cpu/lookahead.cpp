@@ -53,7 +53,7 @@ void run(const std::vector<void*>& p, const std::vector<void*>& s, const std::ve
   if (cpu_isa() == Isa::kAvx512) fn = &lookahead_v4<D, S>;
   else if (cpu_isa() == Isa::kAvx2) fn = &lookahead_v3<D, S>;
 #endif
-  for_each_item(n.size(), [&](size_t t) { return n[t]; }, [&](int64_t t, int64_t b, int64_t len) {
+  for_each_item(n.size(), [&](size_t t) { return n[t]; }, [&](int64_t t, int64_t b, int64_t len, size_t) {
     fn(static_cast<TP*>(p[t]) + b, static_cast<TS*>(s[t]) + b, alpha, len);
   });
 }

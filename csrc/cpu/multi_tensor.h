@@ -67,10 +67,12 @@ const char* isa_name();  // of cpu_isa()
 // The inner loop of one work item: load, upcast, preamble, update, round, store.
 // With MASTER the float32 master weight is the parameter the update reads and
 // writes; the 16-bit param receives its rounding in the same pass.
+// An algorithm that reduces (A::kReduces, LAMB) also adds its per-element contributions to two
+// float64 sums, added to sums[0], sums[1] at the end of the item (Note [reducing algorithms]).
 template <class M, class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED>
 FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre_, void* p_,
                                  const void* g_, float* master_, void* s0_, void* s1_, void* s2_,
-                                 int64_t n) {
+                                 int64_t n, double* sums) {
   // Note [local copies]: the scalars are copied out of memory the stores could alias as far
   // as the compiler knows; read through the references, they defeat vectorisation.
   const typename A::Args a = a_;
@@ -84,6 +86,7 @@ FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre
   ST* __restrict s1 = static_cast<ST*>(s1_);
   ST* __restrict s2 = static_cast<ST*>(s2_);
   constexpr int kSlots = A::slots(V);
+  double acc0 = 0.0, acc1 = 0.0;
   for (int64_t i = 0; i < n; ++i) {
     float pv = MASTER ? master[i] : load_as_float<PD>(p[i]);
     float gv = load_as_float<PD>(g[i]);
@@ -92,19 +95,29 @@ FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre
     if (kSlots & kSlot1) y = load_as_float<SD>(s1[i]);
     if (kSlots & kSlot2) z = load_as_float<SD>(s2[i]);
     pre.template apply<COUPLED, M>(pv, gv);
-    A::template apply<V, M>(a, pv, gv, x, y, z);
+    if constexpr (A::kReduces) {
+      A::template apply<V, M>(a, pv, gv, x, y, z, acc0, acc1);
+    } else {
+      A::template apply<V, M>(a, pv, gv, x, y, z);
+    }
     if (MASTER) master[i] = pv;
     p[i] = store_from_float<PD>(pv);
     if (kSlots & kSlot0) s0[i] = store_from_float<SD>(x);
     if (kSlots & kSlot1) s1[i] = store_from_float<SD>(y);
     if (kSlots & kSlot2) s2[i] = store_from_float<SD>(z);
   }
+  if constexpr (A::kReduces) {
+    if (sums != nullptr) {
+      sums[0] += acc0;
+      sums[1] += acc1;
+    }
+  }
 }
 
 #define FUSEDOPT_RANGE_PARAMS                                                                   \
   const typename A::Args &a, const Preamble &pre, void *p, const void *g, float *master, void *s0, \
-      void *s1, void *s2, int64_t n
-#define FUSEDOPT_RANGE_ARGS a, pre, p, g, master, s0, s1, s2, n
+      void *s1, void *s2, int64_t n, double *sums
+#define FUSEDOPT_RANGE_ARGS a, pre, p, g, master, s0, s1, s2, n, sums
 #define FUSEDOPT_LOOP_TARGS A, V, PD, SD, MASTER, COUPLED
 
 template <class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED>
@@ -129,7 +142,7 @@ FUSEDOPT_TARGET_V4 __attribute__((noinline)) void update_range_v4(FUSEDOPT_RANGE
 
 template <class A>
 using RangeFn = void (*)(const typename A::Args&, const Preamble&, void*, const void*, float*, void*,
-                         void*, void*, int64_t);
+                         void*, void*, int64_t, double*);
 
 template <class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED>
 RangeFn<A> pick_isa() {
@@ -178,26 +191,29 @@ struct Item {
   int64_t len;
 };
 
-// Calls body(tensor, begin, len) for every item of `count` tensors of sizes size(t), in one
-// parallel region whose runs are balanced by element count.
-template <class Size, class Body>
-void for_each_item(size_t count, const Size& size, const Body& body) {
+// The work items of `count` tensors of sizes size(t), in tensor order.
+template <class Size>
+std::vector<Item> make_items(size_t count, const Size& size) {
   std::vector<Item> items;
-  int64_t total = 0;
   for (size_t t = 0; t < count; ++t) {
     const int64_t n = size(t);
-    for (int64_t b = 0; b < n; b += kChunk) {
-      int64_t len = std::min(kChunk, n - b);
-      items.push_back({static_cast<int64_t>(t), b, len});
-      total += len + kItemCost;
-    }
+    for (int64_t b = 0; b < n; b += kChunk) items.push_back({static_cast<int64_t>(t), b, std::min(kChunk, n - b)});
   }
+  return items;
+}
+
+// Calls body(tensor, begin, len, item index) for every item, in one parallel region whose runs
+// are balanced by element count.
+template <class Body>
+void run_items(const std::vector<Item>& items, const Body& body) {
   if (items.empty()) return;
+  int64_t total = 0;
+  for (const Item& it : items) total += it.len + kItemCost;
   int64_t threads = static_cast<int64_t>(torch::stable::get_num_threads());
   int64_t runs = std::max<int64_t>(1, std::min<int64_t>(threads, total / kMinElementsPerThread));
   runs = std::min<int64_t>(runs, static_cast<int64_t>(items.size()));
   if (runs == 1) {
-    for (const Item& it : items) body(it.tensor, it.begin, it.len);
+    for (size_t i = 0; i < items.size(); ++i) body(items[i].tensor, items[i].begin, items[i].len, i);
     return;
   }
   // start[r] = first item of run r: the item where the running cost crosses r/runs.
@@ -213,10 +229,16 @@ void for_each_item(size_t count, const Size& size, const Body& body) {
     for (int64_t k = rb; k < re; ++k) {
       for (int64_t i = start[k]; i < start[k + 1]; ++i) {
         const Item& it = items[i];
-        body(it.tensor, it.begin, it.len);
+        body(it.tensor, it.begin, it.len, static_cast<size_t>(i));
       }
     }
   });
+}
+
+// Calls body(tensor, begin, len, item index) for every item of `count` tensors of sizes size(t).
+template <class Size, class Body>
+void for_each_item(size_t count, const Size& size, const Body& body) {
+  run_items(make_items(count, size), body);
 }
 
 inline size_t dtype_size(DType d) { return d == DType::kFloat ? 4 : 2; }
@@ -267,15 +289,41 @@ void Step<A>::op(const TensorList& params, const TensorList& grads, const Tensor
   auto at = [](void* base, int64_t offset) -> void* {
     return base != nullptr ? static_cast<char*>(base) + offset : nullptr;
   };
-  for_each_item(
-      tensors.size(), [&](size_t t) { return tensors[t].n; },
-      [&](int64_t t, int64_t b, int64_t len) {
-        const host::CheckedTensor& d = tensors[t];
-        const Plan& pl = plans[keys.of[t]];
-        pl.fn(pl.args, pl.pre, static_cast<char*>(d.p) + b * pb, static_cast<const char*>(d.g) + b * pb,
-              d.master != nullptr ? d.master + b : nullptr, at(d.s[0], b * sb), at(d.s[1], b * sb),
-              at(d.s[2], b * sb), len);
-      });
+  const std::vector<Item> items = make_items(tensors.size(), [&](size_t t) { return tensors[t].n; });
+  // Note [reducing algorithms]: an algorithm with A::kReduces (LAMB) runs two traversals over the
+  // same items. The first updates the states and adds each item's sums of squares of the param
+  // and of the update to its own pair of partials; the sums of a tensor are added in item order
+  // (the same result whatever the threads), and make the tensor's plan for the second, which
+  // applies the update (the per-tensor variant A::kTensorBit, A::reduced() setting it) with an
+  // identity preamble (the first traversal applied it and stored the param).
+  std::vector<double> partials(A::kReduces ? 2 * items.size() : 0, 0.0);
+  auto run = [&](const std::vector<Plan>& by_plan, const std::vector<int32_t>& of, bool sums) {
+    run_items(items, [&](int64_t t, int64_t b, int64_t len, size_t i) {
+      const host::CheckedTensor& d = tensors[t];
+      const Plan& pl = by_plan[of[t]];
+      pl.fn(pl.args, pl.pre, static_cast<char*>(d.p) + b * pb, static_cast<const char*>(d.g) + b * pb,
+            d.master != nullptr ? d.master + b : nullptr, at(d.s[0], b * sb), at(d.s[1], b * sb),
+            at(d.s[2], b * sb), len, sums ? partials.data() + 2 * i : nullptr);
+    });
+  };
+  run(plans, keys.of, A::kReduces);
+  if constexpr (A::kReduces) {
+    std::vector<double> sums(2 * tensors.size(), 0.0);
+    for (size_t i = 0; i < items.size(); ++i) {
+      sums[2 * items[i].tensor] += partials[2 * i];
+      sums[2 * items[i].tensor + 1] += partials[2 * i + 1];
+    }
+    std::vector<Plan> second(tensors.size());
+    std::vector<int32_t> own(tensors.size());
+    for (size_t t = 0; t < tensors.size(); ++t) {
+      Plan& pl = second[t];
+      pl.args = A::reduced(plans[keys.of[t]].args, sums[2 * t], sums[2 * t + 1]);
+      pl.pre = Preamble::identity();
+      pl.fn = kernels.fn[A::tensor_variant(pl.args) != 0][0];
+      own[t] = static_cast<int32_t>(t);
+    }
+    run(second, own, false);
+  }
 }
 
 }  // namespace cpu

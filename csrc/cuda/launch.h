@@ -50,6 +50,7 @@ struct StepLaunch {
   int64_t n_items;
   int64_t chunk_elems;
   void* stream;  // cudaStream_t
+  double* partials;  // a reducing algorithm's sums, 2 per item, device memory (else null)
 };
 
 struct LookaheadLaunch {

@@ -38,6 +38,8 @@ struct StepParams {
   const double* hyper;
   const float* grad_scale;
   const float* found_inf;
+  double* partials;  // Note [reducing algorithms] (csrc/cpu/multi_tensor.h): 2 per item
+  int phase;         // 0, or a reducing algorithm's traversal: 1 (reduce) or 2 (apply)
 };
 
 // --- 16-byte and scalar accesses ----------------------------------------------------------
@@ -151,9 +153,24 @@ __global__ void __launch_bounds__(kThreads) step_kernel(const StepParams kp) {
   __shared__ int shared_tensor_variant;
   if (threadIdx.x == 0) {
     const double* h = kp.hyper + static_cast<int64_t>(d->row) * A::kNumHyper;
-    const Args args = make_args<A>(h, kp.steps + d->step);
+    Args args = make_args<A>(h, kp.steps + d->step);
+    Preamble pre = Preamble::make(h, kp.grad_scale != nullptr ? *kp.grad_scale : 1.0f);
+    if constexpr (A::kReduces) {
+      if (kp.phase == 2) {
+        // the tensor's sums, added in the order of its items (the same result whatever ran first)
+        const int64_t first = static_cast<int64_t>(blockIdx.x) - it.chunk;
+        const int64_t count = (d->n + kp.chunk - 1) / kp.chunk;
+        double p_sq = 0.0, u_sq = 0.0;
+        for (int64_t k = 0; k < count; ++k) {
+          p_sq += kp.partials[2 * (first + k)];
+          u_sq += kp.partials[2 * (first + k) + 1];
+        }
+        args = A::reduced(args, p_sq, u_sq);
+        pre = Preamble::identity();  // the first traversal applied it
+      }
+    }
     shared_args = args;
-    shared_pre = Preamble::make(h, kp.grad_scale != nullptr ? *kp.grad_scale : 1.0f);
+    shared_pre = pre;
     shared_tensor_variant = A::tensor_variant(args);
   }
   __syncthreads();
@@ -171,11 +188,17 @@ __global__ void __launch_bounds__(kThreads) step_kernel(const StepParams kp) {
   const int64_t start = static_cast<int64_t>(it.chunk) * kp.chunk;
   const int64_t end = start + kp.chunk < d->n ? start + kp.chunk : d->n;
 
+  double p_sq = 0.0, u_sq = 0.0;  // a reducing algorithm's sums (this thread's share)
   auto update = [&](float& p, float& g, float& x, float& y, float& z) {
     if (pre.coupled) pre.template apply<true, HwFma>(p, g);
     else pre.template apply<false, HwFma>(p, g);
-    if (tensor_bit) A::template apply<VT, HwFma>(a, p, g, x, y, z);
-    else A::template apply<V, HwFma>(a, p, g, x, y, z);
+    if constexpr (A::kReduces) {
+      if (tensor_bit) A::template apply<VT, HwFma>(a, p, g, x, y, z, p_sq, u_sq);
+      else A::template apply<V, HwFma>(a, p, g, x, y, z, p_sq, u_sq);
+    } else {
+      if (tensor_bit) A::template apply<VT, HwFma>(a, p, g, x, y, z);
+      else A::template apply<V, HwFma>(a, p, g, x, y, z);
+    }
   };
 
   for (int64_t base = start; base < end; base += kTile) {
@@ -215,14 +238,40 @@ __global__ void __launch_bounds__(kThreads) step_kernel(const StepParams kp) {
       }
     }
   }
+  if constexpr (A::kReduces) {
+    if (kp.phase == 1) {  // the block's sums, tree-reduced in shared memory, one pair per item
+      __shared__ double sums[2][kThreads];
+      sums[0][threadIdx.x] = p_sq;
+      sums[1][threadIdx.x] = u_sq;
+      __syncthreads();
+      for (int s = kThreads / 2; s > 0; s >>= 1) {
+        if (static_cast<int>(threadIdx.x) < s) {
+          sums[0][threadIdx.x] += sums[0][threadIdx.x + s];
+          sums[1][threadIdx.x] += sums[1][threadIdx.x + s];
+        }
+        __syncthreads();
+      }
+      if (threadIdx.x == 0) {
+        kp.partials[2 * static_cast<int64_t>(blockIdx.x)] = sums[0][0];
+        kp.partials[2 * static_cast<int64_t>(blockIdx.x) + 1] = sums[1][0];
+      }
+    }
+  }
 }
 
 template <class A, int V, DType PD, DType SD, bool MASTER>
 int launch_one(const StepLaunch& l) {
-  const StepParams kp{l.tensors, l.items, l.chunk_elems, l.steps, l.hyper, l.grad_scale, l.found_inf};
-  step_kernel<A, V, PD, SD, MASTER>
-      <<<static_cast<unsigned>(l.n_items), kThreads, 0, static_cast<cudaStream_t>(l.stream)>>>(kp);
-  return static_cast<int>(cudaGetLastError());
+  StepParams kp{l.tensors, l.items, l.chunk_elems, l.steps, l.hyper, l.grad_scale, l.found_inf, l.partials, 0};
+  // Note [reducing algorithms]: two launches on one stream, the sums in between in device memory.
+  for (int phase : {A::kReduces ? 1 : 0, A::kReduces ? 2 : -1}) {
+    if (phase < 0) break;
+    kp.phase = phase;
+    step_kernel<A, V, PD, SD, MASTER>
+        <<<static_cast<unsigned>(l.n_items), kThreads, 0, static_cast<cudaStream_t>(l.stream)>>>(kp);
+    const int err = static_cast<int>(cudaGetLastError());
+    if (err != 0) return err;
+  }
+  return 0;
 }
 
 // Runtime (call-wide variant, param dtype, state dtype, master) -> instantiation.

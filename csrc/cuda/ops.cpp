@@ -323,6 +323,15 @@ void step(const TensorList& params, const TensorList& grads, const Tensor& table
   l.n_items = tab.n_items;
   l.chunk_elems = tab.chunk;
   l.stream = stream;
+  std::optional<Tensor> partials;  // freed after the launches: torch's allocator orders it after them
+  if constexpr (A::kReduces) {
+    int64_t size = std::max<int64_t>(2 * tab.n_items, 1), stride = 1;
+    AtenTensorHandle handle = nullptr;
+    STABLE_TORCH_ERROR_CODE_CHECK(
+        aoti_torch_empty_strided(1, &size, &stride, codes().f64, codes().cuda, device, &handle));
+    partials.emplace(handle);
+    l.partials = static_cast<double*>(partials->data_ptr());
+  }
   check_cuda(launch_step<A>(l), (std::string("fusedopt::") + A::kName + " launch").c_str());
 }
 

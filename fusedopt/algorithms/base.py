@@ -89,6 +89,9 @@ class Algorithm:
     TENSOR_SCALARS: tuple[str, ...] = ()
     SCALAR_STATES: dict[str, float] = {}
     FLAGS: tuple[str, ...] = ()
+    # Two traversals per step (LAMB): the first updates the states and reduces per-tensor sums
+    # of squares of the param and of the update, the second applies the update scaled by them.
+    REDUCES: bool = False
     has_step: bool = True       # keeps torch's per-parameter ``state['step']`` (SGD counts privately)
     eager_state: bool = False   # Adagrad: torch creates its state in the constructor
     decoupled_key: str | None = None  # the group option that selects decoupled weight decay

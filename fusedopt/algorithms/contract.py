@@ -62,6 +62,8 @@ def header() -> str:
             f"  static constexpr int kNumFlags = {len(algo.FLAGS)};",
             "  // the step count and the SCALAR_STATES after it, per tensor, in `steps`",
             f"  static constexpr int kNumCounters = {1 + len(algo.SCALAR_STATES)};",
+            "  // two traversals with per-tensor sums (REDUCES, Note [reducing algorithms])",
+            f"  static constexpr bool kReduces = {'true' if algo.REDUCES else 'false'};",
         ]
         if algo.FLAGS:
             bits = ", ".join(f"{_constant('kFlag', f)} = {1 << i}u" for i, f in enumerate(algo.FLAGS))

@@ -44,13 +44,24 @@ class Backend:
             if grad_scale is not None:
                 g32 = g32 * grad_scale.to(cdt)
             st = {name: slot[i].to(cdt, copy=True) for name, slot in zip(spec.SLOTS, states) if len(slot)}
-            spec.update(p32, g32, st, s, f)
-            for name, slot in zip(spec.SLOTS, states):
-                if len(slot):
-                    slot[i].copy_(st[name])
-            if master is not None:
-                master[i].copy_(p32)
-            p.copy_(p32)
+
+            def store():
+                for name, slot in zip(spec.SLOTS, states):
+                    if len(slot):
+                        slot[i].copy_(st[name])
+                if master is not None:
+                    master[i].copy_(p32)
+                p.copy_(p32)
+
+            if spec.REDUCES:  # two traversals, everything stored in between (as the kernels do)
+                sums = spec.reduce(p32, g32, st, s, f)
+                store()
+                p32 = (master[i] if master is not None else p).to(cdt, copy=True)
+                st = {name: slot[i].to(cdt, copy=True) for name, slot in zip(spec.SLOTS, states) if len(slot)}
+                spec.apply_reduced(p32, st, s, f, *sums)
+            else:
+                spec.update(p32, g32, st, s, f)
+            store()
 
     @torch.no_grad()
     def lookahead(self, params, slow, alpha):

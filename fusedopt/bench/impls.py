@@ -47,6 +47,7 @@ CASES = {c.name: c for c in (
     Case("adamax", "Adamax", "Adamax", dict(lr=2e-3), 2),
     Case("lion", "Lion", None, dict(lr=1e-4, weight_decay=1e-1), 1),
     Case("nadam", "NAdam", "NAdam", dict(lr=2e-3), 2),
+    Case("lamb", "LAMB", None, dict(lr=1e-3), 2),
 )}
 
 TORCH_IMPLS = ("torch-forloop", "torch-foreach", "torch-fused")

@@ -320,6 +320,56 @@ def _nadam_math(p, g, m, v, s2, sc):
 
 
 @triton.jit
+def _lamb_scalars(h, t):
+    # Note [reducing algorithms]: the last value, -lr * trust, is filled in for the second traversal
+    beta1 = tl.load(h + LAMB_BETA1)
+    beta2 = tl.load(h + LAMB_BETA2)
+    bc = tl.load(h + LAMB_BIAS_CORRECTION) != 0
+    bc1 = tl.where(bc, 1.0 - _pow(beta1, t), 1.0)
+    bc2 = tl.where(bc, 1.0 - _pow(beta2, t), 1.0)
+    return (_f32(1.0 - beta1), _f32(beta2), _f32(1.0 - beta2), _f32(tl.load(h + LAMB_EPS)), _f32(bc1), _f32(bc2),
+            _f32(tl.load(h + LAMB_DECAY)), _f32(tl.load(h + LAMB_LR) * 0.0))
+
+
+@triton.jit
+def _lamb_reduced(sc, h, p_sq, u_sq):
+    """The scalars of a tensor's second traversal, from its sums of p^2 and u^2: the trust ratio
+    ||p|| / ||u|| (1 when either is 0) in float64, and -lr * trust rounded once."""
+    one_minus_beta1, beta2, one_minus_beta2, eps, bc1, bc2, decay, step = sc
+    pn = tl.sqrt(p_sq)
+    un = tl.sqrt(u_sq)
+    trust = tl.where((pn > 0) & (un > 0), pn / un, 1.0)
+    return (one_minus_beta1, beta2, one_minus_beta2, eps, bc1, bc2, decay, _f32(-tl.load(h + LAMB_LR) * trust))
+
+
+@triton.jit
+def _lamb_update(p, m, v, sc):
+    one_minus_beta1, beta2, one_minus_beta2, eps, bc1, bc2, decay, step = sc
+    u = tl.div_rn(tl.div_rn(m, bc1), tl.sqrt_rn(tl.div_rn(v, bc2)) + eps)
+    return tl.where(decay != 0, tl.fma(decay, p, u), u)  # u.add_(p, alpha=decay)
+
+
+@triton.jit
+def _lamb_math(p, g, m, v, s2, sc, PHASE: tl.constexpr):
+    """First traversal (PHASE 1): the moments, and this chunk's sums of p^2 and u^2 (float64);
+    second (PHASE 2): p = p - lr * trust * u from the stored moments."""
+    one_minus_beta1, beta2, one_minus_beta2, eps, bc1, bc2, decay, step = sc
+    if PHASE == 2:
+        p = tl.fma(step, _lamb_update(p, m, v, sc), p)
+        p_sq = tl.zeros((), tl.float64)
+        u_sq = tl.zeros((), tl.float64)
+    else:
+        m = _lerp(m, g, one_minus_beta1)
+        v = tl.fma(one_minus_beta2 * g, g, v * beta2)
+        u = _lamb_update(p, m, v, sc)
+        p64 = p.to(tl.float64)
+        u64 = u.to(tl.float64)
+        p_sq = tl.sum(p64 * p64, axis=0)
+        u_sq = tl.sum(u64 * u64, axis=0)
+    return p, m, v, s2, p_sq, u_sq
+
+
+@triton.jit
 def _lookahead_math(p, slow, alpha):
     slow = slow + alpha * (p - slow)
     return slow, slow
@@ -373,6 +423,8 @@ def _scalars(h, t, cell, ALGO: tl.constexpr):
         sc = _lion_scalars(h, t)
     elif ALGO == NADAM:
         sc = _nadam_scalars(h, t, tl.load(cell + 1).to(tl.float64))
+    elif ALGO == LAMB:
+        sc = _lamb_scalars(h, t)
     return sc
 
 
@@ -381,10 +433,13 @@ def _chunk(row, pre, sc, grad_scale_ptr, offs, mask, other, ALGO: tl.constexpr, 
            P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr,
            HAS_S0: tl.constexpr, HAS_S1: tl.constexpr, HAS_S2: tl.constexpr, HAS_MASTER: tl.constexpr,
            HAS_GRAD_SCALE: tl.constexpr, FLAG: tl.constexpr,
-           RNE_P: tl.constexpr, RNE_G: tl.constexpr, RNE_S: tl.constexpr, ALIGNED: tl.constexpr):
+           RNE_P: tl.constexpr, RNE_G: tl.constexpr, RNE_S: tl.constexpr, ALIGNED: tl.constexpr,
+           PHASE: tl.constexpr):
     """Load one chunk of every tensor of one table row, update it, store it (``mask`` None: a
     full chunk). ``pre`` and ``sc`` are the preamble's and the algorithm's scalars (Lookahead:
-    ``sc`` is alpha)."""
+    ``sc`` is alpha). Returns the chunk's two sums of a reducing algorithm (0 otherwise)."""
+    p_sq = tl.zeros((), tl.float64)
+    u_sq = tl.zeros((), tl.float64)
     # Addresses are 16-byte aligned when the table says so: then, with the chunk start a
     # multiple of BLOCK and a full chunk's mask, the compiler emits 16-byte vector accesses.
     p_ptr = tl.load(row).to(tl.pointer_type(P_DTYPE))
@@ -410,7 +465,8 @@ def _chunk(row, pre, sc, grad_scale_ptr, offs, mask, other, ALGO: tl.constexpr, 
         g = tl.load(g_ptr + offs, mask=mask, other=other).to(tl.float32)
         if HAS_GRAD_SCALE:
             g = g * tl.load(grad_scale_ptr)
-        p, g = _preamble(p, g, pre)
+        if PHASE != 2:  # a reducing algorithm's second traversal: the first applied it
+            p, g = _preamble(p, g, pre)
 
         # An absent slot is a dummy block (never stored), so every math function has one shape.
         s0 = p
@@ -443,16 +499,20 @@ def _chunk(row, pre, sc, grad_scale_ptr, offs, mask, other, ALGO: tl.constexpr, 
             p, s0, s1, s2 = _lion_math(p, g, s0, s1, s2, sc)
         elif ALGO == NADAM:
             p, s0, s1, s2 = _nadam_math(p, g, s0, s1, s2, sc)
+        elif ALGO == LAMB:
+            p, s0, s1, s2, p_sq, u_sq = _lamb_math(p, g, s0, s1, s2, sc, PHASE)
 
-        if HAS_S0:
-            tl.store(s0_ptr + offs, _rne_bf16(s0) if RNE_S else s0.to(S_DTYPE), mask=mask)
-        if HAS_S1:
-            tl.store(s1_ptr + offs, _rne_bf16(s1) if RNE_S else s1.to(S_DTYPE), mask=mask)
-        if HAS_S2:
-            tl.store(s2_ptr + offs, _rne_bf16(s2) if RNE_S else s2.to(S_DTYPE), mask=mask)
+        if PHASE != 2:  # the second traversal leaves the states as the first stored them
+            if HAS_S0:
+                tl.store(s0_ptr + offs, _rne_bf16(s0) if RNE_S else s0.to(S_DTYPE), mask=mask)
+            if HAS_S1:
+                tl.store(s1_ptr + offs, _rne_bf16(s1) if RNE_S else s1.to(S_DTYPE), mask=mask)
+            if HAS_S2:
+                tl.store(s2_ptr + offs, _rne_bf16(s2) if RNE_S else s2.to(S_DTYPE), mask=mask)
     if HAS_MASTER:
         tl.store(m_ptr + offs, p, mask=mask)
     tl.store(p_ptr + offs, _rne_bf16(p) if RNE_P else p.to(P_DTYPE), mask=mask)
+    return p_sq, u_sq
 
 
 @triton.jit
@@ -465,6 +525,7 @@ def multi_tensor_kernel(
     grad_scale_ptr,  # float32 0-dim, read when HAS_GRAD_SCALE: g = g * grad_scale
     found_inf_ptr,   # float32 0-dim, read when HAS_FOUND_INF: != 0 means write nothing
     alpha,           # Lookahead's interpolation factor
+    partials,        # float64 [n_programs, 2]: a reducing algorithm's sums, per program
     ALGO: tl.constexpr, NCOL: tl.constexpr, NHYPER: tl.constexpr,
     P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr,
     HAS_S0: tl.constexpr, HAS_S1: tl.constexpr, HAS_S2: tl.constexpr, HAS_MASTER: tl.constexpr,
@@ -473,6 +534,7 @@ def multi_tensor_kernel(
     RNE_P: tl.constexpr, RNE_G: tl.constexpr, RNE_S: tl.constexpr,  # bf16 stores rounded by hand
     ALIGNED: tl.constexpr,  # every address of the table is 16-byte aligned
     BLOCK: tl.constexpr,
+    PHASE: tl.constexpr,  # 0, or a reducing algorithm's traversal: 1 (reduce) or 2 (apply)
 ):
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(work + 2 * pid)
@@ -496,13 +558,28 @@ def multi_tensor_kernel(
         h = hyper + tl.load(info + 2) * NHYPER
         pre = _preamble_scalars(h)
         sc = _scalars(h, t, cell, ALGO)
+        if PHASE == 2:
+            # Note [reducing algorithms]: the tensor's sums, added in the order of its programs
+            # (the same result whatever ran first), make its scalars for the second traversal.
+            first = pid - start // BLOCK
+            p_sq = tl.zeros((), tl.float64)
+            u_sq = tl.zeros((), tl.float64)
+            for k in range(0, tl.cdiv(n, BLOCK)):
+                p_sq += tl.load(partials + 2 * (first + k))
+                u_sq += tl.load(partials + 2 * (first + k) + 1)
+            sc = _lamb_reduced(sc, h, p_sq, u_sq)
     offs = start + tl.arange(0, BLOCK)
     # A full chunk goes unmasked, so its accesses vectorise (16 bytes when ALIGNED); only a
     # tensor's last chunk takes the masked path. (Two paths that differ only in the mask would
     # be merged by the compiler into one masked path.)
     if start + BLOCK <= n:
-        _chunk(row, pre, sc, grad_scale_ptr, offs, None, None, ALGO, NCOL, P_DTYPE, G_DTYPE, S_DTYPE,
-               HAS_S0, HAS_S1, HAS_S2, HAS_MASTER, HAS_GRAD_SCALE, FLAG, RNE_P, RNE_G, RNE_S, ALIGNED)
+        p_sq, u_sq = _chunk(row, pre, sc, grad_scale_ptr, offs, None, None, ALGO, NCOL, P_DTYPE, G_DTYPE, S_DTYPE,
+                            HAS_S0, HAS_S1, HAS_S2, HAS_MASTER, HAS_GRAD_SCALE, FLAG, RNE_P, RNE_G, RNE_S, ALIGNED,
+                            PHASE)
     else:
-        _chunk(row, pre, sc, grad_scale_ptr, offs, offs < n, 0.0, ALGO, NCOL, P_DTYPE, G_DTYPE, S_DTYPE,
-               HAS_S0, HAS_S1, HAS_S2, HAS_MASTER, HAS_GRAD_SCALE, FLAG, RNE_P, RNE_G, RNE_S, ALIGNED)
+        p_sq, u_sq = _chunk(row, pre, sc, grad_scale_ptr, offs, offs < n, 0.0, ALGO, NCOL, P_DTYPE, G_DTYPE,
+                            S_DTYPE, HAS_S0, HAS_S1, HAS_S2, HAS_MASTER, HAS_GRAD_SCALE, FLAG, RNE_P, RNE_G,
+                            RNE_S, ALIGNED, PHASE)
+    if PHASE == 1:
+        tl.store(partials + 2 * pid, p_sq)
+        tl.store(partials + 2 * pid + 1, u_sq)

@@ -111,11 +111,23 @@ def _check_call(spec, flags, params, grads, states, master, steps, index, hyper,
 
 def _launch(table, algo_id, ncol, *, p_dtype, g_dtype, s_dtype=tl.float32, present=(False, False, False),
             master=False, nhyper=0, flag=False, steps=None, hyper=None, grad_scale=None, found_inf=None,
-            alpha=0.0):
-    global _launches
+            alpha=0.0, reduces=False):
     if table.n_programs == 0:
         return
     dummy = table.data  # stands for the pointers a variant never reads
+    if reduces:  # Note [reducing algorithms]: two traversals, the sums in between on the device
+        partials = torch.empty(2 * table.n_programs, dtype=torch.float64, device=table.data.device)
+        for phase in (1, 2):
+            _run(table, algo_id, ncol, dummy, partials, phase, p_dtype, g_dtype, s_dtype, present, master,
+                 nhyper, flag, steps, hyper, grad_scale, found_inf, alpha)
+    else:
+        _run(table, algo_id, ncol, dummy, dummy, 0, p_dtype, g_dtype, s_dtype, present, master, nhyper, flag,
+             steps, hyper, grad_scale, found_inf, alpha)
+
+
+def _run(table, algo_id, ncol, dummy, partials, phase, p_dtype, g_dtype, s_dtype, present, master, nhyper, flag,
+         steps, hyper, grad_scale, found_inf, alpha):
+    global _launches
     kernels.multi_tensor_kernel[(table.n_programs,)](
         table.addrs, table.meta, table.work,
         dummy if steps is None else steps,
@@ -123,12 +135,13 @@ def _launch(table, algo_id, ncol, *, p_dtype, g_dtype, s_dtype=tl.float32, prese
         dummy if grad_scale is None else grad_scale,
         dummy if found_inf is None else found_inf,
         float(alpha),
+        partials,
         ALGO=algo_id, NCOL=ncol, NHYPER=nhyper, P_DTYPE=p_dtype, G_DTYPE=g_dtype, S_DTYPE=s_dtype,
         HAS_S0=present[0], HAS_S1=present[1], HAS_S2=present[2], HAS_MASTER=bool(master),
         HAS_GRAD_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None, FLAG=bool(flag),
         RNE_P=INTERPRETED and p_dtype == tl.bfloat16, RNE_G=INTERPRETED and g_dtype == tl.bfloat16,
         RNE_S=INTERPRETED and s_dtype == tl.bfloat16, ALIGNED=table.aligned,
-        BLOCK=block_size(), num_warps=NUM_WARPS,
+        BLOCK=block_size(), PHASE=phase, num_warps=NUM_WARPS,
     )
     _launches += 1
 
@@ -175,7 +188,7 @@ def multi_tensor_step(algo, flags, params, grads, states, master, steps, index, 
     s_dt = next((_tl_dtype(s[0], "state") for s in states if len(s)), tl.float32)
     _launch(table, kernels.ALGO_IDS[algo], ncol, p_dtype=p_dt, g_dtype=p_dt, s_dtype=s_dt, present=present,
             master=master is not None, nhyper=len(spec.HYPER), flag=flag, steps=steps, hyper=hyper,
-            grad_scale=grad_scale, found_inf=found_inf)
+            grad_scale=grad_scale, found_inf=found_inf, reduces=spec.REDUCES)
 
 
 def multi_tensor_lookahead(params, slow, alpha):

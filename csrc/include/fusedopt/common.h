@@ -65,6 +65,16 @@ struct Preamble {
     return pre;
   }
 
+  // Changes nothing (the second traversal of a reducing algorithm).
+  FUSEDOPT_HD FUSEDOPT_INLINE static Preamble identity() {
+    Preamble pre;
+    pre.scale = 1.0f;
+    pre.wd = 0.0f;
+    pre.decay = 1.0f;
+    pre.coupled = false;
+    return pre;
+  }
+
   template <bool COUPLED, class M>
   FUSEDOPT_HD FUSEDOPT_INLINE void apply(float& p, float& g) const {
     g = g * scale;  // g * -s is exactly -(g * s): one multiply serves both

@@ -8,6 +8,7 @@
 #include "fusedopt/algos/adagrad.h"
 #include "fusedopt/algos/adam.h"
 #include "fusedopt/algos/adamax.h"
+#include "fusedopt/algos/lamb.h"
 #include "fusedopt/algos/lion.h"
 #include "fusedopt/algos/nadam.h"
 #include "fusedopt/algos/radam.h"

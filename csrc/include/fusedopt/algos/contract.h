@@ -19,6 +19,8 @@ struct Sgd {
   static constexpr int kNumFlags = 1;
   // the step count and the SCALAR_STATES after it, per tensor, in `steps`
   static constexpr int kNumCounters = 1;
+  // two traversals with per-tensor sums (REDUCES, Note [reducing algorithms])
+  static constexpr bool kReduces = false;
   enum Flag : unsigned { kFlagNesterov = 1u };
   enum Slot : int { kStateMomentumBuffer = 0, kNumSlots = 1 };
 };
@@ -29,6 +31,8 @@ struct Adagrad {
   static constexpr int kNumFlags = 0;
   // the step count and the SCALAR_STATES after it, per tensor, in `steps`
   static constexpr int kNumCounters = 1;
+  // two traversals with per-tensor sums (REDUCES, Note [reducing algorithms])
+  static constexpr bool kReduces = false;
   enum Slot : int { kStateSum = 0, kNumSlots = 1 };
 };
 
@@ -38,6 +42,8 @@ struct Adadelta {
   static constexpr int kNumFlags = 0;
   // the step count and the SCALAR_STATES after it, per tensor, in `steps`
   static constexpr int kNumCounters = 1;
+  // two traversals with per-tensor sums (REDUCES, Note [reducing algorithms])
+  static constexpr bool kReduces = false;
   enum Slot : int { kStateSquareAvg = 0, kStateAccDelta = 1, kNumSlots = 2 };
 };
 
@@ -47,6 +53,8 @@ struct Rmsprop {
   static constexpr int kNumFlags = 1;
   // the step count and the SCALAR_STATES after it, per tensor, in `steps`
   static constexpr int kNumCounters = 1;
+  // two traversals with per-tensor sums (REDUCES, Note [reducing algorithms])
+  static constexpr bool kReduces = false;
   enum Flag : unsigned { kFlagCentered = 1u };
   enum Slot : int { kStateSquareAvg = 0, kStateMomentumBuffer = 1, kStateGradAvg = 2, kNumSlots = 3 };
 };
@@ -57,6 +65,8 @@ struct Adam {
   static constexpr int kNumFlags = 1;
   // the step count and the SCALAR_STATES after it, per tensor, in `steps`
   static constexpr int kNumCounters = 1;
+  // two traversals with per-tensor sums (REDUCES, Note [reducing algorithms])
+  static constexpr bool kReduces = false;
   enum Flag : unsigned { kFlagAmsgrad = 1u };
   enum Slot : int { kStateExpAvg = 0, kStateExpAvgSq = 1, kStateMaxExpAvgSq = 2, kNumSlots = 3 };
 };
@@ -67,6 +77,8 @@ struct Yogi {
   static constexpr int kNumFlags = 0;
   // the step count and the SCALAR_STATES after it, per tensor, in `steps`
   static constexpr int kNumCounters = 1;
+  // two traversals with per-tensor sums (REDUCES, Note [reducing algorithms])
+  static constexpr bool kReduces = false;
   enum Slot : int { kStateExpAvg = 0, kStateExpAvgSq = 1, kNumSlots = 2 };
 };
 
@@ -76,6 +88,8 @@ struct Radam {
   static constexpr int kNumFlags = 0;
   // the step count and the SCALAR_STATES after it, per tensor, in `steps`
   static constexpr int kNumCounters = 1;
+  // two traversals with per-tensor sums (REDUCES, Note [reducing algorithms])
+  static constexpr bool kReduces = false;
   enum Slot : int { kStateExpAvg = 0, kStateExpAvgSq = 1, kNumSlots = 2 };
 };
 
@@ -85,6 +99,8 @@ struct Adamax {
   static constexpr int kNumFlags = 0;
   // the step count and the SCALAR_STATES after it, per tensor, in `steps`
   static constexpr int kNumCounters = 1;
+  // two traversals with per-tensor sums (REDUCES, Note [reducing algorithms])
+  static constexpr bool kReduces = false;
   enum Slot : int { kStateExpAvg = 0, kStateExpInf = 1, kNumSlots = 2 };
 };
 
@@ -94,6 +110,8 @@ struct Lion {
   static constexpr int kNumFlags = 0;
   // the step count and the SCALAR_STATES after it, per tensor, in `steps`
   static constexpr int kNumCounters = 1;
+  // two traversals with per-tensor sums (REDUCES, Note [reducing algorithms])
+  static constexpr bool kReduces = false;
   enum Slot : int { kStateExpAvg = 0, kNumSlots = 1 };
 };
 
@@ -103,6 +121,19 @@ struct Nadam {
   static constexpr int kNumFlags = 0;
   // the step count and the SCALAR_STATES after it, per tensor, in `steps`
   static constexpr int kNumCounters = 2;
+  // two traversals with per-tensor sums (REDUCES, Note [reducing algorithms])
+  static constexpr bool kReduces = false;
+  enum Slot : int { kStateExpAvg = 0, kStateExpAvgSq = 1, kNumSlots = 2 };
+};
+
+struct Lamb {
+  static constexpr const char* kName = "lamb";
+  enum Hyper : int { kBeta1 = kNumCommonHyper, kBeta2, kEps, kDecay, kBiasCorrection, kNumHyper };
+  static constexpr int kNumFlags = 0;
+  // the step count and the SCALAR_STATES after it, per tensor, in `steps`
+  static constexpr int kNumCounters = 1;
+  // two traversals with per-tensor sums (REDUCES, Note [reducing algorithms])
+  static constexpr bool kReduces = true;
   enum Slot : int { kStateExpAvg = 0, kStateExpAvgSq = 1, kNumSlots = 2 };
 };
 
@@ -110,4 +141,4 @@ struct Nadam {
 }  // namespace fusedopt
 
 // Every algorithm, in the order of ALGORITHMS: one op fusedopt::<kName> per entry.
-#define FUSEDOPT_FOR_EACH_ALGORITHM(X) X(Sgd) X(Adagrad) X(Adadelta) X(Rmsprop) X(Adam) X(Yogi) X(Radam) X(Adamax) X(Lion) X(Nadam)
+#define FUSEDOPT_FOR_EACH_ALGORITHM(X) X(Sgd) X(Adagrad) X(Adadelta) X(Rmsprop) X(Adam) X(Yogi) X(Radam) X(Adamax) X(Lion) X(Nadam) X(Lamb)
