@@ -86,8 +86,7 @@ FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre
   ST* __restrict s1 = static_cast<ST*>(s1_);
   ST* __restrict s2 = static_cast<ST*>(s2_);
   constexpr int kSlots = A::slots(V);
-  double acc0 = 0.0, acc1 = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
+  auto element = [&](int64_t i, float& acc0, float& acc1) __attribute__((always_inline)) {
     float pv = MASTER ? master[i] : load_as_float<PD>(p[i]);
     float gv = load_as_float<PD>(g[i]);
     float x = 0.0f, y = 0.0f, z = 0.0f;
@@ -105,12 +104,28 @@ FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre
     if (kSlots & kSlot0) s0[i] = store_from_float<SD>(x);
     if (kSlots & kSlot1) s1[i] = store_from_float<SD>(y);
     if (kSlots & kSlot2) s2[i] = store_from_float<SD>(z);
-  }
+  };
   if constexpr (A::kReduces) {
-    if (sums != nullptr) {
-      sums[0] += acc0;
-      sums[1] += acc1;
+    // Note [lane sums]: a reduction the compiler may not reassociate does not vectorise, so the
+    // sums go to kLanes float32 accumulators, element i to lane i % kLanes, each lane over at
+    // most kChunk / kLanes elements; the lanes are added in order in float64 at the end. The
+    // order is fixed, so every instruction-set clone gives the same sums.
+    constexpr int64_t kLanes = 16;
+    float lane0[kLanes] = {}, lane1[kLanes] = {};
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes) {
+      for (int64_t k = 0; k < kLanes; ++k) element(i + k, lane0[k], lane1[k]);
     }
+    for (int64_t k = 0; i < n; ++i, ++k) element(i, lane0[k], lane1[k]);
+    if (sums != nullptr) {
+      for (int64_t k = 0; k < kLanes; ++k) {
+        sums[0] += lane0[k];
+        sums[1] += lane1[k];
+      }
+    }
+  } else {
+    float unused0 = 0.0f, unused1 = 0.0f;
+    for (int64_t i = 0; i < n; ++i) element(i, unused0, unused1);
   }
 }
 

@@ -52,17 +52,17 @@ struct Lamb : AlgorithmDefaults, contract::Lamb {
     return a.decay != 0.0f ? M::fma(a.decay, p, u) : u;  // u.add_(p, alpha=decay)
   }
 
-  template <int V, class M>
+  template <int V, class M, class Acc>
   FUSEDOPT_HD FUSEDOPT_INLINE static void apply(const Args& a, float& p, float g, float& m, float& v, float&,
-                                                double& p_sq, double& u_sq) {
+                                                Acc& p_sq, Acc& u_sq) {
     if (V & kApply) {
       p = M::fma(a.step, update<M>(a, p, m, v), p);  // p.add_(u, alpha=-lr * trust)
     } else {
       m = fo_lerp<M>(m, g, a.one_minus_beta1);
       v = M::fma(a.one_minus_beta2 * g, g, v * a.beta2);
       const float u = update<M>(a, p, m, v);
-      p_sq += static_cast<double>(p) * p;
-      u_sq += static_cast<double>(u) * u;
+      p_sq += static_cast<Acc>(p) * static_cast<Acc>(p);  // float64 on CUDA, float32 lanes on the CPU
+      u_sq += static_cast<Acc>(u) * static_cast<Acc>(u);
     }
   }
 };
