@@ -259,9 +259,8 @@ class FusedOptimizer(Optimizer):
             hyper, advance = per_device[device]
             b.arena.advance(b.slots, advance)
             kept = None
-            if algo.SCALAR_STATES:  # NAdam's mu_product: moved on before the kernels read it
-                cells = torch.cat([b.slots + i for i in range(1, 1 + len(algo.SCALAR_STATES))])
-                kept = (cells, b.arena.data[cells])
+            if b.scalar_cells is not None:  # NAdam's mu_product: moved on before the kernels read it
+                kept = b.arena.data[b.scalar_cells]  # restored if the launch is refused
                 algo.advance_scalar_states(b.arena.data, b.slots, b.rows, hyper, advance)
             try:
                 self._launch(b, hyper, grads, scale, found_inf)
@@ -269,7 +268,7 @@ class FusedOptimizer(Optimizer):
                 # refused before writing (the ops check every tensor first): the counts stay
                 b.arena.advance(b.slots, -advance)
                 if kept is not None:
-                    b.arena.data.index_copy_(0, *kept)
+                    b.arena.data.index_copy_(0, b.scalar_cells, kept)
                 raise
         self.step_skipped = self._skipped(pro.found_inf, flat[0].device)
 

@@ -42,6 +42,7 @@ class Bucket:
     index: torch.Tensor           # int64 [n, 2] on the CPU: (step slot, hyper row) per tensor
     slots: torch.Tensor           # the step slots on the params' device, for advancing them
     rows: torch.Tensor            # the hyper rows on the params' device (scalar states' advance)
+    scalar_cells: torch.Tensor | None  # where the algorithm's SCALAR_STATES are in the counter buffer
     watched: dict[str, list[torch.Tensor]]  # the state tensors the plan was built from
     args: tuple                   # (params, states by slot, master): what the kernels walk
     dtensor: bool                 # FSDP2 / DTensor params: the kernels walk the local shards
@@ -125,6 +126,8 @@ def build(algo: Algorithm, groups: list[dict], with_grads: list[list[torch.Tenso
             master=master, arena=arena, index=index,
             slots=index[:, 0].contiguous().to(device, non_blocking=True),
             rows=index[:, 1].contiguous().to(device, non_blocking=True), watched=watched, args=args,
+            scalar_cells=(torch.cat([index[:, 0] + i for i in range(1, 1 + len(algo.SCALAR_STATES))])
+                          .to(device, non_blocking=True) if algo.SCALAR_STATES else None),
             dtensor=args[0] is not params))
     return plan
 

@@ -328,7 +328,7 @@ def _lamb_scalars(h, t):
     bc1 = tl.where(bc, 1.0 - _pow(beta1, t), 1.0)
     bc2 = tl.where(bc, 1.0 - _pow(beta2, t), 1.0)
     return (_f32(1.0 - beta1), _f32(beta2), _f32(1.0 - beta2), _f32(tl.load(h + LAMB_EPS)), _f32(bc1), _f32(bc2),
-            _f32(tl.load(h + LAMB_DECAY)), _f32(tl.load(h + LAMB_LR) * 0.0))
+            _f32(tl.load(h + LAMB_DECAY)), tl.zeros((), tl.float32))
 
 
 @triton.jit
