@@ -22,7 +22,9 @@ class Lookahead(Optimizer):
         \phi \leftarrow \phi + \alpha(\theta - \phi),\qquad \theta \leftarrow \phi
 
     The slow weights (state key ``slow_param``) are a copy of each parameter taken at its first
-    step, float32 for 16-bit parameters. The slow update is one fused multi-tensor launch per
+    step, float32 for 16-bit parameters. Where the inner optimizer keeps float32 master weights
+    (``master_weights=True``), they are the fast weights: the slow step reads and writes them,
+    and the 16-bit parameter receives the rounded result. The slow update is one fused multi-tensor launch per
     (device, dtype) group. ``param_groups`` is the inner optimizer's own list, so LR schedulers
     attached to the Lookahead drive the inner optimizer.
 
@@ -62,20 +64,31 @@ class Lookahead(Optimizer):
         """One inner step; every ``k``-th call also the slow-weight step."""
         for p in self._params():
             if "slow_param" not in self.state[p]:
-                self.state[p]["slow_param"] = p.detach().to(state_dtype_for(p.dtype), copy=True)
+                fast = self._master(p)
+                fast = p if fast is None else fast
+                self.state[p]["slow_param"] = fast.detach().to(state_dtype_for(p.dtype), copy=True)
         loss = self.optimizer.step(closure)
         self.lookahead_steps += 1
         if self.lookahead_steps % self.k == 0:
             self._sync_slow()
         return loss
 
+    def _master(self, p):
+        """The inner optimizer's float32 master weight of ``p`` (``master_param``), or None."""
+        st = self.optimizer.state.get(p)
+        return st.get("master_param") if st else None
+
     def _sync_slow(self) -> None:
+        # The fast weight is the master weight where the inner optimizer keeps one: it moves to
+        # the slow weight with the param, or the next inner step would start from where it was.
         for group in self.param_groups:
             name = group.get("backend", "auto")
-            for (device, dtype), ps in bucket(group["params"], lambda p: (p.device, p.dtype)).items():
+            key = lambda p: (p.device, p.dtype, self._master(p) is not None)  # noqa: E731
+            for (device, dtype, has_master), ps in bucket(group["params"], key).items():
                 backend = backends.get_backend("reference" if dtype == torch.float64 and name == "auto" else name,
                                                device)
-                backend.lookahead(ps, [self.state[p]["slow_param"] for p in ps], self.alpha)
+                master = [self._master(p) for p in ps] if has_master else None
+                backend.lookahead(ps, [self.state[p]["slow_param"] for p in ps], self.alpha, master)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=set_to_none)

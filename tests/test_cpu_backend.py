@@ -565,6 +565,7 @@ def _op_samples():
     yield "release_table", (released,), {}
     yield "lookahead", ([torch.randn(5), torch.randn(3)], [torch.randn(5), torch.randn(3)], 0.5), {}
     yield "lookahead", ([torch.randn(5).bfloat16()], [torch.randn(5)], 0.5), {}
+    yield "lookahead", ([torch.randn(5).bfloat16()], [torch.randn(5)], 0.5, [torch.randn(5)]), {}
 
 
 OP_SAMPLES = list(_op_samples())
@@ -596,6 +597,59 @@ def test_lookahead_kernel(dtype):
     _cpu().lookahead(pc, sc, 0.5)
     for a, b in zip(pc + sc, pr + sr):
         torch.testing.assert_close(a, b, rtol=TOL[a.dtype][0], atol=TOL[a.dtype][1])
+
+
+@pytest.mark.parametrize("pdtype,sdtype", [(torch.bfloat16, torch.float32), (torch.float16, torch.float32),
+                                           (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16)], ids=str)
+@pytest.mark.parametrize("with_master", [False, True], ids=["plain", "master"])
+def test_lookahead_kernel_16bit(pdtype, sdtype, with_master):
+    """16-bit params, slow weights float32 or of the params' dtype, master weights or not: the
+    kernel against the reference, bit for bit with float32 slow weights (16-bit ones: the
+    reference rounds p - slow to 16 bits, the kernel rounds once, so within the dtype's
+    tolerance)."""
+    if with_master and sdtype != torch.float32:
+        pytest.skip("master weights go with float32 slow weights (refused: see the test below)")
+    gen = torch.Generator().manual_seed(5)
+    sizes = [0, 1, 3, 4097, 65537]
+    master = [torch.randn(n, generator=gen) for n in sizes]
+    params = [m.to(pdtype) for m in master]
+    slow = [torch.randn(n, generator=gen).to(sdtype) for n in sizes]
+    out = []
+    for backend in (_ref(), _cpu()):
+        p, s, m = [x.clone() for x in params], [x.clone() for x in slow], [x.clone() for x in master]
+        backend.lookahead(p, s, 0.3, m if with_master else None)
+        out.append((p, s, m))
+    (pr, sr, mr), (pc, sc, mc) = out
+    for a, b in zip(pc + sc + mc, pr + sr + mr):
+        if sdtype == torch.float32:
+            assert torch.equal(a, b)
+        else:
+            torch.testing.assert_close(a, b, rtol=TOL[pdtype][0], atol=TOL[pdtype][1])
+    if with_master:  # the param is its master weight, rounded; the master is the slow weight
+        for p, s, m in zip(pc, sc, mc):
+            assert torch.equal(m, s) and torch.equal(p, m.to(pdtype))
+
+
+def test_lookahead_refusals_change_nothing():
+    cpu = torch.ops.fusedopt
+    p = [torch.randn(4).bfloat16(), torch.randn(3).bfloat16()]
+    slow = [torch.randn(4), torch.randn(3)]
+    before = [t.clone() for t in p + slow]
+    cases = [
+        (p, slow, 0.5, [torch.randn(4)], "2 params but 1 master weights"),
+        (p, slow, 0.5, [torch.randn(4).double(), torch.randn(3)], "master weight 0 must be a contiguous float32"),
+        (p, slow, 0.5, [torch.randn(4), torch.randn(5)], "master weight 1 must be"),
+        ([q.float() for q in p], slow, 0.5, [torch.randn(4), torch.randn(3)], "master weights go with 16-bit"),
+        (p, [s.half() for s in slow], 0.5, None, "slow weights must be float32 or the params' dtype"),
+        (p, [slow[0], slow[1].bfloat16()], 0.5, None, "must share one dtype"),
+        (p, [slow[0], torch.randn(4)], 0.5, None, "param 1 and its slow weight"),
+        ([q.double() for q in p], [s.double() for s in slow], 0.5, None, "params must be float32, bfloat16 or float16"),
+    ]
+    for params, sl, alpha, master, match in cases:
+        with pytest.raises(RuntimeError, match=match):
+            cpu.lookahead(params, sl, alpha, master)
+    for a, b in zip(p + slow, before):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)

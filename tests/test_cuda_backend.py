@@ -158,7 +158,7 @@ def _count_kernels(fn) -> int:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if "step_kernel" in e.name or "lookahead_kernel" in e.name)
+    return sum(1 for e in prof.events() if "step_kernel" in e.name)  # Lookahead's too: one traversal
 
 
 # The preamble's per-row variety: every weight-decay mode and maximize, side by side in one call.
@@ -520,17 +520,21 @@ def test_scalar_tensor_errors_write_nothing(key, make, message):
 @pytest.mark.parametrize("pdtype,sdtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
                                            (torch.float16, torch.float32), (torch.bfloat16, torch.bfloat16),
                                            (torch.float16, torch.float16)], ids=str)
-def test_lookahead(pdtype, sdtype):
+@pytest.mark.parametrize("with_master", [False, True], ids=["plain", "master"])
+def test_lookahead(pdtype, sdtype, with_master):
+    if with_master and (pdtype == torch.float32 or sdtype != torch.float32):
+        pytest.skip("master weights go with 16-bit params and float32 slow weights")
     gen = torch.Generator().manual_seed(11)
     sizes = ODD_SIZES + [3000] * 5
-    ps = [torch.randn(n, generator=gen).to("cuda", pdtype) for n in sizes]
+    master = [torch.randn(n, generator=gen).to("cuda") for n in sizes]
+    ps = [m.to(pdtype) for m in master]
     slow = [torch.randn(n, generator=gen).to("cuda", sdtype) for n in sizes]
-    p1, s1 = [p.clone() for p in ps], [s.clone() for s in slow]
-    p2, s2 = [p.clone() for p in ps], [s.clone() for s in slow]
-    assert _count_kernels(lambda: _cu().lookahead(p1, s1, 0.5)) == 1
-    _ref().lookahead(p2, s2, 0.5)
+    p1, s1, m1 = [p.clone() for p in ps], [s.clone() for s in slow], [m.clone() for m in master]
+    p2, s2, m2 = [p.clone() for p in ps], [s.clone() for s in slow], [m.clone() for m in master]
+    assert _count_kernels(lambda: _cu().lookahead(p1, s1, 0.5, m1 if with_master else None)) == 1
+    _ref().lookahead(p2, s2, 0.5, m2 if with_master else None)
     rtol, atol = TOL[pdtype]
-    for a, b in zip(p1 + s1, p2 + s2):
+    for a, b in zip(p1 + s1 + m1, p2 + s2 + m2):
         torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
 
 

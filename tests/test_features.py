@@ -217,6 +217,31 @@ def test_master_weights_track_float64_better_than_plain_bf16(name, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_lookahead_moves_the_master_weights(dtype, backend):
+    """Lookahead around an optimizer with master weights: the float32 master weights are the fast
+    weights, so they follow exactly the float32 params of the same run without master weights
+    (same float32 math, same 16-bit grads), and the 16-bit params are them rounded. (Before, the
+    slow step moved only the 16-bit params and the next inner step undid it.)"""
+    params, grads = _problem(torch.float32, steps=9, sizes=(5, 130, 4097), seed=23)
+    low = [p.to(dtype).requires_grad_(True) for p in params]
+    full = [p.detach().to(dtype).float().requires_grad_(True) for p in params]
+    o_low = fusedopt.Lookahead(fusedopt.AdamW(low, lr=1e-2, master_weights=True, backend=backend), k=2, alpha=0.5)
+    o_full = fusedopt.Lookahead(fusedopt.AdamW(full, lr=1e-2, backend=backend), k=2, alpha=0.5)
+    for gs in grads:
+        for a, b, g in zip(low, full, gs):
+            a.grad = g.to(dtype)
+            b.grad = g.to(dtype).float()
+        o_low.step()
+        o_full.step()
+    for a, b in zip(low, full):
+        master = o_low.optimizer.state[a]["master_param"]
+        torch.testing.assert_close(master, b.detach(), rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(o_low.state[a]["slow_param"], o_full.state[b]["slow_param"], rtol=1e-6, atol=1e-7)
+        assert torch.equal(a.detach(), master.to(dtype))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", NAMES)
 def test_bf16_states_follow_float32_states(name, backend):
     kw = dict(REPRESENTATIVE)[name]

@@ -1,6 +1,8 @@
 // The non-template parts of the CPU traversal: instruction-set detection, the per-call (row, t)
-// keys of the plans, and the CPU kernel of fusedopt::state_table.
+// keys of the plans, and the CPU kernels of fusedopt::state_table and fusedopt::lookahead.
 #include "multi_tensor.h"
+
+#include "fusedopt/algos/lookahead.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -88,6 +90,20 @@ Tensor state_table(const TensorList& params, const TensorList& s0, const TensorL
                    const std::optional<TensorList>& master) {
   const TensorList* slots[kMaxSlots] = {&s0, &s1, &s2};
   return host::state_table(params, slots, master, host::codes().cpu);
+}
+
+// Lookahead's slow-weight update: the rule of algos/lookahead.h on the one traversal, one plan
+// for every tensor (its row is alpha).
+void lookahead(const TensorList& params, const TensorList& slow, double alpha,
+               const std::optional<TensorList>& master) {
+  const host::CheckedCall call = host::check_lookahead(params, slow, master, host::codes().cpu);
+  if (call.tensors.empty()) return;
+  const Kernels<Lookahead> kernels = pick_kernels<Lookahead>("fusedopt::lookahead", 0, call.pd, call.sd, call.master);
+  const double row[Lookahead::kNumHyper] = {alpha};
+  const std::vector<Plan<Lookahead>> plans = {
+      Plan<Lookahead>{Lookahead::make(row), Preamble::identity(), kernels.fn[0][0]}};
+  const std::vector<Item> items = make_items(call.tensors.size(), [&](size_t t) { return call.tensors[t].n; });
+  traverse<Lookahead>(call, items, plans, std::vector<int32_t>(call.tensors.size(), 0), nullptr);
 }
 
 }  // namespace cpu

@@ -88,12 +88,15 @@ FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre
   constexpr int kSlots = A::slots(V);
   auto element = [&](int64_t i, float& acc0, float& acc1) __attribute__((always_inline)) {
     float pv = MASTER ? master[i] : load_as_float<PD>(p[i]);
-    float gv = load_as_float<PD>(g[i]);
+    float gv = 0.0f;
     float x = 0.0f, y = 0.0f, z = 0.0f;
     if (kSlots & kSlot0) x = load_as_float<SD>(s0[i]);
     if (kSlots & kSlot1) y = load_as_float<SD>(s1[i]);
     if (kSlots & kSlot2) z = load_as_float<SD>(s2[i]);
-    pre.template apply<COUPLED, M>(pv, gv);
+    if constexpr (A::kReadsGrad) {
+      gv = load_as_float<PD>(g[i]);
+      pre.template apply<COUPLED, M>(pv, gv);
+    }
     if constexpr (A::kReduces) {
       A::template apply<V, M>(a, pv, gv, x, y, z, acc0, acc1);
     } else {
@@ -182,7 +185,7 @@ template <class A>
 Kernels<A> pick_kernels(const std::string& name, int variant, DType pd, DType sd, bool master) {
   Kernels<A> k{};
   const bool found = with_call_variant<A>(variant, [&](auto v) {
-    with_storage(pd, sd, master, [&](auto pdc, auto sdc, auto mc) {
+    with_storage<A::kHalfStates>(pd, sd, master, [&](auto pdc, auto sdc, auto mc) {
       constexpr int V = decltype(v)::value;
       constexpr int VT = A::canonical(V | A::kTensorBit);
       static_assert(A::slots(VT) == A::slots(V), "a per-tensor variant must not change the slots");
@@ -269,6 +272,37 @@ struct PlanKeys {
 PlanKeys plan_keys(const host::StepTables& tables, size_t n, int counters);
 
 // ---------------------------------------------------------------------------
+// The traversal.
+
+// What the items of a tensor run: its Args, its preamble and the instantiation for them.
+template <class A>
+struct Plan {
+  typename A::Args args;
+  Preamble pre;
+  RangeFn<A> fn;
+};
+
+// Runs every work item of `call` (items: make_items of its tensors) through its tensor's plan,
+// by_plan[of[t]], in one parallel region; item i adds its sums to partials[2i], partials[2i+1]
+// when `partials` is given (a reducing algorithm's first traversal).
+template <class A>
+void traverse(const host::CheckedCall& call, const std::vector<Item>& items, const std::vector<Plan<A>>& by_plan,
+              const std::vector<int32_t>& of, double* partials) {
+  const size_t pb = dtype_size(call.pd);
+  const size_t sb = dtype_size(call.sd);
+  auto at = [](const void* base, int64_t offset) -> void* {
+    return base != nullptr ? static_cast<char*>(const_cast<void*>(base)) + offset : nullptr;
+  };
+  run_items(items, [&](int64_t t, int64_t b, int64_t len, size_t i) {
+    const host::CheckedTensor& d = call.tensors[t];
+    const Plan<A>& pl = by_plan[of[t]];
+    pl.fn(pl.args, pl.pre, at(d.p, b * pb), at(d.g, b * pb), d.master != nullptr ? d.master + b : nullptr,
+          at(d.s[0], b * sb), at(d.s[1], b * sb), at(d.s[2], b * sb), len,
+          partials != nullptr ? partials + 2 * i : nullptr);
+  });
+}
+
+// ---------------------------------------------------------------------------
 // The op.
 template <class A>
 void Step<A>::op(const TensorList& params, const TensorList& grads, const Tensor& table,
@@ -283,27 +317,17 @@ void Step<A>::op(const TensorList& params, const TensorList& grads, const Tensor
 
   const Kernels<A> kernels = pick_kernels<A>(std::string("fusedopt::") + A::kName, chk.variant,
                                              chk.call.pd, chk.call.sd, chk.call.master);
-  struct Plan {
-    typename A::Args args;
-    Preamble pre;
-    RangeFn<A> fn;
-  };
   const float scale = chk.grad_scale != nullptr ? *chk.grad_scale : 1.0f;
   const PlanKeys keys = plan_keys(chk.tables, tensors.size(), A::kNumCounters);
-  std::vector<Plan> plans(keys.rows.size());
+  std::vector<Plan<A>> plans(keys.rows.size());
   for (size_t k = 0; k < plans.size(); ++k) {
     const double* h = chk.tables.hyper + keys.rows[k] * A::kNumHyper;
-    Plan& pl = plans[k];
+    Plan<A>& pl = plans[k];
     pl.args = make_args<A>(h, chk.tables.steps + keys.slots[k]);
     pl.pre = Preamble::make(h, scale);
     pl.fn = kernels.fn[A::tensor_variant(pl.args) != 0][pl.pre.coupled];
   }
 
-  const size_t pb = dtype_size(chk.call.pd);
-  const size_t sb = dtype_size(chk.call.sd);
-  auto at = [](void* base, int64_t offset) -> void* {
-    return base != nullptr ? static_cast<char*>(base) + offset : nullptr;
-  };
   const std::vector<Item> items = make_items(tensors.size(), [&](size_t t) { return tensors[t].n; });
   // Note [reducing algorithms]: an algorithm with A::kReduces (LAMB) runs two traversals over the
   // same items. The first updates the states and adds each item's sums of squares of the param
@@ -312,32 +336,23 @@ void Step<A>::op(const TensorList& params, const TensorList& grads, const Tensor
   // applies the update (the per-tensor variant A::kTensorBit, A::reduced() setting it) with an
   // identity preamble (the first traversal applied it and stored the param).
   std::vector<double> partials(A::kReduces ? 2 * items.size() : 0, 0.0);
-  auto run = [&](const std::vector<Plan>& by_plan, const std::vector<int32_t>& of, bool sums) {
-    run_items(items, [&](int64_t t, int64_t b, int64_t len, size_t i) {
-      const host::CheckedTensor& d = tensors[t];
-      const Plan& pl = by_plan[of[t]];
-      pl.fn(pl.args, pl.pre, static_cast<char*>(d.p) + b * pb, static_cast<const char*>(d.g) + b * pb,
-            d.master != nullptr ? d.master + b : nullptr, at(d.s[0], b * sb), at(d.s[1], b * sb),
-            at(d.s[2], b * sb), len, sums ? partials.data() + 2 * i : nullptr);
-    });
-  };
-  run(plans, keys.of, A::kReduces);
+  traverse<A>(chk.call, items, plans, keys.of, A::kReduces ? partials.data() : nullptr);
   if constexpr (A::kReduces) {
     std::vector<double> sums(2 * tensors.size(), 0.0);
     for (size_t i = 0; i < items.size(); ++i) {
       sums[2 * items[i].tensor] += partials[2 * i];
       sums[2 * items[i].tensor + 1] += partials[2 * i + 1];
     }
-    std::vector<Plan> second(tensors.size());
+    std::vector<Plan<A>> second(tensors.size());
     std::vector<int32_t> own(tensors.size());
     for (size_t t = 0; t < tensors.size(); ++t) {
-      Plan& pl = second[t];
+      Plan<A>& pl = second[t];
       pl.args = A::reduced(plans[keys.of[t]].args, sums[2 * t], sums[2 * t + 1]);
       pl.pre = Preamble::identity();
       pl.fn = kernels.fn[A::tensor_variant(pl.args) != 0][0];
       own[t] = static_cast<int32_t>(t);
     }
-    run(second, own, false);
+    traverse<A>(chk.call, items, second, own, nullptr);
   }
 }
 

@@ -2,7 +2,7 @@
 // `fusedopt._C`.
 //
 // Importing fusedopt._C loads this library; its static initialisers register the schemas below
-// and the CPU kernels (the step ops here, lookahead in lookahead.cpp). The module itself is empty
+// and the CPU kernels. The module itself is empty
 // and uses only the limited Python API, so one abi3 binary serves every CPython from 3.10 on; the
 // kernels use only the LibTorch stable ABI, so it serves every torch from the targeted version
 // on.
@@ -26,7 +26,7 @@ STABLE_TORCH_LIBRARY(fusedopt, m) {
 #undef FUSEDOPT_DEF
   m.def("state_table" FUSEDOPT_STATE_TABLE_SCHEMA);
   m.def("release_table" FUSEDOPT_RELEASE_TABLE_SCHEMA);
-  m.def("lookahead(Tensor(a!)[] params, Tensor(b!)[] slow, float alpha) -> ()");
+  m.def("lookahead" FUSEDOPT_LOOKAHEAD_SCHEMA);
 }
 
 STABLE_TORCH_LIBRARY_IMPL(fusedopt, CPU, m) {
@@ -34,6 +34,7 @@ STABLE_TORCH_LIBRARY_IMPL(fusedopt, CPU, m) {
   FUSEDOPT_FOR_EACH_ALGORITHM(FUSEDOPT_IMPL)
 #undef FUSEDOPT_IMPL
   m.impl("state_table", TORCH_BOX(&fusedopt::cpu::state_table));
+  m.impl("lookahead", TORCH_BOX(&fusedopt::cpu::lookahead));
   // a state table is a CPU tensor whatever the device of the tensors it describes
   m.impl("release_table", TORCH_BOX(&fusedopt::host::release_table));
 }

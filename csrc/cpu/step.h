@@ -3,7 +3,7 @@
 // a translation unit of its own that setup.py writes (Note [one translation unit per algorithm]),
 // so the build compiles the algorithms in parallel; register.cpp registers every instantiation
 // from the one list of algos/contract.h, and the CPU kernel of fusedopt::state_table
-// (multi_tensor.cpp).
+// and fusedopt::lookahead (multi_tensor.cpp).
 #pragma once
 
 #include <optional>
@@ -29,6 +29,10 @@ struct Step {
 // fusedopt::state_table for CPU tensors (tensor_info.h, Note [state tables]).
 Tensor state_table(const TensorList& params, const TensorList& s0, const TensorList& s1, const TensorList& s2,
                    const std::optional<TensorList>& master);
+
+// fusedopt::lookahead for CPU tensors (the rule of algos/lookahead.h).
+void lookahead(const TensorList& params, const TensorList& slow, double alpha,
+               const std::optional<TensorList>& master);
 
 }  // namespace cpu
 }  // namespace fusedopt

@@ -36,13 +36,17 @@ constexpr int kThreads = 256;               // threads per block
 constexpr int kVec = 8;                     // elements per thread per tile (16-byte accesses)
 constexpr int64_t kTile = kThreads * kVec;  // elements per block per tile; chunks are multiples
 
-// One step launch of algorithm A (launch_step<A> below).
+// The row of a rule passed by value (StepLaunch::hyper null): Lookahead's alpha.
+constexpr int kInlineRow = 1;
+
+// One launch of algorithm A, or of another rule of the traversal (Lookahead), launch_step<A> below.
 struct StepLaunch {
   int variant;  // A's call-wide variant (fusedopt/common.h)
   DType pd, sd;
   bool master;
   const float* steps;         // the step counters, on the device
-  const double* hyper;        // the rows, [rows, A::kNumHyper], on the device
+  const double* hyper;        // the rows, [rows, A::kNumHyper], on the device; or null:
+  double inline_row[kInlineRow];  // every tensor's row, passed by value
   const float* grad_scale;    // 0-dim float32 on the device, or null
   const float* found_inf;     // 0-dim float32 on the device, or null
   const TensorDesc* tensors;  // device memory
@@ -53,22 +57,12 @@ struct StepLaunch {
   double* partials;  // a reducing algorithm's sums, 2 per item, device memory (else null)
 };
 
-struct LookaheadLaunch {
-  DType pd, sd;
-  float alpha;
-  const TensorDesc* tensors;  // p and s[0] (the slow weights) used
-  const WorkItem* items;
-  int64_t n_items;
-  int64_t chunk_elems;
-  void* stream;
-};
-
-// Each returns a cudaError_t value (0 on success) for the host side to report. launch_step is
-// defined in multi_tensor.cuh and instantiated for every algorithm of algos/contract.h by the
-// translation units setup.py writes (Note [one translation unit per algorithm]).
+// Returns a cudaError_t value (0 on success) for the host side to report. Defined in
+// multi_tensor.cuh and instantiated for every algorithm of algos/contract.h by the translation
+// units setup.py writes (Note [one translation unit per algorithm]), and for Lookahead in
+// lookahead.cu.
 template <class A>
 int launch_step(const StepLaunch& l);
-int launch_lookahead(const LookaheadLaunch& l);
 
 }  // namespace cuda
 }  // namespace fusedopt

@@ -35,7 +35,8 @@ struct StepParams {
   const WorkItem* items;
   int64_t chunk;
   const float* steps;
-  const double* hyper;
+  const double* hyper;  // null: every tensor's row is inline_row
+  double inline_row[kInlineRow];
   const float* grad_scale;
   const float* found_inf;
   double* partials;  // Note [reducing algorithms] (csrc/cpu/multi_tensor.h): 2 per item
@@ -152,9 +153,10 @@ __global__ void __launch_bounds__(kThreads) step_kernel(const StepParams kp) {
   __shared__ Preamble shared_pre;
   __shared__ int shared_tensor_variant;
   if (threadIdx.x == 0) {
-    const double* h = kp.hyper + static_cast<int64_t>(d->row) * A::kNumHyper;
-    Args args = make_args<A>(h, kp.steps + d->step);
-    Preamble pre = Preamble::make(h, kp.grad_scale != nullptr ? *kp.grad_scale : 1.0f);
+    const double* h = kp.hyper != nullptr ? kp.hyper + static_cast<int64_t>(d->row) * A::kNumHyper : kp.inline_row;
+    Args args = make_args<A>(h, A::kNumCounters > 0 ? kp.steps + d->step : nullptr);
+    Preamble pre = Preamble::identity();  // a rule without gradient (Lookahead) has none
+    if constexpr (A::kReadsGrad) pre = Preamble::make(h, kp.grad_scale != nullptr ? *kp.grad_scale : 1.0f);
     if constexpr (A::kReduces) {
       if (kp.phase == 2) {
         // the tensor's sums, added in the order of its items (the same result whatever ran first)
@@ -190,8 +192,10 @@ __global__ void __launch_bounds__(kThreads) step_kernel(const StepParams kp) {
 
   double p_sq = 0.0, u_sq = 0.0;  // a reducing algorithm's sums (this thread's share)
   auto update = [&](float& p, float& g, float& x, float& y, float& z) {
-    if (pre.coupled) pre.template apply<true, HwFma>(p, g);
-    else pre.template apply<false, HwFma>(p, g);
+    if constexpr (A::kReadsGrad) {
+      if (pre.coupled) pre.template apply<true, HwFma>(p, g);
+      else pre.template apply<false, HwFma>(p, g);
+    }
     if constexpr (A::kReduces) {
       if (tensor_bit) A::template apply<VT, HwFma>(a, p, g, x, y, z, p_sq, u_sq);
       else A::template apply<V, HwFma>(a, p, g, x, y, z, p_sq, u_sq);
@@ -204,10 +208,10 @@ __global__ void __launch_bounds__(kThreads) step_kernel(const StepParams kp) {
   for (int64_t base = start; base < end; base += kTile) {
     if (vec && base + kTile <= end) {
       const int64_t i = base + static_cast<int64_t>(threadIdx.x) * kVec;
-      float p[kVec], g[kVec], x[kVec] = {}, y[kVec] = {}, z[kVec] = {};
+      float p[kVec], g[kVec] = {}, x[kVec] = {}, y[kVec] = {}, z[kVec] = {};
       if (MASTER) load8<DType::kFloat>(mp, i, p);
       else load8<PD>(pp, i, p);
-      load8_ro<PD>(gp, i, g);
+      if (A::kReadsGrad) load8_ro<PD>(gp, i, g);
       if (kSlots & kSlot0) load8<SD>(s0, i, x);
       if (kSlots & kSlot1) load8<SD>(s1, i, y);
       if (kSlots & kSlot2) load8<SD>(s2, i, z);
@@ -224,7 +228,7 @@ __global__ void __launch_bounds__(kThreads) step_kernel(const StepParams kp) {
         const int64_t i = base + k * kThreads + threadIdx.x;
         if (i >= end) break;
         float p = MASTER ? mp[i] : load1<PD>(pp, i);
-        float g = load1<PD>(gp, i);
+        float g = A::kReadsGrad ? load1<PD>(gp, i) : 0.0f;
         float x = 0.0f, y = 0.0f, z = 0.0f;
         if (kSlots & kSlot0) x = load1<SD>(s0, i);
         if (kSlots & kSlot1) y = load1<SD>(s1, i);
@@ -261,7 +265,8 @@ __global__ void __launch_bounds__(kThreads) step_kernel(const StepParams kp) {
 
 template <class A, int V, DType PD, DType SD, bool MASTER>
 int launch_one(const StepLaunch& l) {
-  StepParams kp{l.tensors, l.items, l.chunk_elems, l.steps, l.hyper, l.grad_scale, l.found_inf, l.partials, 0};
+  StepParams kp{l.tensors, l.items, l.chunk_elems, l.steps, l.hyper, {}, l.grad_scale, l.found_inf, l.partials, 0};
+  for (int k = 0; k < kInlineRow; ++k) kp.inline_row[k] = l.inline_row[k];
   // Note [reducing algorithms]: two launches on one stream, the sums in between in device memory.
   for (int phase : {A::kReduces ? 1 : 0, A::kReduces ? 2 : -1}) {
     if (phase < 0) break;
@@ -280,7 +285,7 @@ int launch_step(const StepLaunch& l) {
   if (l.n_items == 0) return 0;
   int err = static_cast<int>(cudaErrorInvalidValue);  // stays so for a variant A does not have
   with_call_variant<A>(l.variant, [&](auto v) {
-    with_storage(l.pd, l.sd, l.master, [&](auto pdc, auto sdc, auto mc) {
+    with_storage<A::kHalfStates>(l.pd, l.sd, l.master, [&](auto pdc, auto sdc, auto mc) {
       err = launch_one<A, decltype(v)::value, decltype(pdc)::value, decltype(sdc)::value,
                        decltype(mc)::value>(l);
     });

@@ -30,6 +30,7 @@
 #include <torch/csrc/stable/tensor.h>
 
 #include "fusedopt/algos/all.h"
+#include "fusedopt/algos/lookahead.h"
 #include "fusedopt/tensor_info.h"
 #include "launch.h"
 
@@ -280,41 +281,30 @@ Tables device_tables(std::vector<TensorDesc>&& descs, int32_t device, void* stre
 }
 
 // --- the step ops -------------------------------------------------------------------------
-// fusedopt::<A::kName>, the schema of algos/all.h.
-// The tensor table's rows come from the params and grads of the call and the state table (Note
-// [state tables] in tensor_info.h), checked against each other.
+// One launch of rule A over the tensors of `call` (their step slot and row in `index`, [n, 2],
+// or null for a rule without either): the tensor table, its cached device copy, the launch on
+// torch's current stream. `l` comes with the rest of its fields set.
 template <class A>
-void step(const TensorList& params, const TensorList& grads, const Tensor& table, const Tensor& steps,
-          const Tensor& index, const Tensor& hyper, const std::vector<bool>& flags,
-          const std::optional<Tensor>& grad_scale, const std::optional<Tensor>& found_inf) {
-  const host::CheckedStep chk = host::check_step<A>(params, grads, table, steps, index, hyper, flags,
-                                                    grad_scale, found_inf, codes().cuda);
-  const size_t n = chk.call.tensors.size();
+void launch(const host::CheckedCall& call, const int64_t* index, StepLaunch l) {
+  const size_t n = call.tensors.size();
   if (n == 0) return;
-  const int32_t device = chk.call.device_index;
+  const int32_t device = call.device_index;
   std::vector<TensorDesc> descs(n);  // value-initialised: every byte of the key is set
   for (size_t t = 0; t < n; ++t) {
-    const host::CheckedTensor& c = chk.call.tensors[t];
+    const host::CheckedTensor& c = call.tensors[t];
     TensorDesc& d = descs[t];
     d.p = c.p;
     d.g = c.g;
     d.master = c.master;
     for (int k = 0; k < host::kStateSlots; ++k) d.s[k] = c.s[k];
     d.n = c.n;
-    d.step = static_cast<int32_t>(chk.tables.index[2 * t]);     // below 2^31: checked
-    d.row = static_cast<int32_t>(chk.tables.index[2 * t + 1]);
+    d.step = index != nullptr ? static_cast<int32_t>(index[2 * t]) : 0;  // below 2^31: checked
+    d.row = index != nullptr ? static_cast<int32_t>(index[2 * t + 1]) : 0;
     d.vec = c.aligned16 ? 1 : 0;
   }
-
-  StepLaunch l{};
-  l.variant = chk.variant;
-  l.pd = chk.call.pd;
-  l.sd = chk.call.sd;
-  l.master = chk.call.master;
-  l.steps = chk.tables.steps;
-  l.hyper = chk.tables.hyper;
-  l.grad_scale = chk.grad_scale;
-  l.found_inf = chk.found_inf;
+  l.pd = call.pd;
+  l.sd = call.sd;
+  l.master = call.master;
   torch::stable::accelerator::DeviceGuard guard(device);
   void* stream = current_stream(device);
   Tables tab = device_tables(std::move(descs), device, stream);
@@ -335,64 +325,38 @@ void step(const TensorList& params, const TensorList& grads, const Tensor& table
   check_cuda(launch_step<A>(l), (std::string("fusedopt::") + A::kName + " launch").c_str());
 }
 
+// fusedopt::<A::kName>, the schema of algos/all.h.
+// The tensor table's rows come from the params and grads of the call and the state table (Note
+// [state tables] in tensor_info.h), checked against each other.
+template <class A>
+void step(const TensorList& params, const TensorList& grads, const Tensor& table, const Tensor& steps,
+          const Tensor& index, const Tensor& hyper, const std::vector<bool>& flags,
+          const std::optional<Tensor>& grad_scale, const std::optional<Tensor>& found_inf) {
+  const host::CheckedStep chk = host::check_step<A>(params, grads, table, steps, index, hyper, flags,
+                                                    grad_scale, found_inf, codes().cuda);
+  StepLaunch l{};
+  l.variant = chk.variant;
+  l.steps = chk.tables.steps;
+  l.hyper = chk.tables.hyper;
+  l.grad_scale = chk.grad_scale;
+  l.found_inf = chk.found_inf;
+  launch<A>(chk.call, chk.tables.index, l);
+}
+
+// fusedopt::lookahead: the rule of algos/lookahead.h on the same traversal, its row (alpha)
+// passed by value.
+void lookahead(const TensorList& params, const TensorList& slow, double alpha,
+               const std::optional<TensorList>& master) {
+  StepLaunch l{};
+  l.inline_row[Lookahead::kAlpha] = alpha;
+  launch<Lookahead>(host::check_lookahead(params, slow, master, codes().cuda), nullptr, l);
+}
+
 // fusedopt::state_table for CUDA tensors: the table itself is host memory.
 Tensor state_table(const TensorList& params, const TensorList& s0, const TensorList& s1, const TensorList& s2,
                    const std::optional<TensorList>& master) {
   const TensorList* slots[host::kStateSlots] = {&s0, &s1, &s2};
   return host::state_table(params, slots, master, codes().cuda);
-}
-
-// --- lookahead ----------------------------------------------------------------------------
-DType to_dtype(int32_t code) {
-  const Codes& c = codes();
-  if (code == c.f32) return DType::kFloat;
-  if (code == c.bf16) return DType::kBFloat16;
-  STD_TORCH_CHECK(code == c.f16, "fusedopt::lookahead: params must be float32, bfloat16 or float16");
-  return DType::kHalf;
-}
-
-void lookahead(const TensorList& params, const TensorList& slow, double alpha) {
-  const size_t n = params.size();
-  STD_TORCH_CHECK(slow.size() == n, "fusedopt::lookahead: ", n, " params but ", slow.size(),
-                  " slow weights");
-  if (n == 0) return;
-  const Codes& c = codes();
-  std::vector<TensorDesc> descs(n);
-  int32_t pcode = 0, scode = 0, device = -1;
-  for (size_t t = 0; t < n; ++t) {
-    Info pi = info(params[t]), si = info(slow[t]);
-    if (t == 0) {
-      pcode = pi.dtype;
-      scode = si.dtype;
-      device = pi.device_index;
-    }
-    STD_TORCH_CHECK(pi.dtype == pcode && si.dtype == scode, "fusedopt::lookahead: tensor ", t,
-                    ": all params (and all slow weights) of a call must share one dtype");
-    STD_TORCH_CHECK(pi.numel == si.numel && pi.device_type == c.cuda && si.device_type == c.cuda &&
-                        pi.device_index == device && si.device_index == device && pi.contiguous &&
-                        si.contiguous,
-                    "fusedopt::lookahead: param ", t,
-                    " and its slow weight must be contiguous tensors of one shape on cuda:", device);
-    descs[t].p = pi.data;
-    descs[t].s[0] = si.data;
-    descs[t].n = pi.numel;
-    descs[t].vec = aligned16(pi.data) && aligned16(si.data) ? 1 : 0;
-  }
-  LookaheadLaunch l{};
-  l.pd = to_dtype(pcode);
-  l.sd = to_dtype(scode);
-  STD_TORCH_CHECK(l.sd == DType::kFloat || l.sd == l.pd,
-                  "fusedopt::lookahead: slow weights must be float32 or the params' dtype");
-  l.alpha = static_cast<float>(alpha);
-  torch::stable::accelerator::DeviceGuard guard(device);
-  void* stream = current_stream(device);
-  Tables tab = device_tables(std::move(descs), device, stream);
-  l.tensors = tab.tensors;
-  l.items = tab.items;
-  l.n_items = tab.n_items;
-  l.chunk_elems = tab.chunk;
-  l.stream = stream;
-  check_cuda(launch_lookahead(l), "fusedopt::lookahead launch");
 }
 
 }  // namespace

@@ -9,7 +9,14 @@ from __future__ import annotations
 import torch
 
 
-def update(p: torch.Tensor, slow: torch.Tensor, alpha: float) -> None:
-    """Eager reference: ``slow += alpha * (p - slow); p = slow``. ``slow`` is float32 or float64."""
-    slow.add_(p.to(slow.dtype) - slow, alpha=alpha)
+def update(p: torch.Tensor, slow: torch.Tensor, alpha: float, master: torch.Tensor | None = None) -> None:
+    """Eager reference: ``slow += alpha * (p - slow); p = slow``. ``slow`` is float32 or float64.
+
+    With ``master`` (the float32 master weight of a 16-bit ``p``), the master weight is the fast
+    weight the slow one moves toward, and both the master weight and ``p`` (rounded) receive the
+    result."""
+    fast = p if master is None else master
+    slow.add_(fast.to(slow.dtype) - slow, alpha=alpha)
+    if master is not None:
+        master.copy_(slow)
     p.copy_(slow)

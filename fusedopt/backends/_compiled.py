@@ -100,9 +100,9 @@ class CompiledBackend:
             self._fallback().step(algo, flags, params, grads, states, master, steps, index, hyper,
                                   grad_scale, found_inf)
 
-    def lookahead(self, params, slow, alpha):
+    def lookahead(self, params, slow, alpha, master=None):
         if not params:
             return
         if params[0].dtype == torch.float64:
-            return self._fallback().lookahead(params, slow, alpha)
-        torch.ops.fusedopt.lookahead(params, slow, float(alpha))
+            return self._fallback().lookahead(params, slow, alpha, master)
+        torch.ops.fusedopt.lookahead(params, slow, float(alpha), master)

@@ -64,6 +64,6 @@ class Backend:
             store()
 
     @torch.no_grad()
-    def lookahead(self, params, slow, alpha):
-        for p, s in zip(params, slow):
-            _lookahead.update(p, s, alpha)
+    def lookahead(self, params, slow, alpha, master=None):
+        for i, (p, s) in enumerate(zip(params, slow)):
+            _lookahead.update(p, s, alpha, None if master is None else master[i])

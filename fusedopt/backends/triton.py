@@ -45,5 +45,5 @@ class Backend:
         _kernels.multi_tensor_step(algo, flags, params, grads, states, master, steps, index, hyper,
                                    grad_scale=grad_scale, found_inf=found_inf)
 
-    def lookahead(self, params, slow, alpha):
-        _kernels.multi_tensor_lookahead(params, slow, alpha)
+    def lookahead(self, params, slow, alpha, master=None):
+        _kernels.multi_tensor_lookahead(params, slow, alpha, master)

@@ -191,20 +191,30 @@ def multi_tensor_step(algo, flags, params, grads, states, master, steps, index, 
             grad_scale=grad_scale, found_inf=found_inf, reduces=spec.REDUCES)
 
 
-def multi_tensor_lookahead(params, slow, alpha):
+def multi_tensor_lookahead(params, slow, alpha, master=None):
     """Lookahead's slow-weight update over every tensor in one launch:
-    ``slow = slow + alpha * (p - slow); p = slow``."""
+    ``slow = slow + alpha * (p - slow); p = slow`` (with ``master``, the float32 master weights
+    of 16-bit params, in place of ``p``, which receives the rounded result)."""
     if not params:
         return
-    if len(slow) != len(params):
-        raise ValueError("triton backend: slow weights must align with params")
+    if len(slow) != len(params) or (master is not None and len(master) != len(params)):
+        raise ValueError("triton backend: slow weights and master weights must align with params")
 
     def check():
-        _tl_dtype(params[0], "param")
-        _tl_dtype(slow[0], "slow")
+        p_dtype = _tl_dtype(params[0], "param")
+        s_dtype = _tl_dtype(slow[0], "slow")
         _check_group(params, params, "params")
         _check_group(slow, slow, "slow")
+        if s_dtype != tl.float32 and s_dtype != p_dtype:
+            raise TypeError(f"triton backend: slow weights must be float32 or the params' dtype, got {slow[0].dtype}")
+        if master is not None:
+            if p_dtype == tl.float32 or s_dtype != tl.float32:
+                raise TypeError("triton backend: master weights go with 16-bit params and float32 slow weights")
+            for i, t in enumerate(master):
+                if t.dtype != torch.float32:
+                    raise TypeError(f"triton backend: master[{i}] is {t.dtype}; master weights are float32")
 
-    table = _cache.get([params, slow], 2, block_size(), check=check)
-    _launch(table, kernels.LOOKAHEAD.value, 2, p_dtype=_tl_dtype(params[0], "param"),
-            g_dtype=_tl_dtype(slow[0], "slow"), alpha=alpha)
+    columns = [params, slow] + ([master] if master is not None else [])
+    table = _cache.get(columns, len(columns), block_size(), check=check)
+    _launch(table, kernels.LOOKAHEAD.value, len(columns), p_dtype=_tl_dtype(params[0], "param"),
+            g_dtype=_tl_dtype(slow[0], "slow"), master=master is not None, alpha=alpha)

@@ -85,9 +85,12 @@ struct Preamble {
 
 // A tensor's Args from its row `h` and its counters `cell` (its step count, then the algorithm's
 // per-tensor scalar states: NAdam's mu_product), as float64.
+// A rule without counters (Lookahead) reads its row only.
 template <class A>
 FUSEDOPT_HD FUSEDOPT_INLINE typename A::Args make_args(const double* h, const float* cell) {
-  if constexpr (A::kNumCounters > 1) {
+  if constexpr (A::kNumCounters == 0) {
+    return A::make(h);
+  } else if constexpr (A::kNumCounters > 1) {
     return A::make(h, static_cast<double>(cell[0]), cell + 1);
   } else {
     return A::make(h, static_cast<double>(cell[0]));
@@ -97,6 +100,8 @@ FUSEDOPT_HD FUSEDOPT_INLINE typename A::Args make_args(const double* h, const fl
 // The defaults of an algorithm descriptor with no variants (see the top of this file); a
 // descriptor redeclares what it needs, which hides these.
 struct AlgorithmDefaults {
+  static constexpr bool kReadsGrad = true;    // false: no gradient, no preamble (Lookahead)
+  static constexpr bool kHalfStates = false;  // float16 states with float16 params (Lookahead)
   static constexpr int kNumVariants = 1;
   static constexpr int kTensorBit = 0;
   static constexpr int call_variant(unsigned /*flags*/, int /*present*/) { return 0; }

@@ -111,12 +111,20 @@ FUSEDOPT_HD FUSEDOPT_INLINE uint16_t store_from_float<DType::kHalf>(float v) { r
 
 // The one dtype-dispatch point of both traversals: (param dtype, state dtype, master weights)
 // -> fn(DTypeConstant<PD>, DTypeConstant<SD>, std::integral_constant<bool, MASTER>). Master
-// weights exist for 16-bit params only (checked on the host); states are float32 or bfloat16.
+// weights exist for 16-bit params only (checked on the host); states are float32 or bfloat16,
+// and float16 with float16 params for a rule that asks for it (HALF_STATES: Lookahead's slow
+// weights may have the params' dtype).
 template <DType D>
 using DTypeConstant = std::integral_constant<DType, D>;
 
-template <class Fn>
+template <bool HALF_STATES = false, class Fn>
 FUSEDOPT_INLINE void with_storage(DType pd, DType sd, bool master, const Fn& fn) {
+  if constexpr (HALF_STATES) {
+    if (sd == DType::kHalf) {  // params float16 too, no master weights (checked on the host)
+      fn(DTypeConstant<DType::kHalf>{}, DTypeConstant<DType::kHalf>{}, std::false_type{});
+      return;
+    }
+  }
   auto with_params = [&](auto sdc) {
     switch (pd) {
       case DType::kBFloat16:

@@ -579,5 +579,63 @@ CheckedStep check_step(const TensorList& params, const TensorList& grads, const 
   return out;
 }
 
+// The checks of one call of fusedopt::lookahead whose kernels run on `device_type`: the params
+// share one dtype (float32, bfloat16 or float16) and one device; each slow weight has its
+// param's element count on that device, all float32 or all of the params' dtype; the optional
+// master weights are float32, for 16-bit params with float32 slow weights. All contiguous. The
+// call's tensors: p, master, s[0] = the slow weights, no grad.
+inline CheckedCall check_lookahead(const TensorList& params, const TensorList& slow,
+                                   const std::optional<TensorList>& master, int32_t device_type) {
+  const std::string name = "fusedopt::lookahead";
+  const Codes& c = codes();
+  const size_t n = params.size();
+  STD_TORCH_CHECK(slow.size() == n, name, ": ", n, " params but ", slow.size(), " slow weights");
+  STD_TORCH_CHECK(!master.has_value() || master->size() == n, name, ": ", n, " params but ", master->size(),
+                  " master weights");
+  CheckedCall out;
+  out.tensors.resize(n);
+  if (n == 0) return out;
+  int32_t pcode = 0, scode = 0;
+  for (size_t t = 0; t < n; ++t) {
+    const Info pi = info(params[t]), si = info(slow[t]);
+    if (t == 0) {
+      pcode = pi.dtype;
+      scode = si.dtype;
+      out.device_index = pi.device_index;
+      STD_TORCH_CHECK(pcode == c.f32 || pcode == c.bf16 || pcode == c.f16, name,
+                      ": params must be float32, bfloat16 or float16, got ", dtype_name(pcode));
+      STD_TORCH_CHECK(scode == c.f32 || scode == pcode, name,
+                      ": slow weights must be float32 or the params' dtype, got ", dtype_name(scode));
+      STD_TORCH_CHECK(!master.has_value() || (pcode != c.f32 && scode == c.f32), name,
+                      ": master weights go with 16-bit params and float32 slow weights");
+    }
+    STD_TORCH_CHECK(pi.dtype == pcode && si.dtype == scode, name, ": tensor ", t,
+                    ": all params (and all slow weights) of a call must share one dtype");
+    auto here = [&](const Info& i) {
+      return i.device_type == device_type && i.device_index == out.device_index && i.contiguous;
+    };
+    STD_TORCH_CHECK(pi.numel == si.numel && here(pi) && here(si), name, ": param ", t,
+                    " and its slow weight must be contiguous tensors of one shape on ",
+                    device_name(device_type, out.device_index));
+    CheckedTensor& d = out.tensors[t];
+    d.p = pi.data;
+    d.s[0] = si.data;
+    d.n = pi.numel;
+    d.aligned16 = aligned16(pi.data) && aligned16(si.data);
+    if (master.has_value()) {
+      const Info mi = info((*master)[t]);
+      STD_TORCH_CHECK(mi.dtype == c.f32 && mi.numel == pi.numel && here(mi), name, ": master weight ", t,
+                      " must be a contiguous float32 tensor of its param's shape on ",
+                      device_name(device_type, out.device_index));
+      d.master = static_cast<float*>(mi.data);
+      d.aligned16 = d.aligned16 && aligned16(mi.data);
+    }
+  }
+  out.pd = dtype_of(pcode);
+  out.sd = dtype_of(scode);
+  out.master = master.has_value();
+  return out;
+}
+
 }  // namespace host
 }  // namespace fusedopt

@@ -22,6 +22,9 @@
 #define FUSEDOPT_STEP_SCHEMA                                                                \
   "(Tensor(a!)[] params, Tensor[] grads, Tensor table, Tensor steps, Tensor index, "       \
   "Tensor hyper, bool[] flags, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()"
+// fusedopt::lookahead: Lookahead's slow-weight update (algos/lookahead.h), master weights optional.
+#define FUSEDOPT_LOOKAHEAD_SCHEMA \
+  "(Tensor(a!)[] params, Tensor(b!)[] slow, float alpha, Tensor(c!)[]? master=None) -> ()"
 // fusedopt::release_table: drops the references a state table holds (Note [owned params]).
 #define FUSEDOPT_RELEASE_TABLE_SCHEMA "(Tensor(a!) table) -> ()"
 // The schema of fusedopt::state_table after its name (the state slots s0, s1, s2 in SLOTS order,
