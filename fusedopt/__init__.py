@@ -4,9 +4,10 @@ from .algorithms import ALGORITHMS
 from .backends import available_backends
 from .clip import clip_grad_norm_
 from .lookahead import Lookahead
-from .optim import LAMB, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, RAdam, RMSprop, Yogi
+from . import optim
+from .optim import *  # noqa: F401,F403 - the optimizer classes, optim.__all__
 
 __version__ = "0.1.0"
 
-__all__ = ["SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "Yogi", "RAdam", "Adamax", "Lion", "NAdam", "LAMB",
-           "Lookahead", "clip_grad_norm_", "schedules", "available_backends", "ALGORITHMS", "__version__"]
+__all__ = [*optim.__all__, "Lookahead", "clip_grad_norm_", "schedules", "available_backends", "ALGORITHMS",
+           "__version__"]

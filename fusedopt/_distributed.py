@@ -8,6 +8,9 @@
 - Global gradient norms: the norm of the local shards is computed locally and combined across
   the ranks that hold the shards with one all-reduce (``x^p``, sum, ``x^(1/p)``; max for the
   inf-norm), the way DTensor's own norm reduction does it.
+- Per-tensor norms of a reducing algorithm (LAMB's trust ratio): its step is split in its two
+  traversals, and the per-tensor sums of squares of the local shards are all-reduced in between
+  (Note [split steps] in csrc/include/fusedopt/tensor_info.h), one all-reduce per step.
 
 Nothing here imports ``torch.distributed`` unless DTensors exist: if the DTensor module has
 not been imported, no tensor can be a DTensor.
@@ -49,6 +52,81 @@ def local_list(ts: list[torch.Tensor]) -> list[torch.Tensor]:
     return [t._local_tensor if isinstance(t, cls) else t for t in ts]
 
 
+def _shard_dims(tensors: list[torch.Tensor]):
+    """For DTensors on one mesh with Shard / Replicate placements only: ``(mesh, dims, sharded)``,
+    the mesh dims the sharded tensors are sharded on (the same for all of them) and whether each
+    tensor is sharded; ``None`` when none is a DTensor; ``False`` for any other mix."""
+    cls = _dtensor_type()
+    if cls is None:
+        return None
+    flags = [isinstance(t, cls) for t in tensors]
+    if not any(flags):
+        return None
+    if not all(flags):
+        return False
+    from torch.distributed.tensor import Replicate, Shard
+
+    mesh = tensors[0].device_mesh
+    reduce_dims = None
+    sharded = []
+    for t in tensors:
+        if t.device_mesh != mesh:
+            return False
+        dims = []
+        for d, placement in enumerate(t.placements):
+            if isinstance(placement, Shard):
+                dims.append(d)
+            elif not isinstance(placement, Replicate):
+                return False  # partial (pending reduction) or a custom placement
+        sharded.append(bool(dims))
+        if not dims:
+            continue
+        if reduce_dims is None:
+            reduce_dims = tuple(dims)
+        elif tuple(dims) != reduce_dims:
+            return False
+    return mesh, reduce_dims or (), sharded
+
+
+@dataclass
+class SumReduction:
+    """How a split step's per-tensor sums (over each rank's shard) become the sums over whole
+    tensors: the rows of the sharded params all-reduced over the mesh dims they are sharded on;
+    those of replicated params (the whole tensor on every rank) kept."""
+    mesh: object
+    reduce_dims: tuple[int, ...]
+    rows: torch.Tensor | None  # the sharded params' rows, on their device; None: every row
+
+
+def sum_reduction(params: list[torch.Tensor], device: torch.device, name: str) -> SumReduction | None:
+    """The :class:`SumReduction` of a reducing algorithm's bucket, or None when no param is
+    sharded (the sums of the local tensors are those of the whole tensors)."""
+    found = _shard_dims(params)
+    if found is None:
+        return None
+    if found is False:
+        raise RuntimeError(f"fusedopt {name}: its per-tensor norms need DTensor params on one mesh, sharded "
+                           "(Shard) over the same mesh dims or replicated; these params mix meshes, "
+                           "placements, or DTensors and plain tensors")
+    mesh, dims, sharded = found
+    if not dims:
+        return None
+    rows = None if all(sharded) else torch.tensor([i for i, s in enumerate(sharded) if s], device=device)
+    return SumReduction(mesh, dims, rows)
+
+
+def all_reduce_sums(sums: torch.Tensor, red: SumReduction) -> None:
+    """Sum the rows of ``sums`` that ``red`` says are over shards across the ranks holding the
+    other shards (in place, no host synchronisation)."""
+    import torch.distributed as dist
+
+    part = sums if red.rows is None else sums.index_select(0, red.rows)
+    for d in red.reduce_dims:
+        dist.all_reduce(part, group=red.mesh.get_group(d))
+    if red.rows is not None:
+        sums.index_copy_(0, red.rows, part)
+
+
 @dataclass
 class NormReduction:
     """How to turn the norm of local shards into the global norm: which mesh dims to reduce
@@ -64,37 +142,12 @@ def norm_reduction(grads: list[torch.Tensor]) -> NormReduction | None | bool:
     every gradient is a DTensor on one mesh, none partial, and the sharded ones are sharded over
     the same mesh dims: then one all-reduce (one per sharded mesh dim) gives the global norm.
     ``False`` for any other mix (the caller falls back to DTensor's own, slower, reduction)."""
-    cls = _dtensor_type()
-    if cls is None:
-        return None
-    flags = [isinstance(g, cls) for g in grads]
-    if not any(flags):
-        return None
-    if not all(flags):
-        return False
-    from torch.distributed.tensor import Replicate, Shard
-
-    mesh = grads[0].device_mesh
-    reduce_dims = None
-    sharded, replicated = [], []
-    for g in grads:
-        if g.device_mesh != mesh:
-            return False
-        dims = []
-        for d, placement in enumerate(g.placements):
-            if isinstance(placement, Shard):
-                dims.append(d)
-            elif not isinstance(placement, Replicate):
-                return False  # partial (pending reduction) or a custom placement
-        if not dims:
-            replicated.append(g._local_tensor)
-            continue
-        if reduce_dims is None:
-            reduce_dims = tuple(dims)
-        elif tuple(dims) != reduce_dims:
-            return False
-        sharded.append(g._local_tensor)
-    return NormReduction(mesh, reduce_dims or (), sharded, replicated)
+    found = _shard_dims(grads)
+    if not found:
+        return found
+    mesh, dims, is_sharded = found
+    return NormReduction(mesh, dims, [g._local_tensor for g, s in zip(grads, is_sharded) if s],
+                         [g._local_tensor for g, s in zip(grads, is_sharded) if not s])
 
 
 def reduce_norm(local_sharded: torch.Tensor | None, local_replicated: torch.Tensor | None,

@@ -281,8 +281,16 @@ class FusedOptimizer(Optimizer):
         if b.dtensor:  # FSDP2: the kernels update the local shards
             params, grads = _distributed.local_list(b.params), _distributed.local_list(grads)
         kw = {"cache": b.cache} if getattr(b.backend, "caches_state_table", False) else {}
-        b.backend.step(self.algorithm.name, b.flags, params, grads, states, master, b.arena.data, b.index, hyper,
-                       scale, found_inf, **kw)
+        args = (self.algorithm.name, b.flags, params, grads, states, master, b.arena.data, b.index, hyper, scale,
+                found_inf)
+        if b.sums is None:
+            b.backend.step(*args, **kw)
+            return
+        # Note [split steps]: a reducing algorithm on shards; its sums are those of whole tensors
+        sums = torch.zeros(len(params), 2, dtype=torch.float64, device=b.device)
+        b.backend.step(*args, sums=sums, phase=1, **kw)
+        _distributed.all_reduce_sums(sums, b.sums)
+        b.backend.step(*args, sums=sums, phase=2, **kw)
 
     def launch_replay(self):
         """For benchmarks: a function that makes the backend calls of the last step again (same

@@ -46,6 +46,9 @@ class Bucket:
     watched: dict[str, list[torch.Tensor]]  # the state tensors the plan was built from
     args: tuple                   # (params, states by slot, master): what the kernels walk
     dtensor: bool                 # FSDP2 / DTensor params: the kernels walk the local shards
+    # a reducing algorithm on sharded params: its per-tensor sums are all-reduced between its two
+    # traversals (Note [split steps]); None otherwise
+    sums: _distributed.SumReduction | None = None
     # What a backend keeps between the calls of this launch, whose states do not change while
     # the plan lives: the compiled backends' state table (Note [cached state tables]).
     cache: dict = field(default_factory=dict)
@@ -114,9 +117,6 @@ def build(algo: Algorithm, groups: list[dict], with_grads: list[list[torch.Tenso
         if master:
             watched["master_param"] = [st["master_param"] for st in sts]
         local = _distributed.local_list
-        if algo.REDUCES and any(_distributed.is_dtensor(p) for p in params):
-            raise RuntimeError(f"fusedopt {algo.name}: its per-tensor norms would be those of each rank's "
-                               "shard; sharded (FSDP2 / DTensor) params are not supported yet")
         args = (local(params),
                 [local(watched[s]) if s in active else [] for s in algo.SLOTS],
                 local(watched["master_param"]) if master else None)
@@ -128,7 +128,8 @@ def build(algo: Algorithm, groups: list[dict], with_grads: list[list[torch.Tenso
             rows=index[:, 1].contiguous().to(device, non_blocking=True), watched=watched, args=args,
             scalar_cells=(torch.cat([index[:, 0] + i for i in range(1, 1 + len(algo.SCALAR_STATES))])
                           .to(device, non_blocking=True) if algo.SCALAR_STATES else None),
-            dtensor=args[0] is not params))
+            dtensor=args[0] is not params,
+            sums=_distributed.sum_reduction(params, device, algo.name) if algo.REDUCES else None))
     return plan
 
 

@@ -16,6 +16,10 @@ import sys
 from ._optimizer import FusedOptimizer
 from .algorithms import ADADELTA, ADAGRAD, ADAM, ADAMAX, LAMB as _LAMB, LION, NADAM, RADAM, RMSPROP, SGD as _SGD, YOGI
 
+# The optimizer classes, exported as they are by ``fusedopt``: a new class is a name here.
+__all__ = ["SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "Yogi", "RAdam", "Adamax", "Lion", "NAdam",
+           "LAMB"]
+
 
 class SGD(FusedOptimizer):
     """SGD with optional momentum, dampening and Nesterov momentum (``torch.optim.SGD``).
@@ -205,5 +209,5 @@ class LAMB(FusedOptimizer):
 
 
 # Each docstring ends with its algorithm's math and paper, written once in fusedopt.algorithms.
-for _cls in (SGD, Adagrad, Adadelta, RMSprop, Adam, AdamW, Yogi, RAdam, Adamax, Lion, NAdam, LAMB):
+for _cls in (globals()[_name] for _name in __all__):
     _cls.__doc__ += "\n" + (sys.modules[type(_cls.algorithm).__module__].__doc__ or "")

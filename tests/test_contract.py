@@ -17,12 +17,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = list(ALGORITHMS)
 
 
-def test_generated_header_is_up_to_date():
-    path = os.path.join(ROOT, contract.HEADER)
+@pytest.mark.parametrize("rel", list(contract.generated()))
+def test_generated_header_is_up_to_date(rel):
+    path = os.path.join(ROOT, rel)
     if not os.path.exists(path):
         pytest.skip("not a source tree (the header is not installed)")
     with open(path) as f:
-        assert f.read() == contract.header(), "stale contract.h: run `python -m fusedopt.algorithms.contract`"
+        assert f.read() == contract.generated()[rel], f"stale {rel}: run `python -m fusedopt.algorithms.contract`"
+
+
+def test_every_algorithm_has_its_header():
+    root = os.path.join(ROOT, "csrc", "include", "fusedopt", "algos")
+    if not os.path.isdir(root):
+        pytest.skip("not a source tree")
+    for name in NAMES:
+        assert os.path.exists(os.path.join(root, f"{name}.h")), name
 
 
 def test_header_lists_every_algorithm_in_order():
@@ -71,12 +80,16 @@ def test_compiled_ops_take_the_declared_row_and_flags(name):
     torch.ops.fusedopt.release_table(table)
 
 
-def test_triton_ids_and_columns_are_the_declaration():
+def test_triton_functions_and_columns_are_the_declaration():
+    """Every declared algorithm has its Triton scalars and math functions (and its reduced
+    scalars exactly when it REDUCES), found by name; the columns they read are the declaration's."""
     pytest.importorskip("triton")
     from fusedopt.triton import kernels
-    assert kernels.ALGO_IDS == {**{n: i for i, n in enumerate(NAMES)}, "lookahead": len(NAMES)}
-    for i, name in enumerate(NAMES):
-        assert getattr(kernels, name.upper()).value == i
+    for name in NAMES:
+        scalars, math, reduced = kernels.rule(name)
+        assert scalars is not None and math is not None, name
+        assert (reduced is not None) == ALGORITHMS[name].REDUCES, name
+    for name in NAMES:
         for c, col in enumerate(ALGORITHMS[name].HYPER):
             assert getattr(kernels, f"{name.upper()}_{col.upper()}").value == c
     for c, col in enumerate(COMMON_HYPER):

@@ -103,7 +103,10 @@ def test_every_algorithm_has_an_op():
     for name in _ext.STEP_OPS:
         schema = str(getattr(torch.ops.fusedopt, name).default._schema)
         assert ("(Tensor(a!)[] params, Tensor[] grads, Tensor table, Tensor steps, Tensor index, Tensor hyper, "
-                "bool[] flags, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()") in schema
+                "bool[] flags, Tensor? grad_scale=None, Tensor? found_inf=None, Tensor(b!)? sums=None, "
+                "int phase=0) -> ()") in schema
+    assert ("(Tensor(a!)[] params, Tensor(b!)[] slow, float alpha, Tensor(c!)[]? master=None) -> ()"
+            in str(torch.ops.fusedopt.lookahead.default._schema))
     schema = str(torch.ops.fusedopt.state_table.default._schema)
     assert "(Tensor[] params, Tensor[] s0, Tensor[] s1, Tensor[] s2, Tensor[]? master) -> Tensor" in schema
     assert "(Tensor(a!) table) -> ()" in str(torch.ops.fusedopt.release_table.default._schema)
@@ -560,6 +563,10 @@ def _op_samples():
             spec, call = _call(name, dtype, n=(5, 3, 1), state_dtype=state_dtype, master=master)
             yield spec.name, tuple(_op_args(call)), kw
             yield "state_table", _table_args(call), {}
+            if spec.REDUCES:  # Note [split steps]: its two traversals as two calls
+                for phase in (1, 2):
+                    sums = torch.zeros(3, 2, dtype=torch.float64)
+                    yield spec.name, tuple(_op_args(call)), {**kw, "sums": sums, "phase": phase}
     released = torch.ops.fusedopt.state_table([torch.randn(5)], [torch.zeros(5)], [], [], None)
     torch.ops.fusedopt.release_table(released)  # opcheck releases copies of it: nothing to drop
     yield "release_table", (released,), {}

@@ -716,3 +716,39 @@ def test_huge_tensor_of_2_31_plus_17_elements():
         for big, small in ((p, ref_p), (m, ref_m), (v, ref_v)):
             assert torch.equal(big[lo:hi], small[idx]), f"elements {lo}..{hi}"
     assert torch.equal(small_p, ref_p[:5])
+
+
+# -- GPU: a reducing algorithm's step in two calls (Note [split steps]) -------------------------
+
+@cuda
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_split_lamb_step_is_the_whole_step(backend):
+    """Phase 1 writes every tensor's sums (the zero-size one's too) as the reference computes
+    them, phase 2 with them untouched gives the whole step bit for bit, and with changed sums
+    the reference's result for the same sums: the FSDP2 path of LAMB on the GPU."""
+    if backend not in fusedopt.available_backends("cuda"):
+        pytest.skip(f"{backend} is not available on cuda")
+    be = backends.get_backend(backend, torch.device("cuda"))
+    sizes = (0, 3, 4097, 20011, 1)
+    spec, call = _call("LAMB", torch.float32, n=sizes)
+
+    def split(b, sums, scale=None):
+        out = clone_call(call)
+        b.step(**out, sums=sums, phase=1)
+        if scale is not None:
+            sums.mul_(scale)
+        b.step(**out, sums=sums, phase=2)
+        return out
+
+    whole = run_call(be, call)
+    sums = torch.full((len(sizes), 2), float("nan"), dtype=torch.float64, device="cuda")
+    got = split(be, sums)
+    for a, b in zip(mutable(got), mutable(whole)):
+        assert torch.equal(a, b)
+    ref_sums = torch.zeros(len(sizes), 2, dtype=torch.float64, device="cuda")
+    split(_ref(), ref_sums)
+    torch.testing.assert_close(sums, ref_sums, rtol=1e-6, atol=0)
+    scale = torch.tensor([4.0, 1.0], dtype=torch.float64, device="cuda")
+    got = split(be, torch.zeros_like(sums), scale)
+    want = split(_ref(), torch.zeros_like(sums), scale)
+    assert_calls_match(got, want, f"split {backend}")

@@ -189,25 +189,6 @@ def _check_zero(rank, name, kw, backend, batches):
     _assert_params(model.module, ref, f"ZeRO {name}{kw}")
 
 
-def _check_sharded_refused(rank, name, kw, backend, batches):
-    """A reducing algorithm (LAMB) needs whole-tensor norms: on FSDP2's sharded params its first
-    step is refused, before anything changes."""
-    import fusedopt
-    model = _fsdp(0)
-    opt = getattr(fusedopt, name)(model.parameters(), **kw, backend=backend)
-    before = [p.detach().to_local().clone() for p in model.parameters()]
-    x, y = _local(batches[0], rank)
-    torch.nn.functional.mse_loss(model(x), y).backward()
-    try:
-        opt.step()
-    except RuntimeError as e:
-        assert "not supported yet" in str(e), e
-    else:
-        raise AssertionError(f"{name} stepped on sharded params")
-    for p, b in zip(model.parameters(), before):
-        assert torch.equal(p.detach().to_local(), b)
-
-
 def _check_checkpoint(rank, name, kw, backend, batches, folder):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
@@ -296,12 +277,9 @@ def _worker(rank: int, port: int, folder: str, backend: str) -> None:
     try:
         import fusedopt
         for name, kw in REPRESENTATIVE:
-            if getattr(fusedopt, name).algorithm.REDUCES:  # whole-tensor norms: not on shards yet
-                case(f"fsdp2-{name}-refused", _check_sharded_refused, rank, name, kw, backend, batches)
-            else:
-                case(f"fsdp2-{name}", _check_fsdp, rank, name, kw, backend, batches)
-                case(f"checkpoint-{name}", _check_checkpoint, rank, name, kw, backend, batches,
-                     os.path.join(folder, f"ckpt-{name}"))
+            case(f"fsdp2-{name}", _check_fsdp, rank, name, kw, backend, batches)
+            case(f"checkpoint-{name}", _check_checkpoint, rank, name, kw, backend, batches,
+                 os.path.join(folder, f"ckpt-{name}"))
             case(f"ddp-{name}", _check_ddp, rank, name, kw, backend, batches)
             case(f"zero-{name}", _check_zero, rank, name, kw, backend, batches)
         case("fsdp2-Adam-max_grad_norm", _check_fsdp, rank, "Adam", {"weight_decay": 0.01}, backend, batches, 0.05)

@@ -282,3 +282,63 @@ def test_new_states_are_contiguous_aligned_views_and_checkpoint_at_their_size(tm
     ref.load_state_dict(loaded)
     for p, q in zip(ps, ref_ps):
         torch.testing.assert_close(ref.state[q]["exp_avg"], opt.state[p]["exp_avg"])
+
+
+# -- a reducing algorithm's step in two calls (Note [split steps]) ------------------------------
+
+def _split(backend, call, sums, scale=None):
+    """Phase 1 on a copy of ``call`` (sums written to ``sums``), the sums multiplied by ``scale``
+    (as an all-reduce over equal shards would), then phase 2; returns the copy."""
+    from parity import clone_call
+    out = clone_call(call)
+    backend.step(**out, sums=sums, phase=1)
+    if scale is not None:
+        sums.mul_(scale)
+    backend.step(**out, sums=sums, phase=2)
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_split_lamb_step_is_the_whole_step_and_reads_the_sums_given(backend):
+    """LAMB's two traversals in two calls: with the sums of phase 1 untouched the result is the
+    whole step's, bit for bit; the sums are each tensor's sums of p^2 and u^2 (the reference's);
+    with other sums (those of p times 4: twice the trust ratio) phase 2 scales the update by the
+    trust ratio they make, as the reference does given the same sums."""
+    from parity import interface_problem, mutable, run_call
+    be = backends.get_backend(backend, torch.device("cpu"))
+    ref = backends.get_backend("reference", torch.device("cpu"))
+    sizes = (0, 3, 4097, 1, 130) if backend != "triton" else (0, 3, 4097, 1)
+    spec, call = interface_problem("LAMB", torch.float32, n=sizes, random_states=True)
+    whole = run_call(be, call)
+    sums = torch.full((len(sizes), 2), float("nan"), dtype=torch.float64)
+    split = _split(be, call, sums)
+    for a, b in zip(mutable(split), mutable(whole)):
+        assert torch.equal(a, b)
+    ref_sums = torch.zeros(len(sizes), 2, dtype=torch.float64)
+    _split(ref, call, ref_sums)
+    torch.testing.assert_close(sums, ref_sums, rtol=1e-6, atol=0)
+    assert sums[0].tolist() == [0.0, 0.0]  # the zero-size tensor
+    scale = torch.tensor([4.0, 1.0], dtype=torch.float64)
+    got = _split(be, call, torch.zeros(len(sizes), 2, dtype=torch.float64), scale=scale)
+    want = _split(ref, call, torch.zeros(len(sizes), 2, dtype=torch.float64), scale=scale)
+    for i, (a, b) in enumerate(zip(mutable(got), mutable(want))):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"tensor {i}: {m}")
+    assert not all(torch.equal(a, b) for a, b in zip(got["params"], whole["params"]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_split_step_refusals_change_nothing(backend):
+    from parity import clone_call, interface_problem, mutable
+    be = backends.get_backend(backend, torch.device("cpu"))
+    _, lamb = interface_problem("LAMB", torch.float32, n=(3, 5))
+    _, adam = interface_problem("Adam", torch.float32, n=(3, 5))
+    good = torch.zeros(2, 2, dtype=torch.float64)
+    for call, kw in ((adam, dict(sums=good, phase=1)), (lamb, dict(sums=None, phase=1)),
+                     (lamb, dict(sums=good, phase=3)), (lamb, dict(sums=good, phase=0)),
+                     (lamb, dict(sums=torch.zeros(3, 2, dtype=torch.float64), phase=1)),
+                     (lamb, dict(sums=torch.zeros(2, 2), phase=2))):
+        out = clone_call(call)
+        before = [t.clone() for t in mutable(out)]
+        with pytest.raises((RuntimeError, ValueError), match="sums|phase"):
+            be.step(**out, **kw)
+        assert all(torch.equal(a, b) for a, b in zip(mutable(out), before)), kw

@@ -308,10 +308,11 @@ template <class A>
 void Step<A>::op(const TensorList& params, const TensorList& grads, const Tensor& table,
                  const Tensor& steps, const Tensor& index, const Tensor& hyper,
                  const std::vector<bool>& flags, const std::optional<Tensor>& grad_scale,
-                 const std::optional<Tensor>& found_inf) {
+                 const std::optional<Tensor>& found_inf, const std::optional<Tensor>& sums, int64_t phase) {
   const host::CheckedStep chk = host::check_step<A>(params, grads, table, steps, index, hyper, flags,
-                                                    grad_scale, found_inf, host::codes().cpu);
+                                                    grad_scale, found_inf, sums, phase, host::codes().cpu);
   const std::vector<host::CheckedTensor>& tensors = chk.call.tensors;
+  if (chk.phase == 1) std::fill(chk.sums, chk.sums + 2 * tensors.size(), 0.0);  // every row is written
   // An overflow step (AMP) writes nothing at all.
   if (tensors.empty() || (chk.found_inf != nullptr && *chk.found_inf != 0.0f)) return;
 
@@ -334,14 +335,23 @@ void Step<A>::op(const TensorList& params, const TensorList& grads, const Tensor
   // and of the update to its own pair of partials; the sums of a tensor are added in item order
   // (the same result whatever the threads), and make the tensor's plan for the second, which
   // applies the update (the per-tensor variant A::kTensorBit, A::reduced() setting it) with an
-  // identity preamble (the first traversal applied it and stored the param).
-  std::vector<double> partials(A::kReduces ? 2 * items.size() : 0, 0.0);
-  traverse<A>(chk.call, items, plans, keys.of, A::kReduces ? partials.data() : nullptr);
+  // identity preamble (the first traversal applied it and stored the param). A split step (Note
+  // [split steps]) runs the first of them, writing the sums, or the second, reading them.
   if constexpr (A::kReduces) {
-    std::vector<double> sums(2 * tensors.size(), 0.0);
-    for (size_t i = 0; i < items.size(); ++i) {
-      sums[2 * items[i].tensor] += partials[2 * i];
-      sums[2 * items[i].tensor + 1] += partials[2 * i + 1];
+    double* sums = chk.sums;
+    std::vector<double> own_sums;
+    if (chk.phase != 2) {
+      std::vector<double> partials(2 * items.size(), 0.0);
+      traverse<A>(chk.call, items, plans, keys.of, partials.data());
+      if (sums == nullptr) {
+        own_sums.assign(2 * tensors.size(), 0.0);
+        sums = own_sums.data();
+      }
+      for (size_t i = 0; i < items.size(); ++i) {
+        sums[2 * items[i].tensor] += partials[2 * i];
+        sums[2 * items[i].tensor + 1] += partials[2 * i + 1];
+      }
+      if (chk.phase == 1) return;
     }
     std::vector<Plan<A>> second(tensors.size());
     std::vector<int32_t> own(tensors.size());
@@ -353,6 +363,8 @@ void Step<A>::op(const TensorList& params, const TensorList& grads, const Tensor
       own[t] = static_cast<int32_t>(t);
     }
     traverse<A>(chk.call, items, second, own, nullptr);
+  } else {
+    traverse<A>(chk.call, items, plans, keys.of, nullptr);
   }
 }
 

@@ -23,7 +23,7 @@ struct Step {
   static void op(const TensorList& params, const TensorList& grads, const Tensor& table,
                  const Tensor& steps, const Tensor& index, const Tensor& hyper,
                  const std::vector<bool>& flags, const std::optional<Tensor>& grad_scale,
-                 const std::optional<Tensor>& found_inf);
+                 const std::optional<Tensor>& found_inf, const std::optional<Tensor>& sums, int64_t phase);
 };
 
 // fusedopt::state_table for CPU tensors (tensor_info.h, Note [state tables]).

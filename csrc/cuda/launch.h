@@ -55,6 +55,8 @@ struct StepLaunch {
   int64_t chunk_elems;
   void* stream;  // cudaStream_t
   double* partials;  // a reducing algorithm's sums, 2 per item, device memory (else null)
+  double* sums;      // a split step's per-tensor sums, 2 per tensor, device memory (else null)
+  int split;         // a split step's traversal, 1 or 2 (Note [split steps]); 0: the whole step
 };
 
 // Returns a cudaError_t value (0 on success) for the host side to report. Defined in

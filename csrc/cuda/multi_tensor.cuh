@@ -40,8 +40,23 @@ struct StepParams {
   const float* grad_scale;
   const float* found_inf;
   double* partials;  // Note [reducing algorithms] (csrc/cpu/multi_tensor.h): 2 per item
-  int phase;         // 0, or a reducing algorithm's traversal: 1 (reduce) or 2 (apply)
+  double* sums;      // Note [split steps] (tensor_info.h): 2 per tensor, or null
+  int phase;         // 0, or a reducing algorithm's traversal: 1 (reduce) or 2 (apply), or 3: the
+                     // per-tensor sums of the partials, for a split step
 };
+
+// The sums of tensor d's items, added in the order of its items (the same result whatever ran
+// first); `first` is the index of its first item.
+__device__ FUSEDOPT_INLINE void tensor_sums(const StepParams& kp, const TensorDesc* d, int64_t first, double& p_sq,
+                                            double& u_sq) {
+  const int64_t count = (d->n + kp.chunk - 1) / kp.chunk;
+  p_sq = 0.0;
+  u_sq = 0.0;
+  for (int64_t k = 0; k < count; ++k) {
+    p_sq += kp.partials[2 * (first + k)];
+    u_sq += kp.partials[2 * (first + k) + 1];
+  }
+}
 
 // --- 16-byte and scalar accesses ----------------------------------------------------------
 // The addresses come from a table in memory, so the compiler cannot tell they are global and
@@ -149,6 +164,17 @@ __global__ void __launch_bounds__(kThreads) step_kernel(const StepParams kp) {
 
   const WorkItem it = kp.items[blockIdx.x];
   const TensorDesc* d = kp.tensors + it.tensor;
+  if constexpr (A::kReduces) {
+    if (kp.phase == 3) {  // a split step's sums: the first item of each tensor writes its tensor's
+      if (threadIdx.x == 0 && it.chunk == 0) {
+        double p_sq, u_sq;
+        tensor_sums(kp, d, blockIdx.x, p_sq, u_sq);
+        kp.sums[2 * static_cast<int64_t>(it.tensor)] = p_sq;
+        kp.sums[2 * static_cast<int64_t>(it.tensor) + 1] = u_sq;
+      }
+      return;
+    }
+  }
   __shared__ Args shared_args;
   __shared__ Preamble shared_pre;
   __shared__ int shared_tensor_variant;
@@ -159,13 +185,12 @@ __global__ void __launch_bounds__(kThreads) step_kernel(const StepParams kp) {
     if constexpr (A::kReadsGrad) pre = Preamble::make(h, kp.grad_scale != nullptr ? *kp.grad_scale : 1.0f);
     if constexpr (A::kReduces) {
       if (kp.phase == 2) {
-        // the tensor's sums, added in the order of its items (the same result whatever ran first)
-        const int64_t first = static_cast<int64_t>(blockIdx.x) - it.chunk;
-        const int64_t count = (d->n + kp.chunk - 1) / kp.chunk;
-        double p_sq = 0.0, u_sq = 0.0;
-        for (int64_t k = 0; k < count; ++k) {
-          p_sq += kp.partials[2 * (first + k)];
-          u_sq += kp.partials[2 * (first + k) + 1];
+        double p_sq, u_sq;
+        if (kp.sums != nullptr) {  // a split step's second call: the sums the caller combined
+          p_sq = kp.sums[2 * static_cast<int64_t>(it.tensor)];
+          u_sq = kp.sums[2 * static_cast<int64_t>(it.tensor) + 1];
+        } else {
+          tensor_sums(kp, d, static_cast<int64_t>(blockIdx.x) - it.chunk, p_sq, u_sq);
         }
         args = A::reduced(args, p_sq, u_sq);
         pre = Preamble::identity();  // the first traversal applied it
@@ -265,10 +290,19 @@ __global__ void __launch_bounds__(kThreads) step_kernel(const StepParams kp) {
 
 template <class A, int V, DType PD, DType SD, bool MASTER>
 int launch_one(const StepLaunch& l) {
-  StepParams kp{l.tensors, l.items, l.chunk_elems, l.steps, l.hyper, {}, l.grad_scale, l.found_inf, l.partials, 0};
+  StepParams kp{l.tensors, l.items, l.chunk_elems, l.steps, l.hyper, {}, l.grad_scale, l.found_inf, l.partials,
+                nullptr, 0};
   for (int k = 0; k < kInlineRow; ++k) kp.inline_row[k] = l.inline_row[k];
-  // Note [reducing algorithms]: two launches on one stream, the sums in between in device memory.
-  for (int phase : {A::kReduces ? 1 : 0, A::kReduces ? 2 : -1}) {
+  // Note [reducing algorithms]: two launches on one stream, the sums in between in device memory;
+  // a split step (Note [split steps]) makes the first, then the per-tensor sums (phase 3), or the
+  // second, from the sums given.
+  int phases[2] = {0, -1};
+  if (A::kReduces) {
+    phases[0] = l.split == 2 ? 2 : 1;
+    phases[1] = l.split == 0 ? 2 : l.split == 1 ? 3 : -1;
+    kp.sums = l.split != 0 ? l.sums : nullptr;
+  }
+  for (int phase : phases) {
     if (phase < 0) break;
     kp.phase = phase;
     step_kernel<A, V, PD, SD, MASTER>

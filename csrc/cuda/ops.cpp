@@ -314,7 +314,7 @@ void launch(const host::CheckedCall& call, const int64_t* index, StepLaunch l) {
   l.chunk_elems = tab.chunk;
   l.stream = stream;
   std::optional<Tensor> partials;  // freed after the launches: torch's allocator orders it after them
-  if constexpr (A::kReduces) {
+  if (A::kReduces && l.split != 2) {
     int64_t size = std::max<int64_t>(2 * tab.n_items, 1), stride = 1;
     AtenTensorHandle handle = nullptr;
     STABLE_TORCH_ERROR_CODE_CHECK(
@@ -322,6 +322,9 @@ void launch(const host::CheckedCall& call, const int64_t* index, StepLaunch l) {
     partials.emplace(handle);
     l.partials = static_cast<double*>(partials->data_ptr());
   }
+  if (l.split == 1)  // every row is written: a tensor without work items (no elements) adds nothing
+    check_cuda(cudaMemsetAsync(l.sums, 0, 2 * n * sizeof(double), static_cast<cudaStream_t>(stream)),
+               "cudaMemsetAsync");
   check_cuda(launch_step<A>(l), (std::string("fusedopt::") + A::kName + " launch").c_str());
 }
 
@@ -331,15 +334,18 @@ void launch(const host::CheckedCall& call, const int64_t* index, StepLaunch l) {
 template <class A>
 void step(const TensorList& params, const TensorList& grads, const Tensor& table, const Tensor& steps,
           const Tensor& index, const Tensor& hyper, const std::vector<bool>& flags,
-          const std::optional<Tensor>& grad_scale, const std::optional<Tensor>& found_inf) {
+          const std::optional<Tensor>& grad_scale, const std::optional<Tensor>& found_inf,
+          const std::optional<Tensor>& sums, int64_t phase) {
   const host::CheckedStep chk = host::check_step<A>(params, grads, table, steps, index, hyper, flags,
-                                                    grad_scale, found_inf, codes().cuda);
+                                                    grad_scale, found_inf, sums, phase, codes().cuda);
   StepLaunch l{};
   l.variant = chk.variant;
   l.steps = chk.tables.steps;
   l.hyper = chk.tables.hyper;
   l.grad_scale = chk.grad_scale;
   l.found_inf = chk.found_inf;
+  l.sums = chk.sums;
+  l.split = chk.phase;
   launch<A>(chk.call, chk.tables.index, l);
 }
 

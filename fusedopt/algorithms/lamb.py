@@ -19,8 +19,9 @@ the trust ratio applies to every tensor, as in the paper and apex's ``use_nvlamb
 default skips it for tensors without weight decay); apex clips the global gradient norm to
 ``max_grad_norm=1.0`` by default, fusedopt only when ``max_grad_norm`` is given (the same
 option, folded into the step); apex's ``amsgrad`` and L2 mode (``adam_w_mode=False``) are not
-offered. On FSDP2 / DTensor sharded params the step is refused for now: the norms would be
-those of each rank's shard (they need a reduction across the mesh between the traversals).
+offered. On FSDP2 / DTensor sharded params the norms are those of the whole tensors: the step
+runs as two calls, the per-tensor sums of squares of the local shards all-reduced between the
+traversals (Note [split steps], ``docs/kernel-interface.md``).
 """
 from __future__ import annotations
 

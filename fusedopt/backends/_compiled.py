@@ -69,14 +69,14 @@ class CompiledBackend:
         return self._reference
 
     def step(self, algo, flags, params, grads, states, master, steps, index, hyper,
-             grad_scale=None, found_inf=None, cache=None):
+             grad_scale=None, found_inf=None, sums=None, phase=0, cache=None):
         """``cache``: a dict the caller keeps for these ``params``, ``states`` and ``master``
         lists, or None (Note [cached state tables])."""
         if not params:
             return
         if params[0].dtype == torch.float64:
             return self._fallback().step(algo, flags, params, grads, states, master, steps, index,
-                                         hyper, grad_scale, found_inf)
+                                         hyper, grad_scale, found_inf, sums, phase)
         try:
             entry = cache.get("state_table") if cache is not None else None
             if entry is None or not (entry.states is states and entry.master is master):
@@ -88,7 +88,7 @@ class CompiledBackend:
             # table as always.
             call_params = [] if entry.params is params else params
             getattr(torch.ops.fusedopt, algo)(call_params, grads, entry.table, steps, index, hyper,
-                                              [bool(f) for f in flags], grad_scale, found_inf)
+                                              [bool(f) for f in flags], grad_scale, found_inf, sums, phase)
         except RuntimeError as e:
             # Nothing was written: the op checks every tensor before touching memory.
             if _LAYOUT_ERROR not in str(e):
@@ -98,7 +98,7 @@ class CompiledBackend:
                                        "dense gradients") from None
                 raise
             self._fallback().step(algo, flags, params, grads, states, master, steps, index, hyper,
-                                  grad_scale, found_inf)
+                                  grad_scale, found_inf, sums, phase)
 
     def lookahead(self, params, slow, alpha, master=None):
         if not params:

@@ -25,14 +25,21 @@ class Backend:
 
     @torch.no_grad()
     def step(self, algo, flags, params, grads, states, master, steps, index, hyper,
-             grad_scale=None, found_inf=None):
+             grad_scale=None, found_inf=None, sums=None, phase=0):
         if not params:
             return
+        spec = algorithms.ALGORITHMS[algo]
+        if (phase or sums is not None) and (not spec.REDUCES or phase not in (1, 2) or sums is None
+                                            or tuple(sums.shape) != (len(params), 2) or sums.dtype != torch.float64):
+            raise ValueError(f"reference backend: phase {phase!r} with sums "
+                             f"{None if sums is None else tuple(sums.shape)}: phase 1 or 2 of a reducing "
+                             f"algorithm's split step needs float64 sums of shape [{len(params)}, 2]")
+        if phase == 1:
+            sums.zero_()  # every row is written: 0 where nothing is added (an overflow step)
         # The oracle reads the inf flag, the step counts and the table on the host (a
         # synchronisation on an accelerator, which the fused backends avoid).
         if found_inf is not None and float(found_inf) != 0:
             return  # an overflow step writes nothing (its counters were not advanced either)
-        spec = algorithms.ALGORITHMS[algo]
         f = spec.Flags(*flags)
         counts, rows, where = steps.tolist(), hyper.tolist(), index.tolist()
         for i, (p, g) in enumerate(zip(params, grads)):
@@ -54,11 +61,17 @@ class Backend:
                 p.copy_(p32)
 
             if spec.REDUCES:  # two traversals, everything stored in between (as the kernels do)
-                sums = spec.reduce(p32, g32, st, s, f)
-                store()
+                if phase != 2:
+                    tensor_sums = spec.reduce(p32, g32, st, s, f)
+                    store()
+                    if phase == 1:  # Note [split steps]: the caller combines the sums
+                        sums[i] = torch.tensor(tensor_sums, dtype=torch.float64)
+                        continue
+                else:
+                    tensor_sums = sums[i].tolist()
                 p32 = (master[i] if master is not None else p).to(cdt, copy=True)
                 st = {name: slot[i].to(cdt, copy=True) for name, slot in zip(spec.SLOTS, states) if len(slot)}
-                spec.apply_reduced(p32, st, s, f, *sums)
+                spec.apply_reduced(p32, st, s, f, *tensor_sums)
             else:
                 spec.update(p32, g32, st, s, f)
             store()

@@ -41,9 +41,9 @@ class Backend:
         return False, f"Triton does not run on {device.type} tensors"
 
     def step(self, algo, flags, params, grads, states, master, steps, index, hyper, grad_scale=None,
-             found_inf=None):
+             found_inf=None, sums=None, phase=0):
         _kernels.multi_tensor_step(algo, flags, params, grads, states, master, steps, index, hyper,
-                                   grad_scale=grad_scale, found_inf=found_inf)
+                                   grad_scale=grad_scale, found_inf=found_inf, sums=sums, phase=phase)
 
     def lookahead(self, params, slow, alpha, master=None):
         _kernels.multi_tensor_lookahead(params, slow, alpha, master)

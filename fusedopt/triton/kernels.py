@@ -33,21 +33,26 @@ import triton.language as tl
 
 from ..algorithms import ALGORITHMS, COMMON_HYPER
 
-# Note [one declaration] (fusedopt/algorithms/contract.py): the algorithms' ids and the columns
-# of their hyperparameter rows are the Python declarations', as module constants the kernels read:
-# per algorithm <NAME> (its id, the ``ALGO`` constexpr of the traversal, in ALGORITHMS order) and
-# <NAME>_<COLUMN> (a column of its row, e.g. ADAM_BETA1); COL_<COLUMN> for the common columns.
+# Note [one declaration] (fusedopt/algorithms/contract.py): the columns of the hyperparameter rows
+# are the Python declarations', as module constants the kernels read: <NAME>_<COLUMN> (a column
+# of an algorithm's row, e.g. ADAM_BETA1) and COL_<COLUMN> for the common columns.
 def _declarations() -> dict[str, tl.constexpr]:
     out = {f"COL_{col.upper()}": tl.constexpr(c) for c, col in enumerate(COMMON_HYPER)}
-    for i, algo in enumerate(ALGORITHMS.values()):
-        out[algo.name.upper()] = tl.constexpr(i)
+    for algo in ALGORITHMS.values():
         out.update({f"{algo.name.upper()}_{col.upper()}": tl.constexpr(c) for c, col in enumerate(algo.HYPER)})
-    out["LOOKAHEAD"] = tl.constexpr(len(ALGORITHMS))
     return out
 
 
 globals().update(_declarations())
-ALGO_IDS = {name: i for i, name in enumerate(ALGORITHMS)} | {"lookahead": len(ALGORITHMS)}
+
+
+def rule(name: str):
+    """The traversal's functions for algorithm ``name`` (or ``"lookahead"``): ``(scalars, math,
+    reduced)``, found by name (``_<name>_scalars``, ``_<name>_math``, ``_<name>_reduced``; None
+    where it has none) and handed to :func:`multi_tensor_kernel` as ``tl.constexpr``. An
+    algorithm is its functions: there is no dispatch to edit."""
+    found = globals()
+    return found.get(f"_{name}_scalars"), found[f"_{name}_math"], found.get(f"_{name}_reduced")
 
 
 @triton.jit
@@ -93,21 +98,28 @@ def _preamble(p, g, sc):
 
 
 # --------------------------------------------------------------------------------------------
-# Per algorithm: scalars (row ``h`` from column 4 on, step count ``t``) and math. Math inputs
-# and outputs are float32 blocks; ``s0..s2`` are the state slots in the algorithm's SLOTS order
-# (an absent slot is a dummy block whose result is not stored). Each math returns (p, s0, s1, s2).
+# Per algorithm, found by name (rule() below), each of one signature so that the traversal calls
+# whichever it is given:
+#   _<name>_scalars(h, t, cell): from the row ``h``, the step count ``t`` and the tensor's
+#       counters ``cell`` (its SCALAR_STATES after the count), the tuple ``sc`` of its scalars;
+#   _<name>_math(p, g, s0, s1, s2, sc, FLAG, PRESENT, PHASE): the update of float32 blocks;
+#       ``s0..s2`` are the state slots in SLOTS order (an absent slot is a dummy block whose
+#       result is not stored), FLAG its one FLAGS value, PRESENT the present slots as bits
+#       (slot k: bit k), PHASE a reducing algorithm's traversal (0 otherwise). Returns
+#       (p, s0, s1, s2), and a reducing algorithm's chunk sums of p^2 and u^2 after them;
+#   _<name>_reduced(sc, h, p_sq, u_sq): a reducing algorithm's scalars for its second traversal.
 # --------------------------------------------------------------------------------------------
 
 @triton.jit
-def _sgd_scalars(h, t):
+def _sgd_scalars(h, t, cell):
     return (_f32(tl.load(h + SGD_LR)), _f32(tl.load(h + SGD_MOMENTUM)), _f32(1.0 - tl.load(h + SGD_DAMPENING)),
             t == 1.0)
 
 
 @triton.jit
-def _sgd_math(p, g, buf, s1, s2, sc, NESTEROV: tl.constexpr, HAS_BUF: tl.constexpr):
+def _sgd_math(p, g, buf, s1, s2, sc, NESTEROV: tl.constexpr, PRESENT: tl.constexpr, PHASE: tl.constexpr):
     lr, momentum, one_minus_dampening, first_step = sc
-    if HAS_BUF:
+    if PRESENT & 1:  # momentum_buffer
         # A select, not a branch: 16 fewer registers on sm_90.
         buf = tl.where(first_step, g, buf * momentum + one_minus_dampening * g)
         if NESTEROV:
@@ -119,13 +131,13 @@ def _sgd_math(p, g, buf, s1, s2, sc, NESTEROV: tl.constexpr, HAS_BUF: tl.constex
 
 
 @triton.jit
-def _adagrad_scalars(h, t):
+def _adagrad_scalars(h, t, cell):
     clr = tl.load(h + ADAGRAD_LR) / (1.0 + (t - 1.0) * tl.load(h + ADAGRAD_LR_DECAY))
     return _f32(clr), _f32(tl.load(h + ADAGRAD_EPS))
 
 
 @triton.jit
-def _adagrad_math(p, g, acc, s1, s2, sc):
+def _adagrad_math(p, g, acc, s1, s2, sc, FLAG: tl.constexpr, PRESENT: tl.constexpr, PHASE: tl.constexpr):
     clr, eps = sc
     acc = acc + g * g
     p = p - tl.div_rn(clr * g, tl.sqrt_rn(acc) + eps)
@@ -133,13 +145,13 @@ def _adagrad_math(p, g, acc, s1, s2, sc):
 
 
 @triton.jit
-def _adadelta_scalars(h, t):
+def _adadelta_scalars(h, t, cell):
     rho = tl.load(h + ADADELTA_RHO)
     return _f32(tl.load(h + ADADELTA_LR)), _f32(rho), _f32(1.0 - rho), _f32(tl.load(h + ADADELTA_EPS))
 
 
 @triton.jit
-def _adadelta_math(p, g, sq, acc, s2, sc):
+def _adadelta_math(p, g, sq, acc, s2, sc, FLAG: tl.constexpr, PRESENT: tl.constexpr, PHASE: tl.constexpr):
     lr, rho, one_minus_rho, eps = sc
     sq = sq * rho + one_minus_rho * g * g
     std = tl.sqrt_rn(sq + eps)
@@ -150,14 +162,14 @@ def _adadelta_math(p, g, sq, acc, s2, sc):
 
 
 @triton.jit
-def _rmsprop_scalars(h, t):
+def _rmsprop_scalars(h, t, cell):
     alpha = tl.load(h + RMSPROP_ALPHA)
     return (_f32(tl.load(h + RMSPROP_LR)), _f32(alpha), _f32(1.0 - alpha), _f32(tl.load(h + RMSPROP_EPS)),
             _f32(tl.load(h + RMSPROP_MOMENTUM)))
 
 
 @triton.jit
-def _rmsprop_math(p, g, sq, buf, ga, sc, CENTERED: tl.constexpr, HAS_BUF: tl.constexpr):
+def _rmsprop_math(p, g, sq, buf, ga, sc, CENTERED: tl.constexpr, PRESENT: tl.constexpr, PHASE: tl.constexpr):
     lr, alpha, one_minus_alpha, eps, momentum = sc
     sq = sq * alpha + one_minus_alpha * g * g
     if CENTERED:
@@ -165,7 +177,7 @@ def _rmsprop_math(p, g, sq, buf, ga, sc, CENTERED: tl.constexpr, HAS_BUF: tl.con
         avg = tl.sqrt_rn(sq - ga * ga) + eps
     else:
         avg = tl.sqrt_rn(sq) + eps
-    if HAS_BUF:
+    if PRESENT & 2:  # momentum_buffer
         buf = buf * momentum + tl.div_rn(g, avg)
         p = p - lr * buf
     else:
@@ -174,7 +186,7 @@ def _rmsprop_math(p, g, sq, buf, ga, sc, CENTERED: tl.constexpr, HAS_BUF: tl.con
 
 
 @triton.jit
-def _adam_scalars(h, t):
+def _adam_scalars(h, t, cell):
     beta1 = tl.load(h + ADAM_BETA1)
     beta2 = tl.load(h + ADAM_BETA2)
     step_size = tl.load(h + ADAM_LR) / (1.0 - _pow(beta1, t))
@@ -184,7 +196,7 @@ def _adam_scalars(h, t):
 
 
 @triton.jit
-def _adam_math(p, g, m, v, vmax, sc, AMSGRAD: tl.constexpr):
+def _adam_math(p, g, m, v, vmax, sc, AMSGRAD: tl.constexpr, PRESENT: tl.constexpr, PHASE: tl.constexpr):
     one_minus_beta1, beta2, one_minus_beta2, eps, step_size, bc2_sqrt = sc
     m = m + one_minus_beta1 * (g - m)
     v = v * beta2 + one_minus_beta2 * g * g
@@ -198,7 +210,7 @@ def _adam_math(p, g, m, v, vmax, sc, AMSGRAD: tl.constexpr):
 
 
 @triton.jit
-def _yogi_scalars(h, t):
+def _yogi_scalars(h, t, cell):
     beta1 = tl.load(h + YOGI_BETA1)
     beta2 = tl.load(h + YOGI_BETA2)
     step_size = tl.load(h + YOGI_LR) / (1.0 - _pow(beta1, t))
@@ -208,7 +220,7 @@ def _yogi_scalars(h, t):
 
 
 @triton.jit
-def _yogi_math(p, g, m, v, s2, sc):
+def _yogi_math(p, g, m, v, s2, sc, FLAG: tl.constexpr, PRESENT: tl.constexpr, PHASE: tl.constexpr):
     beta1, one_minus_beta1, one_minus_beta2, eps, step_size, bc2_sqrt = sc
     m = m * beta1 + one_minus_beta1 * g
     g2 = g * g
@@ -221,7 +233,7 @@ def _yogi_math(p, g, m, v, s2, sc):
 
 
 @triton.jit
-def _radam_scalars(h, t):
+def _radam_scalars(h, t, cell):
     beta1 = tl.load(h + RADAM_BETA1)
     beta2 = tl.load(h + RADAM_BETA2)
     beta2_t = _pow(beta2, t)
@@ -239,7 +251,7 @@ def _radam_scalars(h, t):
 
 
 @triton.jit
-def _radam_math(p, g, m, v, s2, sc):
+def _radam_math(p, g, m, v, s2, sc, FLAG: tl.constexpr, PRESENT: tl.constexpr, PHASE: tl.constexpr):
     lr, one_minus_beta1, beta2, one_minus_beta2, eps, bias_correction1, bc2_sqrt, rect = sc
     m = m + one_minus_beta1 * (g - m)
     v = v * beta2 + one_minus_beta2 * g * g
@@ -253,14 +265,14 @@ def _radam_math(p, g, m, v, s2, sc):
 
 
 @triton.jit
-def _adamax_scalars(h, t):
+def _adamax_scalars(h, t, cell):
     beta1 = tl.load(h + ADAMAX_BETA1)
     clr = tl.load(h + ADAMAX_LR) / (1.0 - _pow(beta1, t))
     return _f32(1.0 - beta1), _f32(tl.load(h + ADAMAX_BETA2)), _f32(tl.load(h + ADAMAX_EPS)), _f32(clr)
 
 
 @triton.jit
-def _adamax_math(p, g, m, u, s2, sc):
+def _adamax_math(p, g, m, u, s2, sc, FLAG: tl.constexpr, PRESENT: tl.constexpr, PHASE: tl.constexpr):
     one_minus_beta1, beta2, eps, clr = sc
     m = m + one_minus_beta1 * (g - m)
     u = tl.maximum(u * beta2, tl.abs(g) + eps, propagate_nan=tl.PropagateNan.ALL)
@@ -276,13 +288,13 @@ def _lerp(a, b, w):
 
 
 @triton.jit
-def _lion_scalars(h, t):
+def _lion_scalars(h, t, cell):
     return (_f32(tl.load(h + LION_LR)), _f32(1.0 - tl.load(h + LION_BETA1)),
             _f32(1.0 - tl.load(h + LION_BETA2)))
 
 
 @triton.jit
-def _lion_math(p, g, m, s1, s2, sc):
+def _lion_math(p, g, m, s1, s2, sc, FLAG: tl.constexpr, PRESENT: tl.constexpr, PHASE: tl.constexpr):
     lr, one_minus_beta1, one_minus_beta2 = sc
     c = _lerp(m, g, one_minus_beta1)
     # sign(c) with sign(0) = 0 and NaN propagated, as torch.sign.
@@ -297,7 +309,8 @@ def _nadam_mu(h, t):
 
 
 @triton.jit
-def _nadam_scalars(h, t, mu_product):
+def _nadam_scalars(h, t, cell):
+    mu_product = tl.load(cell + 1).to(tl.float64)  # its SCALAR_STATES, after the step count
     beta1 = tl.load(h + NADAM_BETA1)
     beta2 = tl.load(h + NADAM_BETA2)
     lr = tl.load(h + NADAM_LR)
@@ -309,7 +322,7 @@ def _nadam_scalars(h, t, mu_product):
 
 
 @triton.jit
-def _nadam_math(p, g, m, v, s2, sc):
+def _nadam_math(p, g, m, v, s2, sc, FLAG: tl.constexpr, PRESENT: tl.constexpr, PHASE: tl.constexpr):
     one_minus_beta1, beta2, one_minus_beta2, eps, bias_correction2, c_grad, c_avg = sc
     m = m + one_minus_beta1 * (g - m)
     v = v * beta2 + one_minus_beta2 * g * g
@@ -320,7 +333,7 @@ def _nadam_math(p, g, m, v, s2, sc):
 
 
 @triton.jit
-def _lamb_scalars(h, t):
+def _lamb_scalars(h, t, cell):
     # Note [reducing algorithms]: the last value, -lr * trust, is filled in for the second traversal
     beta1 = tl.load(h + LAMB_BETA1)
     beta2 = tl.load(h + LAMB_BETA2)
@@ -350,7 +363,7 @@ def _lamb_update(p, m, v, sc):
 
 
 @triton.jit
-def _lamb_math(p, g, m, v, s2, sc, PHASE: tl.constexpr):
+def _lamb_math(p, g, m, v, s2, sc, FLAG: tl.constexpr, PRESENT: tl.constexpr, PHASE: tl.constexpr):
     """First traversal (PHASE 1): the moments, and this chunk's sums of p^2 and u^2 (float64);
     second (PHASE 2): p = p - lr * trust * u from the stored moments."""
     one_minus_beta1, beta2, one_minus_beta2, eps, bc1, bc2, decay, step = sc
@@ -370,9 +383,11 @@ def _lamb_math(p, g, m, v, s2, sc, PHASE: tl.constexpr):
 
 
 @triton.jit
-def _lookahead_math(p, slow, alpha):
-    slow = slow + alpha * (p - slow)
-    return slow, slow
+def _lookahead_math(p, g, slow, s1, s2, sc, FLAG: tl.constexpr, PRESENT: tl.constexpr, PHASE: tl.constexpr):
+    """Lookahead's slow-weight update (``fusedopt/lookahead.py``): a rule of the same traversal,
+    the slow weights in slot 0, no gradient (``g`` is a dummy), ``sc`` is alpha."""
+    slow = slow + sc * (p - slow)
+    return slow, slow, s1, s2
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,53 +415,22 @@ def _slot(row, COL: tl.constexpr, offs, mask, other, S_DTYPE: tl.constexpr, ALIG
 
 
 @triton.jit
-def _scalars(h, t, cell, ALGO: tl.constexpr):
-    """The algorithm's scalars for row ``h`` and step count ``t`` (``cell``: the tensor's
-    counters, the step count and then its scalar states)."""
-    if ALGO == SGD:
-        sc = _sgd_scalars(h, t)
-    elif ALGO == ADAGRAD:
-        sc = _adagrad_scalars(h, t)
-    elif ALGO == ADADELTA:
-        sc = _adadelta_scalars(h, t)
-    elif ALGO == RMSPROP:
-        sc = _rmsprop_scalars(h, t)
-    elif ALGO == ADAM:
-        sc = _adam_scalars(h, t)
-    elif ALGO == YOGI:
-        sc = _yogi_scalars(h, t)
-    elif ALGO == RADAM:
-        sc = _radam_scalars(h, t)
-    elif ALGO == ADAMAX:
-        sc = _adamax_scalars(h, t)
-    elif ALGO == LION:
-        sc = _lion_scalars(h, t)
-    elif ALGO == NADAM:
-        sc = _nadam_scalars(h, t, tl.load(cell + 1).to(tl.float64))
-    elif ALGO == LAMB:
-        sc = _lamb_scalars(h, t)
-    return sc
-
-
-@triton.jit
-def _chunk(row, pre, sc, grad_scale_ptr, offs, mask, other, ALGO: tl.constexpr, NCOL: tl.constexpr,
-           P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr,
-           HAS_S0: tl.constexpr, HAS_S1: tl.constexpr, HAS_S2: tl.constexpr, HAS_MASTER: tl.constexpr,
+def _chunk(row, pre, sc, grad_scale_ptr, offs, mask, other, MATH: tl.constexpr, READS_GRAD: tl.constexpr,
+           REDUCES: tl.constexpr, NCOL: tl.constexpr, P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,
+           S_DTYPE: tl.constexpr, PRESENT: tl.constexpr, HAS_MASTER: tl.constexpr,
            HAS_GRAD_SCALE: tl.constexpr, FLAG: tl.constexpr,
-           RNE_P: tl.constexpr, RNE_G: tl.constexpr, RNE_S: tl.constexpr, ALIGNED: tl.constexpr,
-           PHASE: tl.constexpr):
-    """Load one chunk of every tensor of one table row, update it, store it (``mask`` None: a
-    full chunk). ``pre`` and ``sc`` are the preamble's and the algorithm's scalars (Lookahead:
-    ``sc`` is alpha). Returns the chunk's two sums of a reducing algorithm (0 otherwise)."""
+           RNE_P: tl.constexpr, RNE_S: tl.constexpr, ALIGNED: tl.constexpr, PHASE: tl.constexpr):
+    """Load one chunk of every tensor of one table row, update it with ``MATH``, store it
+    (``mask`` None: a full chunk). ``pre`` and ``sc`` are the preamble's and the algorithm's
+    scalars (Lookahead: ``sc`` is alpha, and there is no gradient and no preamble). Returns the
+    chunk's two sums of a reducing algorithm (0 otherwise)."""
     p_sq = tl.zeros((), tl.float64)
     u_sq = tl.zeros((), tl.float64)
     # Addresses are 16-byte aligned when the table says so: then, with the chunk start a
     # multiple of BLOCK and a full chunk's mask, the compiler emits 16-byte vector accesses.
     p_ptr = tl.load(row).to(tl.pointer_type(P_DTYPE))
-    g_ptr = tl.load(row + 1).to(tl.pointer_type(G_DTYPE))
     if ALIGNED:
         p_ptr = tl.multiple_of(p_ptr, 16)
-        g_ptr = tl.multiple_of(g_ptr, 16)
     if HAS_MASTER:
         # float32 master weights: read and updated in place of the 16-bit param, which only
         # receives the rounded result.
@@ -457,58 +441,41 @@ def _chunk(row, pre, sc, grad_scale_ptr, offs, mask, other, ALGO: tl.constexpr, 
     else:
         p = tl.load(p_ptr + offs, mask=mask, other=other).to(tl.float32)
 
-    if ALGO == LOOKAHEAD:  # column 1 is the slow weights
-        slow = tl.load(g_ptr + offs, mask=mask, other=other).to(tl.float32)
-        p, slow = _lookahead_math(p, slow, sc)
-        tl.store(g_ptr + offs, _rne_bf16(slow) if RNE_G else slow.to(G_DTYPE), mask=mask)
-    else:
+    if READS_GRAD:
+        g_ptr = tl.load(row + 1).to(tl.pointer_type(G_DTYPE))
+        if ALIGNED:
+            g_ptr = tl.multiple_of(g_ptr, 16)
         g = tl.load(g_ptr + offs, mask=mask, other=other).to(tl.float32)
         if HAS_GRAD_SCALE:
             g = g * tl.load(grad_scale_ptr)
         if PHASE != 2:  # a reducing algorithm's second traversal: the first applied it
             p, g = _preamble(p, g, pre)
+    else:
+        g = p  # a rule without gradient (Lookahead): a dummy block
 
-        # An absent slot is a dummy block (never stored), so every math function has one shape.
-        s0 = p
-        s1 = p
-        s2 = p
-        if HAS_S0:
-            s0_ptr, s0 = _slot(row, 2, offs, mask, other, S_DTYPE, ALIGNED)
-        if HAS_S1:
-            s1_ptr, s1 = _slot(row, 3, offs, mask, other, S_DTYPE, ALIGNED)
-        if HAS_S2:
-            s2_ptr, s2 = _slot(row, 4, offs, mask, other, S_DTYPE, ALIGNED)
+    # An absent slot is a dummy block (never stored), so every math function has one shape.
+    s0 = p
+    s1 = p
+    s2 = p
+    if PRESENT & 1:
+        s0_ptr, s0 = _slot(row, 2, offs, mask, other, S_DTYPE, ALIGNED)
+    if PRESENT & 2:
+        s1_ptr, s1 = _slot(row, 3, offs, mask, other, S_DTYPE, ALIGNED)
+    if PRESENT & 4:
+        s2_ptr, s2 = _slot(row, 4, offs, mask, other, S_DTYPE, ALIGNED)
 
-        if ALGO == SGD:
-            p, s0, s1, s2 = _sgd_math(p, g, s0, s1, s2, sc, FLAG, HAS_S0)
-        elif ALGO == ADAGRAD:
-            p, s0, s1, s2 = _adagrad_math(p, g, s0, s1, s2, sc)
-        elif ALGO == ADADELTA:
-            p, s0, s1, s2 = _adadelta_math(p, g, s0, s1, s2, sc)
-        elif ALGO == RMSPROP:
-            p, s0, s1, s2 = _rmsprop_math(p, g, s0, s1, s2, sc, FLAG, HAS_S1)
-        elif ALGO == ADAM:
-            p, s0, s1, s2 = _adam_math(p, g, s0, s1, s2, sc, FLAG)
-        elif ALGO == YOGI:
-            p, s0, s1, s2 = _yogi_math(p, g, s0, s1, s2, sc)
-        elif ALGO == RADAM:
-            p, s0, s1, s2 = _radam_math(p, g, s0, s1, s2, sc)
-        elif ALGO == ADAMAX:
-            p, s0, s1, s2 = _adamax_math(p, g, s0, s1, s2, sc)
-        elif ALGO == LION:
-            p, s0, s1, s2 = _lion_math(p, g, s0, s1, s2, sc)
-        elif ALGO == NADAM:
-            p, s0, s1, s2 = _nadam_math(p, g, s0, s1, s2, sc)
-        elif ALGO == LAMB:
-            p, s0, s1, s2, p_sq, u_sq = _lamb_math(p, g, s0, s1, s2, sc, PHASE)
+    if REDUCES:
+        p, s0, s1, s2, p_sq, u_sq = MATH(p, g, s0, s1, s2, sc, FLAG, PRESENT, PHASE)
+    else:
+        p, s0, s1, s2 = MATH(p, g, s0, s1, s2, sc, FLAG, PRESENT, PHASE)
 
-        if PHASE != 2:  # the second traversal leaves the states as the first stored them
-            if HAS_S0:
-                tl.store(s0_ptr + offs, _rne_bf16(s0) if RNE_S else s0.to(S_DTYPE), mask=mask)
-            if HAS_S1:
-                tl.store(s1_ptr + offs, _rne_bf16(s1) if RNE_S else s1.to(S_DTYPE), mask=mask)
-            if HAS_S2:
-                tl.store(s2_ptr + offs, _rne_bf16(s2) if RNE_S else s2.to(S_DTYPE), mask=mask)
+    if PHASE != 2:  # the second traversal leaves the states as the first stored them
+        if PRESENT & 1:
+            tl.store(s0_ptr + offs, _rne_bf16(s0) if RNE_S else s0.to(S_DTYPE), mask=mask)
+        if PRESENT & 2:
+            tl.store(s1_ptr + offs, _rne_bf16(s1) if RNE_S else s1.to(S_DTYPE), mask=mask)
+        if PRESENT & 4:
+            tl.store(s2_ptr + offs, _rne_bf16(s2) if RNE_S else s2.to(S_DTYPE), mask=mask)
     if HAS_MASTER:
         tl.store(m_ptr + offs, p, mask=mask)
     tl.store(p_ptr + offs, _rne_bf16(p) if RNE_P else p.to(P_DTYPE), mask=mask)
@@ -516,8 +483,20 @@ def _chunk(row, pre, sc, grad_scale_ptr, offs, mask, other, ALGO: tl.constexpr, 
 
 
 @triton.jit
+def _tensor_sums(partials, first, count):
+    """A tensor's sums of a reducing algorithm: its ``count`` programs' partials from program
+    ``first`` on, added in program order (the same result whatever ran first)."""
+    p_sq = tl.zeros((), tl.float64)
+    u_sq = tl.zeros((), tl.float64)
+    for k in range(0, count):
+        p_sq += tl.load(partials + 2 * (first + k))
+        u_sq += tl.load(partials + 2 * (first + k) + 1)
+    return p_sq, u_sq
+
+
+@triton.jit
 def multi_tensor_kernel(
-    addrs,           # int64 [n_tensors, NCOL]: param, grad (Lookahead: slow), each slot, master
+    addrs,           # int64 [n_tensors, NCOL]: param, grad, each slot, master
     meta,            # int64 [n_tensors, 3]: elements, slot in ``steps``, row in ``hyper``
     work,            # int64 [n_programs, 2]: (tensor index, chunk start)
     steps,           # float32 [*]: every step counter (t after this step's increment)
@@ -526,15 +505,20 @@ def multi_tensor_kernel(
     found_inf_ptr,   # float32 0-dim, read when HAS_FOUND_INF: != 0 means write nothing
     alpha,           # Lookahead's interpolation factor
     partials,        # float64 [n_programs, 2]: a reducing algorithm's sums, per program
-    ALGO: tl.constexpr, NCOL: tl.constexpr, NHYPER: tl.constexpr,
+    sums,            # float64 [n_tensors, 2]: a split step's sums, per tensor (Note [split steps])
+    SCALARS: tl.constexpr, MATH: tl.constexpr, REDUCED: tl.constexpr,  # the algorithm: rule(name)
+    READS_GRAD: tl.constexpr,  # False: a rule without gradient nor preamble (Lookahead)
+    NCOL: tl.constexpr, NHYPER: tl.constexpr,
     P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr,
-    HAS_S0: tl.constexpr, HAS_S1: tl.constexpr, HAS_S2: tl.constexpr, HAS_MASTER: tl.constexpr,
-    HAS_GRAD_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
+    PRESENT: tl.constexpr,  # the present state slots, as bits (slot k: bit k)
+    HAS_MASTER: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
     FLAG: tl.constexpr,  # the algorithm's compile-time variant (its FLAGS hold at most one)
-    RNE_P: tl.constexpr, RNE_G: tl.constexpr, RNE_S: tl.constexpr,  # bf16 stores rounded by hand
+    RNE_P: tl.constexpr, RNE_S: tl.constexpr,  # bf16 stores rounded by hand
     ALIGNED: tl.constexpr,  # every address of the table is 16-byte aligned
     BLOCK: tl.constexpr,
-    PHASE: tl.constexpr,  # 0, or a reducing algorithm's traversal: 1 (reduce) or 2 (apply)
+    PHASE: tl.constexpr,  # 0, or a reducing algorithm's traversal: 1 (reduce) or 2 (apply), or 3:
+                          # a split step's per-tensor sums of the partials
+    SPLIT: tl.constexpr,  # PHASE 2 of a split step: the sums are read from ``sums``
 ):
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(work + 2 * pid)
@@ -545,41 +529,48 @@ def multi_tensor_kernel(
     if HAS_FOUND_INF:
         # An overflowed step writes nothing: the tensor counts as empty, so nothing is read either.
         n = tl.where(tl.load(found_inf_ptr) == 0, n, 0)
-    row = addrs + tensor * NCOL
-    if ALGO == LOOKAHEAD:  # no preamble, alpha is its one scalar
-        pre = None
-        sc = alpha
+    if PHASE == 3:
+        # Note [split steps] (csrc/include/fusedopt/tensor_info.h): the first program of each
+        # tensor writes its tensor's sums.
+        first = start == 0
+        p_sq, u_sq = _tensor_sums(partials, pid, tl.where(first, tl.cdiv(n, BLOCK), 0))
+        tl.store(sums + 2 * tensor, p_sq, mask=first)
+        tl.store(sums + 2 * tensor + 1, u_sq, mask=first)
     else:
-        # The tensor's step count (after this step's increment) and its group's row: every
-        # scalar of the update derives from them, once per program, before the chunk's loads
-        # (its float64 temporaries are dead by the time the chunk occupies registers).
-        cell = steps + tl.load(info + 1)  # the step count, then the algorithm's scalar states
-        t = tl.load(cell).to(tl.float64)
-        h = hyper + tl.load(info + 2) * NHYPER
-        pre = _preamble_scalars(h)
-        sc = _scalars(h, t, cell, ALGO)
-        if PHASE == 2:
-            # Note [reducing algorithms]: the tensor's sums, added in the order of its programs
-            # (the same result whatever ran first), make its scalars for the second traversal.
-            first = pid - start // BLOCK
-            p_sq = tl.zeros((), tl.float64)
-            u_sq = tl.zeros((), tl.float64)
-            for k in range(0, tl.cdiv(n, BLOCK)):
-                p_sq += tl.load(partials + 2 * (first + k))
-                u_sq += tl.load(partials + 2 * (first + k) + 1)
-            sc = _lamb_reduced(sc, h, p_sq, u_sq)
-    offs = start + tl.arange(0, BLOCK)
-    # A full chunk goes unmasked, so its accesses vectorise (16 bytes when ALIGNED); only a
-    # tensor's last chunk takes the masked path. (Two paths that differ only in the mask would
-    # be merged by the compiler into one masked path.)
-    if start + BLOCK <= n:
-        p_sq, u_sq = _chunk(row, pre, sc, grad_scale_ptr, offs, None, None, ALGO, NCOL, P_DTYPE, G_DTYPE, S_DTYPE,
-                            HAS_S0, HAS_S1, HAS_S2, HAS_MASTER, HAS_GRAD_SCALE, FLAG, RNE_P, RNE_G, RNE_S, ALIGNED,
-                            PHASE)
-    else:
-        p_sq, u_sq = _chunk(row, pre, sc, grad_scale_ptr, offs, offs < n, 0.0, ALGO, NCOL, P_DTYPE, G_DTYPE,
-                            S_DTYPE, HAS_S0, HAS_S1, HAS_S2, HAS_MASTER, HAS_GRAD_SCALE, FLAG, RNE_P, RNE_G,
-                            RNE_S, ALIGNED, PHASE)
-    if PHASE == 1:
-        tl.store(partials + 2 * pid, p_sq)
-        tl.store(partials + 2 * pid + 1, u_sq)
+        row = addrs + tensor * NCOL
+        if not READS_GRAD:  # Lookahead: no preamble, alpha is its one scalar
+            pre = None
+            sc = alpha
+        else:
+            # The tensor's step count (after this step's increment) and its group's row: every
+            # scalar of the update derives from them, once per program, before the chunk's loads
+            # (its float64 temporaries are dead by the time the chunk occupies registers).
+            cell = steps + tl.load(info + 1)  # the step count, then the algorithm's scalar states
+            t = tl.load(cell).to(tl.float64)
+            h = hyper + tl.load(info + 2) * NHYPER
+            pre = _preamble_scalars(h)
+            sc = SCALARS(h, t, cell)
+            if PHASE == 2:
+                # Note [reducing algorithms]: the tensor's sums, added in the order of its programs
+                # (the same result whatever ran first), make its scalars for the second traversal.
+                if SPLIT:  # Note [split steps]: the sums the caller combined
+                    p_sq = tl.load(sums + 2 * tensor)
+                    u_sq = tl.load(sums + 2 * tensor + 1)
+                else:
+                    p_sq, u_sq = _tensor_sums(partials, pid - start // BLOCK, tl.cdiv(n, BLOCK))
+                sc = REDUCED(sc, h, p_sq, u_sq)
+        offs = start + tl.arange(0, BLOCK)
+        # A full chunk goes unmasked, so its accesses vectorise (16 bytes when ALIGNED); only a
+        # tensor's last chunk takes the masked path. (Two paths that differ only in the mask would
+        # be merged by the compiler into one masked path.)
+        if start + BLOCK <= n:
+            p_sq, u_sq = _chunk(row, pre, sc, grad_scale_ptr, offs, None, None, MATH, READS_GRAD, REDUCED is not None,
+                                NCOL, P_DTYPE, G_DTYPE, S_DTYPE, PRESENT, HAS_MASTER, HAS_GRAD_SCALE, FLAG, RNE_P,
+                                RNE_S, ALIGNED, PHASE)
+        else:
+            p_sq, u_sq = _chunk(row, pre, sc, grad_scale_ptr, offs, offs < n, 0.0, MATH, READS_GRAD,
+                                REDUCED is not None, NCOL, P_DTYPE, G_DTYPE, S_DTYPE, PRESENT, HAS_MASTER,
+                                HAS_GRAD_SCALE, FLAG, RNE_P, RNE_S, ALIGNED, PHASE)
+        if PHASE == 1:
+            tl.store(partials + 2 * pid, p_sq)
+            tl.store(partials + 2 * pid + 1, u_sq)

@@ -109,41 +109,61 @@ def _check_call(spec, flags, params, grads, states, master, steps, index, hyper,
                          f"{tuple(index.shape)} on {index.device}")
 
 
-def _launch(table, algo_id, ncol, *, p_dtype, g_dtype, s_dtype=tl.float32, present=(False, False, False),
-            master=False, nhyper=0, flag=False, steps=None, hyper=None, grad_scale=None, found_inf=None,
-            alpha=0.0, reduces=False):
+def _launch(table, name, ncol, *, p_dtype, s_dtype=tl.float32, present=(False, False, False), master=False,
+            nhyper=0, flag=False, steps=None, hyper=None, grad_scale=None, found_inf=None, alpha=0.0,
+            sums=None, phase=0):
+    """Launch the traversal with the functions of algorithm ``name`` (or ``"lookahead"``,
+    whose one scalar is ``alpha``): one launch, two for a reducing algorithm (Note [reducing
+    algorithms]); a split step's ``phase`` 1 makes the first and the per-tensor ``sums``, its
+    ``phase`` 2 the second from them (Note [split steps])."""
+    scalars, math, reduced = kernels.rule(name)
+    if phase == 1:
+        sums.zero_()  # a tensor without elements has no program to write its row
     if table.n_programs == 0:
         return
     dummy = table.data  # stands for the pointers a variant never reads
-    if reduces:  # Note [reducing algorithms]: two traversals, the sums in between on the device
-        partials = torch.empty(2 * table.n_programs, dtype=torch.float64, device=table.data.device)
-        for phase in (1, 2):
-            _run(table, algo_id, ncol, dummy, partials, phase, p_dtype, g_dtype, s_dtype, present, master,
-                 nhyper, flag, steps, hyper, grad_scale, found_inf, alpha)
-    else:
-        _run(table, algo_id, ncol, dummy, dummy, 0, p_dtype, g_dtype, s_dtype, present, master, nhyper, flag,
-             steps, hyper, grad_scale, found_inf, alpha)
-
-
-def _run(table, algo_id, ncol, dummy, partials, phase, p_dtype, g_dtype, s_dtype, present, master, nhyper, flag,
-         steps, hyper, grad_scale, found_inf, alpha):
+    partials, phases = dummy, (0,)
+    if reduced is not None:  # the sums in between on the device
+        phases = ((1, 2), (1, 3), (2,))[phase]
+        if phase != 2:
+            partials = torch.empty(2 * table.n_programs, dtype=torch.float64, device=table.data.device)
     global _launches
-    kernels.multi_tensor_kernel[(table.n_programs,)](
-        table.addrs, table.meta, table.work,
-        dummy if steps is None else steps,
-        dummy if hyper is None else hyper,
-        dummy if grad_scale is None else grad_scale,
-        dummy if found_inf is None else found_inf,
-        float(alpha),
-        partials,
-        ALGO=algo_id, NCOL=ncol, NHYPER=nhyper, P_DTYPE=p_dtype, G_DTYPE=g_dtype, S_DTYPE=s_dtype,
-        HAS_S0=present[0], HAS_S1=present[1], HAS_S2=present[2], HAS_MASTER=bool(master),
-        HAS_GRAD_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None, FLAG=bool(flag),
-        RNE_P=INTERPRETED and p_dtype == tl.bfloat16, RNE_G=INTERPRETED and g_dtype == tl.bfloat16,
-        RNE_S=INTERPRETED and s_dtype == tl.bfloat16, ALIGNED=table.aligned,
-        BLOCK=block_size(), PHASE=phase, num_warps=NUM_WARPS,
-    )
-    _launches += 1
+    for k in phases:
+        kernels.multi_tensor_kernel[(table.n_programs,)](
+            table.addrs, table.meta, table.work,
+            dummy if steps is None else steps,
+            dummy if hyper is None else hyper,
+            dummy if grad_scale is None else grad_scale,
+            dummy if found_inf is None else found_inf,
+            float(alpha),
+            partials,
+            dummy if sums is None else sums,
+            SCALARS=scalars, MATH=math, REDUCED=reduced, READS_GRAD=scalars is not None,
+            NCOL=ncol, NHYPER=nhyper, P_DTYPE=p_dtype, G_DTYPE=p_dtype, S_DTYPE=s_dtype,
+            PRESENT=sum(1 << k for k, on in enumerate(present) if on), HAS_MASTER=bool(master),
+            HAS_GRAD_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None, FLAG=bool(flag),
+            RNE_P=INTERPRETED and p_dtype == tl.bfloat16, RNE_S=INTERPRETED and s_dtype == tl.bfloat16,
+            ALIGNED=table.aligned, BLOCK=block_size(), PHASE=k, SPLIT=phase == 2, num_warps=NUM_WARPS,
+        )
+        _launches += 1
+
+
+def _check_split(spec, params, sums, phase):
+    """A split step (Note [split steps] in csrc/include/fusedopt/tensor_info.h): ``phase`` 1 or 2
+    of a reducing algorithm, with its float64 [n, 2] ``sums`` on the params' device."""
+    if not phase and sums is None:
+        return
+    if not spec.REDUCES:
+        raise ValueError(f"triton backend: phase and sums split the step of a reducing algorithm (LAMB); "
+                         f"{spec.name} runs one traversal")
+    if phase not in (1, 2):
+        raise ValueError(f"triton backend: phase must be 0 (the whole step), 1 or 2, got {phase!r}")
+    n = len(params)
+    if (sums is None or sums.dtype != torch.float64 or tuple(sums.shape) != (n, 2) or not sums.is_contiguous()
+            or sums.device != params[0].device):
+        got = "None" if sums is None else f"{sums.dtype} {tuple(sums.shape)} on {sums.device}"
+        raise ValueError(f"triton backend: phase {phase} needs sums, a contiguous float64 [{n}, 2] tensor on "
+                         f"{params[0].device}; got {got}")
 
 
 def _check_new_table(params, grads, states, master):
@@ -164,7 +184,7 @@ def _check_new_table(params, grads, states, master):
 
 
 def multi_tensor_step(algo, flags, params, grads, states, master, steps, index, hyper, grad_scale=None,
-                      found_inf=None):
+                      found_inf=None, sums=None, phase=0):
     """One fused launch of ``algo`` over every tensor of the call, whatever their param groups
     and step counts (``backend.step`` of ``docs/kernel-interface.md``)."""
     if not params:
@@ -172,6 +192,7 @@ def multi_tensor_step(algo, flags, params, grads, states, master, steps, index, 
     spec = ALGORITHMS.get(algo)
     if spec is None:
         raise ValueError(f"triton backend: unknown algorithm {algo!r}")
+    _check_split(spec, params, sums, phase)
     _check_call(spec, flags, params, grads, states, master, steps, index, hyper, grad_scale, found_inf)
     present = tuple(bool(len(s)) for s in states) + (False,) * (3 - len(states))
     flag = bool(flags[0]) if flags else False
@@ -186,9 +207,9 @@ def multi_tensor_step(algo, flags, params, grads, states, master, steps, index, 
                        check=lambda: _check_new_table(params, grads, states, master))
     p_dt = _tl_dtype(params[0], "param")
     s_dt = next((_tl_dtype(s[0], "state") for s in states if len(s)), tl.float32)
-    _launch(table, kernels.ALGO_IDS[algo], ncol, p_dtype=p_dt, g_dtype=p_dt, s_dtype=s_dt, present=present,
-            master=master is not None, nhyper=len(spec.HYPER), flag=flag, steps=steps, hyper=hyper,
-            grad_scale=grad_scale, found_inf=found_inf, reduces=spec.REDUCES)
+    _launch(table, algo, ncol, p_dtype=p_dt, s_dtype=s_dt, present=present, master=master is not None,
+            nhyper=len(spec.HYPER), flag=flag, steps=steps, hyper=hyper, grad_scale=grad_scale,
+            found_inf=found_inf, sums=sums, phase=phase)
 
 
 def multi_tensor_lookahead(params, slow, alpha, master=None):
@@ -214,7 +235,9 @@ def multi_tensor_lookahead(params, slow, alpha, master=None):
                 if t.dtype != torch.float32:
                     raise TypeError(f"triton backend: master[{i}] is {t.dtype}; master weights are float32")
 
-    columns = [params, slow] + ([master] if master is not None else [])
+    # the step's columns: param, grad (none), the slow weights as slot 0, master
+    columns = [params, [], slow, master or []]
     table = _cache.get(columns, len(columns), block_size(), check=check)
-    _launch(table, kernels.LOOKAHEAD.value, len(columns), p_dtype=_tl_dtype(params[0], "param"),
-            g_dtype=_tl_dtype(slow[0], "slow"), master=master is not None, alpha=alpha)
+    _launch(table, "lookahead", len(columns), p_dtype=_tl_dtype(params[0], "param"),
+            s_dtype=_tl_dtype(slow[0], "slow"), present=(True, False, False), master=master is not None,
+            alpha=alpha)

@@ -536,6 +536,30 @@ inline unsigned flag_bits(const std::string& name, const std::vector<bool>& flag
   return bits;
 }
 
+// Note [split steps]: a reducing algorithm's step (Note [reducing algorithms]) may be split in
+// two calls so that the caller combines the per-tensor sums in between: phase 1 runs the first
+// traversal and writes tensor i's sums of p^2 and u^2 to sums[i, 0], sums[i, 1] (every row: 0
+// where nothing is added, a tensor without elements or an overflow step); phase 2 runs
+// the second traversal with the sums it finds there (FSDP2: all-reduced over the ranks that hold
+// the shards of each tensor). Both calls take the same arguments; phase 0 is the whole step.
+// The sums: float64 [n, 2], contiguous, on the params' device; only with phase 1 or 2.
+inline double* split_sums(const std::string& name, bool reduces, const std::optional<torch::stable::Tensor>& sums,
+                          int64_t phase, size_t n, int32_t device_type, int32_t device_index) {
+  if (phase == 0 && !sums.has_value()) return nullptr;
+  STD_TORCH_CHECK(reduces, name, ": phase and sums split the step of a reducing algorithm (LAMB); this one "
+                  "runs one traversal");
+  STD_TORCH_CHECK(phase == 1 || phase == 2, name, ": phase must be 0 (the whole step), 1 or 2 (its two "
+                  "traversals, with sums), got ", phase);
+  STD_TORCH_CHECK(sums.has_value(), name, ": phase ", phase, " needs sums, a float64 [", n, ", 2] tensor");
+  const std::string where = device_name(device_type, device_index);
+  Info i = check_table(name, *sums, "sums", codes().f64, 2, 2, device_type, device_index,
+                       "a contiguous float64 tensor of shape [" + std::to_string(n) +
+                           ", 2] (per param: its sums of p^2 and u^2) on the params' device (" + where + ")");
+  if (i.numel != static_cast<int64_t>(2 * n))
+    fail(name + ": sums must have one row per param: shape [" + std::to_string(n) + ", 2], got " + shape_of(*sums));
+  return static_cast<double*>(i.data);
+}
+
 // Everything a step op needs, checked.
 struct CheckedStep {
   int variant = 0;     // the algorithm's call-wide variant (common.h)
@@ -543,6 +567,8 @@ struct CheckedStep {
   StepTables tables;
   const float* grad_scale = nullptr;  // on the params' device, or null
   const float* found_inf = nullptr;   // on the params' device, or null
+  int phase = 0;                      // 0: the whole step; 1, 2: a split step's traversal
+  double* sums = nullptr;             // a split step's per-tensor sums, [n, 2] on the params' device
 };
 
 // The checks of one call of fusedopt::<A::kName> (docs/kernel-interface.md) whose kernels run on
@@ -553,7 +579,8 @@ CheckedStep check_step(const TensorList& params, const TensorList& grads, const 
                        const torch::stable::Tensor& steps, const torch::stable::Tensor& index,
                        const torch::stable::Tensor& hyper, const std::vector<bool>& flags,
                        const std::optional<torch::stable::Tensor>& grad_scale,
-                       const std::optional<torch::stable::Tensor>& found_inf, int32_t device_type) {
+                       const std::optional<torch::stable::Tensor>& found_inf,
+                       const std::optional<torch::stable::Tensor>& sums, int64_t phase, int32_t device_type) {
   const std::string name = std::string("fusedopt::") + A::kName;
   // An empty params list with grads: the table's own params (Note [owned params]).
   const bool owned = params.empty() && !grads.empty();
@@ -576,6 +603,8 @@ CheckedStep check_step(const TensorList& params, const TensorList& grads, const 
   out.tables = check_tables(name, n, steps, index, hyper, A::kNumHyper, A::kNumCounters, device_type, device);
   out.grad_scale = scalar_tensor(name, grad_scale, "grad_scale", device_type, device);
   out.found_inf = scalar_tensor(name, found_inf, "found_inf", device_type, device);
+  out.sums = split_sums(name, A::kReduces, sums, phase, n, device_type, device);
+  out.phase = static_cast<int>(phase);
   return out;
 }
 

@@ -1,27 +1,21 @@
 // Every algorithm descriptor, and the schemas of the ops. The list the ops are registered from,
 // FUSEDOPT_FOR_EACH_ALGORITHM (one op fusedopt::<A::kName> per entry, all with the schema below),
-// is generated into contract.h from ALGORITHMS in fusedopt/algorithms/__init__.py.
+// and the includes of their headers are generated into contract.h and headers.h from ALGORITHMS
+// in fusedopt/algorithms/__init__.py.
 #pragma once
 
 #include "fusedopt/algos/contract.h"
-#include "fusedopt/algos/adadelta.h"
-#include "fusedopt/algos/adagrad.h"
-#include "fusedopt/algos/adam.h"
-#include "fusedopt/algos/adamax.h"
-#include "fusedopt/algos/lamb.h"
-#include "fusedopt/algos/lion.h"
-#include "fusedopt/algos/nadam.h"
-#include "fusedopt/algos/radam.h"
-#include "fusedopt/algos/rmsprop.h"
-#include "fusedopt/algos/sgd.h"
-#include "fusedopt/algos/yogi.h"
+#include "fusedopt/algos/headers.h"  // generated too: every algorithm's header
 
 // The schema of every step op after its name: the states and master weights it updates come
 // from `table`, made by fusedopt::state_table (Note [state tables] in tensor_info.h); an empty
-// `params` with grads means the table's own params (Note [owned params]).
+// `params` with grads means the table's own params (Note [owned params]). `phase` 1 and 2 split
+// a reducing algorithm's step in its two traversals, the per-tensor sums in `sums` between them
+// (Note [split steps] in tensor_info.h).
 #define FUSEDOPT_STEP_SCHEMA                                                                \
   "(Tensor(a!)[] params, Tensor[] grads, Tensor table, Tensor steps, Tensor index, "       \
-  "Tensor hyper, bool[] flags, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()"
+  "Tensor hyper, bool[] flags, Tensor? grad_scale=None, Tensor? found_inf=None, "         \
+  "Tensor(b!)? sums=None, int phase=0) -> ()"
 // fusedopt::lookahead: Lookahead's slow-weight update (algos/lookahead.h), master weights optional.
 #define FUSEDOPT_LOOKAHEAD_SCHEMA \
   "(Tensor(a!)[] params, Tensor(b!)[] slow, float alpha, Tensor(c!)[]? master=None) -> ()"
