@@ -2,9 +2,12 @@
 by fusedopt or by torch.optim.
 
 ``state_dict()`` is torch.optim's own (the keys are torch's, ``param_names`` included when the
-optimizer was built from named parameters); loading checks every tensor against its parameter
-before anything changes, casts states to the optimizer's state dtype, and keeps this
-optimizer's backend choice.
+optimizer was built from named parameters; 8-bit states are their codes and scales, Note [8-bit
+states]); loading checks every tensor against its parameter before anything changes, keeps this
+optimizer's choices of backend and state storage, and converts the states to that storage:
+casts them to its state dtype, quantizes float states into 8-bit ones, dequantizes 8-bit ones
+for float storage. ``fusedopt.lowbit.dequantize_state_dict`` makes an 8-bit state dict one that
+torch.optim loads.
 """
 from __future__ import annotations
 
@@ -14,7 +17,12 @@ from typing import Any
 
 import torch
 
-from ._plan import state_dtype_for
+from . import lowbit
+from ._plan import eight_bit, state_dtype_of
+
+_SCALE = lowbit.ABSMAX_SUFFIX
+# What a param group keeps of this optimizer across a load: its backend and state storage.
+_OWN_OPTIONS = ("backend", "state_dtype", "min_8bit_size")
 
 
 class State(defaultdict):
@@ -78,27 +86,14 @@ def load(opt, state_dict: dict[str, Any]) -> None:
             raise ValueError("loaded state dict contains a parameter group "
                              "that doesn't match the size of the optimizer's group")
     id_map = {sid: p for g, sg in zip(groups, saved_groups) for sid, p in zip(sg["params"], g["params"])}
-    sdt_of = {sid: sg.get("state_dtype", g.get("state_dtype"))
-              for g, sg in zip(groups, saved_groups) for sid in sg["params"]}
+    group_of = {sid: {**opt.defaults, **g} for g, sg in zip(groups, saved_groups) for sid in sg["params"]}
     new_state: defaultdict = defaultdict(dict)
     for sid, value in state_dict["state"].items():
         if sid not in id_map:
             new_state[sid] = value
             continue
         p = id_map[sid]
-        entry = {}
-        for key, v in value.items():
-            if isinstance(v, torch.Tensor) and key not in opt.algorithm.COUNTERS:
-                if v.shape != p.shape:
-                    raise ValueError(f"state_dict: state {key!r} of parameter {sid} has shape "
-                                     f"{tuple(v.shape)}, the parameter has {tuple(p.shape)}")
-                dtype = torch.float32 if key == "master_param" else (sdt_of[sid] or state_dtype_for(p.dtype))
-                v = v.to(device=p.device, dtype=dtype, copy=True)
-            elif isinstance(v, torch.Tensor):
-                # the step counters adopt it (one copy for all params) at the next step
-                v = v.to(dtype=torch.float32, copy=True)
-            entry[key] = v
-        new_state[p] = entry
+        new_state[p] = _entry(opt, sid, p, group_of[sid], value)
     new_groups = []
     for g, sg in zip(groups, saved_groups):
         ng = copy.deepcopy({k: v for k, v in sg.items() if k != "params"})
@@ -107,8 +102,9 @@ def load(opt, state_dict: dict[str, Any]) -> None:
             ng["param_names"] = g["param_names"]
         for k, v in opt.defaults.items():
             ng.setdefault(k, v)
-        if "backend" in g:  # keep this optimizer's backend choice across checkpoints
-            ng["backend"] = g["backend"]
+        for k in _OWN_OPTIONS:  # this optimizer's backend and state storage, across checkpoints
+            if k in g:
+                ng[k] = g[k]
         new_groups.append(ng)
     for ng in new_groups:
         opt.algorithm.validate(ng)
@@ -117,3 +113,43 @@ def load(opt, state_dict: dict[str, Any]) -> None:
     opt._reset_caches()
     for post_hook in opt._optimizer_load_state_dict_post_hooks.values():
         post_hook(opt)
+
+
+def _entry(opt, sid, p: torch.Tensor, group: dict, value: dict) -> dict:
+    """A saved param state for ``p`` in the storage ``group`` asks for (checked, copied)."""
+    slots = opt.algorithm.SLOTS
+    quantized = eight_bit(group, p)
+    sdt = state_dtype_of(group, p)
+    entry = {}
+    for key, v in value.items():
+        if key.endswith(_SCALE) and key[: -len(_SCALE)] in value:
+            continue  # with its codes, below
+        if not isinstance(v, torch.Tensor):
+            entry[key] = v
+        elif key in opt.algorithm.COUNTERS:
+            # the step counters adopt it (one copy for all params) at the next step
+            entry[key] = v.to(dtype=torch.float32, copy=True)
+        else:
+            if v.shape != p.shape:
+                raise ValueError(f"state_dict: state {key!r} of parameter {sid} has shape "
+                                 f"{tuple(v.shape)}, the parameter has {tuple(p.shape)}")
+            absmax = value.get(key + _SCALE)
+            if absmax is not None:  # saved as 8-bit codes and scales
+                blocks = -(-p.numel() // lowbit.BLOCK)
+                if v.dtype != torch.uint8 or absmax.dtype != torch.float32 or absmax.shape != (blocks,):
+                    raise ValueError(f"state_dict: 8-bit state {key!r} of parameter {sid} must be uint8 codes "
+                                     f"with {blocks} float32 scales; got {v.dtype} codes and {absmax.dtype} "
+                                     f"{tuple(absmax.shape)} scales")
+                if quantized and key in slots:
+                    entry[key] = v.to(device=p.device, copy=True)
+                    entry[key + _SCALE] = absmax.to(device=p.device, copy=True)
+                    continue
+                v = lowbit.dequantize_blockwise(v.to(p.device), absmax.to(p.device), lowbit.state_map(key, p.device))
+            if key == "master_param":
+                entry[key] = v.to(device=p.device, dtype=torch.float32, copy=True)
+            elif quantized and key in slots:
+                entry[key], entry[key + _SCALE] = lowbit.quantize_blockwise(
+                    v.to(device=p.device, dtype=torch.float32), lowbit.state_map(key, p.device))
+            else:
+                entry[key] = v.to(device=p.device, dtype=sdt, copy=True)
+    return entry

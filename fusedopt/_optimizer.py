@@ -16,7 +16,8 @@ from torch.optim import Optimizer
 
 from . import _checkpoint, _distributed, backends
 from ._checkpoint import State
-from ._plan import HyperTables, Plan, build, layout, state_dtype_for
+from . import lowbit
+from ._plan import HyperTables, Plan, build, eight_bit, layout, state_dtype_of
 from ._prologue import prologue
 from ._steps import StepArena
 from .algorithms import Algorithm
@@ -38,7 +39,11 @@ class FusedOptimizer(Optimizer):
     - ``master_weights=False``: keep a float32 copy of 16-bit params in the state
       (``master_param``), update it and write the rounded param in the same pass.
     - ``state_dtype=None``: dtype of the moments; float32 for 16-bit params by default,
-      ``torch.bfloat16`` halves their memory.
+      ``torch.bfloat16`` halves their memory, ``"8bit"`` quarters it: block-wise quantized
+      states (``fusedopt.lowbit``: uint8 codes of the param's shape in ``state[name]`` and one
+      float32 scale per 256 elements in ``state[name + "_absmax"]``) for params of at least
+      ``min_8bit_size=4096`` elements; smaller ones keep float32 states. 8-bit states run on
+      the reference backend for now (``backend="auto"`` or ``"reference"``).
     - ``max_grad_norm=None``: clip the global gradient norm to this value; the clip coefficient
       is folded into the update, so gradients are read once for the norm and once for the step.
     - ``accumulation_steps=1``: gradients summed over k micro-batches are scaled by ``1/k``
@@ -57,8 +62,8 @@ class FusedOptimizer(Optimizer):
     def __init__(self, params, defaults: dict[str, Any], backend: str = "auto",
                  foreach: bool | None = None, fused: bool | None = None,
                  capturable: bool = False, differentiable: bool = False, *,
-                 master_weights: bool = False, state_dtype: torch.dtype | None = None,
-                 max_grad_norm: float | None = None, accumulation_steps: int = 1):
+                 master_weights: bool = False, state_dtype: torch.dtype | str | None = None,
+                 max_grad_norm: float | None = None, accumulation_steps: int = 1, min_8bit_size: int = 4096):
         # foreach/fused are accepted so torch.optim call sites work unchanged; fusedopt always
         # runs its fused multi-tensor step.
         del foreach, fused
@@ -74,7 +79,7 @@ class FusedOptimizer(Optimizer):
         self.step_skipped: torch.Tensor | None = None
         self._reset_caches()
         defaults = dict(defaults, backend=backend, capturable=bool(capturable),
-                        master_weights=bool(master_weights), state_dtype=state_dtype)
+                        master_weights=bool(master_weights), state_dtype=state_dtype, min_8bit_size=min_8bit_size)
         super().__init__(params, defaults)
         self.state = State(self.state)
         if self.algorithm.eager_state:
@@ -109,8 +114,15 @@ class FusedOptimizer(Optimizer):
         filled = {**self.defaults, **group}
         self.algorithm.validate(filled)
         backends.check_backend_name(filled["backend"])
-        if filled["state_dtype"] not in (None, torch.float32, torch.bfloat16):
-            raise ValueError(f"Invalid state_dtype: {filled['state_dtype']!r} (None, torch.float32 or torch.bfloat16)")
+        if filled["state_dtype"] not in (None, torch.float32, torch.bfloat16, "8bit"):
+            raise ValueError(f"Invalid state_dtype: {filled['state_dtype']!r} (None, torch.float32, torch.bfloat16 "
+                             "or '8bit')")
+        m = filled["min_8bit_size"]
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise ValueError(f"Invalid min_8bit_size: {m!r} (must be an integer >= 1)")
+        if filled["state_dtype"] == "8bit" and filled["backend"] not in ("auto", "reference"):
+            raise ValueError(f"state_dtype='8bit' runs on the reference backend so far, not backend="
+                             f"{filled['backend']!r} (use 'auto' or 'reference')")
         super().add_param_group(group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -149,11 +161,19 @@ class FusedOptimizer(Optimizer):
         pooled: dict[tuple, list] = {}
         for p, group in items:
             st = self.state[p]
-            sdt = group.get("state_dtype") or state_dtype_for(p.dtype)
+            quantized = eight_bit(group, p)
+            sdt = state_dtype_of(group, p)
             for slot, fill in self.algorithm.slot_init(group).items():
                 if st.get(slot) is None:
                     fresh.add(id(p))
-                    if p.is_contiguous() and not _distributed.is_dtensor(p):
+                    if quantized:  # Note [8-bit states]
+                        if _distributed.is_dtensor(p):
+                            raise RuntimeError(f"{type(self).__name__}: state_dtype='8bit' on DTensor (FSDP2) "
+                                               "params is not supported yet")
+                        qmap = lowbit.state_map(slot, p.device)
+                        st[slot], st[slot + lowbit.ABSMAX_SUFFIX] = lowbit.quantize_blockwise(
+                            torch.full(p.shape, fill, dtype=torch.float32, device=p.device), qmap)
+                    elif p.is_contiguous() and not _distributed.is_dtensor(p):
                         pooled.setdefault((p.device, sdt, slot), []).append((st, p, fill))
                     else:
                         st[slot] = torch.full_like(p, fill, dtype=sdt, memory_format=torch.preserve_format)
@@ -283,6 +303,8 @@ class FusedOptimizer(Optimizer):
         kw = {"cache": b.cache} if getattr(b.backend, "caches_state_table", False) else {}
         args = (self.algorithm.name, b.flags, params, grads, states, master, b.arena.data, b.index, hyper, scale,
                 found_inf)
+        if b.scales is not None:  # Note [8-bit states]
+            kw["scales"] = b.scales
         if b.sums is None:
             b.backend.step(*args, **kw)
             return

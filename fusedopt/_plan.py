@@ -16,6 +16,7 @@ import torch
 
 from . import _distributed, backends
 from ._steps import StepArena
+from .lowbit import ABSMAX_SUFFIX
 from .algorithms import Algorithm
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -24,6 +25,22 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 def state_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
     """States are float32 for 16-bit params (the math is float32 anyway), else the param's dtype."""
     return torch.float32 if param_dtype in _LOW_PRECISION else param_dtype
+
+
+# Note [8-bit states]: with state_dtype="8bit", a param of at least the group's min_8bit_size
+# elements keeps each state slot as uint8 codes of its shape (state[name]) and one float32 scale
+# per block of 256 (state[name + "_absmax"]), fusedopt.lowbit's block-wise dynamic quantization;
+# the step dequantizes, updates in float32 and quantizes again. Such params form launches of their
+# own (state dtype uint8), with the scales beside the states; smaller params keep float32 states.
+def eight_bit(group: dict, p: torch.Tensor) -> bool:
+    """Whether ``p``'s states are 8-bit in ``group`` (Note [8-bit states])."""
+    return group.get("state_dtype") == "8bit" and p.numel() >= group.get("min_8bit_size", 4096)
+
+
+def state_dtype_of(group: dict, p: torch.Tensor) -> torch.dtype:
+    """The dtype of ``p``'s (unquantized) states in ``group``."""
+    sdt = group.get("state_dtype")
+    return state_dtype_for(p.dtype) if sdt in (None, "8bit") else sdt
 
 
 @dataclass
@@ -49,6 +66,8 @@ class Bucket:
     # a reducing algorithm on sharded params: its per-tensor sums are all-reduced between its two
     # traversals (Note [split steps]); None otherwise
     sums: _distributed.SumReduction | None = None
+    # 8-bit states (Note [8-bit states]): per slot (SLOTS order), the scales of each state
+    scales: list[list[torch.Tensor]] | None = None
     # What a backend keeps between the calls of this launch, whose states do not change while
     # the plan lives: the compiled backends' state table (Note [cached state tables]).
     cache: dict = field(default_factory=dict)
@@ -98,22 +117,23 @@ def build(algo: Algorithm, groups: list[dict], with_grads: list[list[torch.Tenso
         flags = algo.flags(group)
         name = group["backend"]
         for p, st in zip(params, sts):
-            sdt = st[active[0]].dtype if active else None
+            sdt = st[active[0]].dtype if active else None  # uint8: 8-bit states (Note [8-bit states])
             master = "master_param" in st and bool(group.get("master_weights"))
-            chosen = "reference" if name == "auto" and p.dtype == torch.float64 else name
+            chosen = "reference" if name == "auto" and (p.dtype == torch.float64 or sdt == torch.uint8) else name
             key = (p.device, p.dtype, sdt, chosen, flags, active, master)
             keyed.setdefault(key, []).append((gi, at, p, st))
             at += 1
     plan = Plan(groups=list(groups), params=[p for ps in with_grads for p in ps], version=version,
                 layouts=layouts)
-    for (device, _, _, name, flags, active, master), members in keyed.items():
+    for (device, _, sdt, name, flags, active, master), members in keyed.items():
         params = [p for _, _, p, _ in members]
         sts = [st for _, _, _, st in members]
         order = [i for _, i, _, _ in members]
         arena = arena_for(device)
         slots = arena.place(params, sts, algo.COUNTERS, fresh, algo.COUNTER_INITS)
         index = torch.tensor([[k, gi] for k, (gi, _, _, _) in zip(slots, members)], dtype=torch.int64).reshape(-1, 2)
-        watched = {key: [st[key] for st in sts] for key in active + algo.COUNTERS}
+        scale_keys = tuple(s + ABSMAX_SUFFIX for s in active) if sdt == torch.uint8 else ()
+        watched = {key: [st[key] for st in sts] for key in active + algo.COUNTERS + scale_keys}
         if master:
             watched["master_param"] = [st["master_param"] for st in sts]
         local = _distributed.local_list
@@ -129,6 +149,7 @@ def build(algo: Algorithm, groups: list[dict], with_grads: list[list[torch.Tenso
             scalar_cells=(torch.cat([index[:, 0] + i for i in range(1, 1 + len(algo.SCALAR_STATES))])
                           .to(device, non_blocking=True) if algo.SCALAR_STATES else None),
             dtensor=args[0] is not params,
+            scales=[watched[s + ABSMAX_SUFFIX] if s in active else [] for s in algo.SLOTS] if scale_keys else None,
             sums=_distributed.sum_reduction(params, device, algo.name) if algo.REDUCES else None))
     return plan
 

@@ -205,21 +205,45 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["BLOCK", "MIN_ELEMENTS", "SIGNED_STATES", "UNSIGNED_STATES", "uses_8bit", "dynamic_map", "midpoints",
-           "quantize_blockwise", "dequantize_blockwise", "philox4x32", "random_bits", "stochastic_round"]
+__all__ = ["BLOCK", "MIN_ELEMENTS", "SIGNED_STATES", "UNSIGNED_STATES", "ABSMAX_SUFFIX", "uses_8bit", "state_map",
+           "dynamic_map", "midpoints", "quantize_blockwise", "dequantize_blockwise", "dequantize_state_dict",
+           "philox4x32", "random_bits", "stochastic_round"]
 
 BLOCK = 256
 MIN_ELEMENTS = 4096
-SIGNED_STATES = frozenset({"momentum", "exp_avg", "grad_avg"})
-UNSIGNED_STATES = frozenset({"exp_avg_sq", "sum", "square_avg", "acc_delta", "exp_inf"})
+# Every state slot of every algorithm, by its name (torch.optim's: a name means the same state in
+# every algorithm that has it): signed, or never negative (the unsigned map, twice the codes).
+SIGNED_STATES = frozenset({"momentum_buffer", "exp_avg", "grad_avg"})
+UNSIGNED_STATES = frozenset({"exp_avg_sq", "max_exp_avg_sq", "sum", "square_avg", "acc_delta", "exp_inf"})
+# An 8-bit state ``name`` is two entries of the param's state: ``name`` (uint8 codes, the param's
+# shape) and ``name + ABSMAX_SUFFIX`` (float32, one per block).
+ABSMAX_SUFFIX = "_absmax"
 
 _MASK32 = 0xFFFFFFFF
 _MASK64 = 0xFFFFFFFFFFFFFFFF
 
 
-def uses_8bit(numel: int) -> bool:
-    """Whether a state tensor of ``numel`` elements is stored quantized under ``state_dtype="8bit"``."""
-    return numel >= MIN_ELEMENTS
+def uses_8bit(numel: int, min_elements: int = MIN_ELEMENTS) -> bool:
+    """Whether a state tensor of ``numel`` elements is stored quantized under ``state_dtype="8bit"``
+    (``min_elements``: the optimizer's ``min_8bit_size``)."""
+    return numel >= min_elements
+
+
+_MAPS: dict[tuple[bool, torch.device], torch.Tensor] = {}
+
+
+def state_map(name: str, device: torch.device | str | None = None) -> torch.Tensor:
+    """The map of state slot ``name``: :func:`dynamic_map` signed or unsigned (cached)."""
+    if name in SIGNED_STATES:
+        signed = True
+    elif name in UNSIGNED_STATES:
+        signed = False
+    else:
+        raise ValueError(f"state {name!r} has no 8-bit map (neither in SIGNED_STATES nor in UNSIGNED_STATES)")
+    key = (signed, torch.device(device or "cpu"))
+    if key not in _MAPS:
+        _MAPS[key] = dynamic_map(signed, device=key[1])
+    return _MAPS[key]
 
 
 # --------------------------------------------------------------------------- the dynamic map
@@ -464,3 +488,21 @@ def stochastic_round(x: torch.Tensor, dtype: torch.dtype, seed: int, step: int,
     out = torch.where(torch.isnan(flat), torch.full_like(out, nan), out | (sign << 15))
     out = out - ((out >> 15) << 16)  # [0, 2**16) -> int16 range, two's complement
     return out.to(torch.int16).view(dtype).view(x.shape)
+
+
+def dequantize_state_dict(state_dict: dict) -> dict:
+    """A copy of an optimizer state dict whose 8-bit states (uint8 codes with their
+    ``<name>_absmax`` scales) are float32 tensors, the scales dropped: what torch.optim (or a
+    fusedopt optimizer without 8-bit states) loads. Everything else is shared, not copied."""
+    out = dict(state_dict)
+    state = {}
+    for key, entry in state_dict["state"].items():
+        entry = dict(entry)
+        for name in [k for k in entry if k + ABSMAX_SUFFIX in entry]:
+            codes, absmax = entry[name], entry.pop(name + ABSMAX_SUFFIX)
+            entry[name] = dequantize_blockwise(codes, absmax, state_map(name, codes.device))
+        state[key] = entry
+    out["state"] = state
+    out["param_groups"] = [{k: v for k, v in g.items() if k not in ("state_dtype", "min_8bit_size")}
+                           for g in state_dict["param_groups"]]
+    return out

@@ -8,12 +8,20 @@ from __future__ import annotations
 
 import torch
 
-from .. import algorithms
+from .. import algorithms, lowbit
 from ..algorithms import lookahead as _lookahead
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def load_states(spec, states, scales, i, cdt) -> dict[str, torch.Tensor]:
+    """Tensor ``i``'s active states in the compute dtype (8-bit ones dequantized)."""
+    if scales is None:
+        return {name: slot[i].to(cdt, copy=True) for name, slot in zip(spec.SLOTS, states) if len(slot)}
+    return {name: lowbit.dequantize_blockwise(slot[i], scales[k][i], lowbit.state_map(name, slot[i].device)).to(cdt)
+            for k, (name, slot) in enumerate(zip(spec.SLOTS, states)) if len(slot)}
 
 
 class Backend:
@@ -25,7 +33,9 @@ class Backend:
 
     @torch.no_grad()
     def step(self, algo, flags, params, grads, states, master, steps, index, hyper,
-             grad_scale=None, found_inf=None, sums=None, phase=0):
+             grad_scale=None, found_inf=None, sums=None, phase=0, scales=None):
+        """``scales``: per slot, the float32 block scales of 8-bit states (``states`` then hold
+        their uint8 codes; ``fusedopt.lowbit``): dequantized before the update, quantized after."""
         if not params:
             return
         spec = algorithms.ALGORITHMS[algo]
@@ -50,12 +60,18 @@ class Backend:
             g32 = g.to(cdt)
             if grad_scale is not None:
                 g32 = g32 * grad_scale.to(cdt)
-            st = {name: slot[i].to(cdt, copy=True) for name, slot in zip(spec.SLOTS, states) if len(slot)}
+            st = load_states(spec, states, scales, i, cdt)
 
-            def store():
-                for name, slot in zip(spec.SLOTS, states):
-                    if len(slot):
+            def store(with_states=True):
+                for k, (name, slot) in enumerate(zip(spec.SLOTS, states)):
+                    if not len(slot) or not with_states:
+                        continue
+                    if scales is None:
                         slot[i].copy_(st[name])
+                    else:
+                        codes, absmax = lowbit.quantize_blockwise(st[name], lowbit.state_map(name, p.device))
+                        slot[i].copy_(codes)
+                        scales[k][i].copy_(absmax)
                 if master is not None:
                     master[i].copy_(p32)
                 p.copy_(p32)
@@ -70,11 +86,12 @@ class Backend:
                 else:
                     tensor_sums = sums[i].tolist()
                 p32 = (master[i] if master is not None else p).to(cdt, copy=True)
-                st = {name: slot[i].to(cdt, copy=True) for name, slot in zip(spec.SLOTS, states) if len(slot)}
+                st = load_states(spec, states, scales, i, cdt)
                 spec.apply_reduced(p32, st, s, f, *tensor_sums)
+                store(with_states=False)  # the second traversal leaves the states as the first stored them
             else:
                 spec.update(p32, g32, st, s, f)
-            store()
+                store()
 
     @torch.no_grad()
     def lookahead(self, params, slow, alpha, master=None):
