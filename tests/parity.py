@@ -291,6 +291,18 @@ def run_call(backend, call, **kw):
     return out
 
 
+def run_split_call(backend, call, sums, scale=None):
+    """A reducing algorithm's step in two calls (Note [split steps]) on a copy of ``call``: phase
+    1 (writing ``sums``), the sums multiplied by ``scale`` when given (as combining the sums of
+    shards would change them), phase 2; returns the copy, updated."""
+    out = clone_call(call)
+    backend.step(**out, sums=sums, phase=1)
+    if scale is not None:
+        sums.mul_(scale)
+    backend.step(**out, sums=sums, phase=2)
+    return out
+
+
 def assert_calls_match(got, want, what=""):
     """Params, every state tensor and the master weights, each within its dtype's tolerance."""
     for i, (a, b) in enumerate(zip(mutable(got), mutable(want))):

@@ -30,7 +30,8 @@ import fusedopt
 from fusedopt import _ext, algorithms, backends
 from parity import (CASES, MIXED_PRECISION, MIXED_PRECISION_IDS, MIXED_ROWS, ODD_SIZES, REPRESENTATIVE, TOL,
                     assert_calls_match, assert_same_state, case_id, clone_call, exact_scalars_call,
-                    interface_problem, make_problem, mutable, random_state, run_call, run_parity, set_rows)
+                    interface_problem, make_problem, mutable, random_state, run_call, run_parity,
+                    run_split_call, set_rows)
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 NAMES = [name for name, _ in REPRESENTATIVE]
@@ -732,23 +733,15 @@ def test_split_lamb_step_is_the_whole_step(backend):
     sizes = (0, 3, 4097, 20011, 1)
     spec, call = _call("LAMB", torch.float32, n=sizes)
 
-    def split(b, sums, scale=None):
-        out = clone_call(call)
-        b.step(**out, sums=sums, phase=1)
-        if scale is not None:
-            sums.mul_(scale)
-        b.step(**out, sums=sums, phase=2)
-        return out
-
     whole = run_call(be, call)
     sums = torch.full((len(sizes), 2), float("nan"), dtype=torch.float64, device="cuda")
-    got = split(be, sums)
+    got = run_split_call(be, call, sums)
     for a, b in zip(mutable(got), mutable(whole)):
         assert torch.equal(a, b)
     ref_sums = torch.zeros(len(sizes), 2, dtype=torch.float64, device="cuda")
-    split(_ref(), ref_sums)
+    run_split_call(_ref(), call, ref_sums)
     torch.testing.assert_close(sums, ref_sums, rtol=1e-6, atol=0)
     scale = torch.tensor([4.0, 1.0], dtype=torch.float64, device="cuda")
-    got = split(be, torch.zeros_like(sums), scale)
-    want = split(_ref(), torch.zeros_like(sums), scale)
+    got = run_split_call(be, call, torch.zeros_like(sums), scale)
+    want = run_split_call(_ref(), call, torch.zeros_like(sums), scale)
     assert_calls_match(got, want, f"split {backend}")

@@ -286,25 +286,13 @@ def test_new_states_are_contiguous_aligned_views_and_checkpoint_at_their_size(tm
 
 # -- a reducing algorithm's step in two calls (Note [split steps]) ------------------------------
 
-def _split(backend, call, sums, scale=None):
-    """Phase 1 on a copy of ``call`` (sums written to ``sums``), the sums multiplied by ``scale``
-    (as an all-reduce over equal shards would), then phase 2; returns the copy."""
-    from parity import clone_call
-    out = clone_call(call)
-    backend.step(**out, sums=sums, phase=1)
-    if scale is not None:
-        sums.mul_(scale)
-    backend.step(**out, sums=sums, phase=2)
-    return out
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_split_lamb_step_is_the_whole_step_and_reads_the_sums_given(backend):
     """LAMB's two traversals in two calls: with the sums of phase 1 untouched the result is the
     whole step's, bit for bit; the sums are each tensor's sums of p^2 and u^2 (the reference's);
     with other sums (those of p times 4: twice the trust ratio) phase 2 scales the update by the
     trust ratio they make, as the reference does given the same sums."""
-    from parity import interface_problem, mutable, run_call
+    from parity import interface_problem, mutable, run_call, run_split_call as _split
     be = backends.get_backend(backend, torch.device("cpu"))
     ref = backends.get_backend("reference", torch.device("cpu"))
     sizes = (0, 3, 4097, 1, 130) if backend != "triton" else (0, 3, 4097, 1)
