@@ -16,13 +16,12 @@ from torch.optim import Optimizer
 
 from . import _checkpoint, _distributed, backends
 from ._checkpoint import State
-from . import lowbit
-from ._plan import HyperTables, Plan, build, eight_bit, layout, state_dtype_of
+from ._plan import HyperTables, Plan, build, layout
+from ._states import init_states
 from ._prologue import prologue
 from ._steps import StepArena
 from .algorithms import Algorithm
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 _SUPPORTED = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -148,55 +147,10 @@ class FusedOptimizer(Optimizer):
             raise ValueError(f"{name}: gradient dtype {g.dtype} differs from its parameter's {p.dtype}")
 
     # -- state -------------------------------------------------------------------------
-    # Note [contiguous states]: the state slots created in one go (a plan's new params) are views
-    # of one buffer per (device, dtype, slot), each view starting on a 64-byte boundary (vector
-    # loads). Allocated one by one, thousands of small states land wherever the allocator puts
-    # them, e.g. scattered after a large model was freed in the same process: measured on 10,000
-    # x 1K AdamW, 19-30 ms per step after a large run against 18-20 ms with contiguous states.
-    # Params that are not contiguous, and DTensors, get their own tensors as before.
     def _init_states(self, items) -> set[int]:
-        """Create the missing state of every (param, group) of ``items``; the ids of the params
-        one of whose slots was created."""
-        fresh: set[int] = set()
-        pooled: dict[tuple, list] = {}
-        for p, group in items:
-            st = self.state[p]
-            quantized = eight_bit(group, p)
-            sdt = state_dtype_of(group, p)
-            for slot, fill in self.algorithm.slot_init(group).items():
-                if st.get(slot) is None:
-                    fresh.add(id(p))
-                    if quantized:  # Note [8-bit states]
-                        if _distributed.is_dtensor(p):
-                            raise RuntimeError(f"{type(self).__name__}: state_dtype='8bit' on DTensor (FSDP2) "
-                                               "params is not supported yet")
-                        qmap = lowbit.state_map(slot, p.device)
-                        st[slot], st[slot + lowbit.ABSMAX_SUFFIX] = lowbit.quantize_blockwise(
-                            torch.full(p.shape, fill, dtype=torch.float32, device=p.device), qmap)
-                    elif p.is_contiguous() and not _distributed.is_dtensor(p):
-                        pooled.setdefault((p.device, sdt, slot), []).append((st, p, fill))
-                    else:
-                        st[slot] = torch.full_like(p, fill, dtype=sdt, memory_format=torch.preserve_format)
-            if group.get("master_weights") and p.dtype in _LOW_PRECISION and "master_param" not in st:
-                st["master_param"] = p.detach().to(torch.float32, copy=True)
-            if self.algorithm.eager_state and "step" not in st:
-                st["step"] = torch.zeros((), dtype=torch.float32)  # adopted by the step counters later
-        for (device, sdt, slot), members in pooled.items():
-            align = 64 // sdt.itemsize
-            offsets, total = [], 0
-            for _, p, _ in members:
-                offsets.append(total)
-                total += -(-p.numel() // align) * align
-            buf = torch.empty(total, dtype=sdt, device=device)
-            fills = {fill for _, _, fill in members}
-            if len(fills) == 1:
-                buf.fill_(fills.pop())
-            for (st, p, fill), at in zip(members, offsets):
-                view = buf[at: at + p.numel()].view(p.shape)
-                if len(fills) > 1:
-                    view.fill_(fill)
-                st[slot] = view
-        return fresh
+        """Create the missing state of every (param, group) of ``items`` (``fusedopt._states``);
+        the ids of the params one of whose slots was created."""
+        return init_states(type(self).__name__, self.algorithm, self.state, items)
 
     def _arena(self, device: torch.device) -> StepArena:
         arena = self._arenas.get(device)

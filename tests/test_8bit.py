@@ -11,7 +11,7 @@ import torch
 
 import fusedopt
 from fusedopt import lowbit
-from parity import REPRESENTATIVE, TOL
+from parity import REPRESENTATIVE
 
 NAMES = [name for name, _ in REPRESENTATIVE]
 BIG, SMALL = 4096 + 300, 300  # one param quantized (two blocks' worth past the threshold), one not
