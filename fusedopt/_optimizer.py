@@ -17,7 +17,7 @@ from torch.optim import Optimizer
 from . import _checkpoint, _distributed, backends
 from ._checkpoint import State
 from ._plan import HyperTables, Plan, build, layout
-from ._states import init_states
+from ._states import check_storage_options, draw_seed, init_states
 from ._prologue import prologue
 from ._steps import StepArena
 from .algorithms import Algorithm
@@ -43,6 +43,11 @@ class FusedOptimizer(Optimizer):
       float32 scale per 256 elements in ``state[name + "_absmax"]``) for params of at least
       ``min_8bit_size=4096`` elements; smaller ones keep float32 states. 8-bit states run on
       the reference backend for now (``backend="auto"`` or ``"reference"``).
+    - ``stochastic_rounding=False``: store the float32 result of 16-bit params (without master
+      weights) rounded up or down with probabilities proportional to the distance, so small
+      updates are not lost to round-to-nearest (``fusedopt.lowbit.stochastic_round``, a Philox
+      stream keyed by ``rounding_seed``, the step count and the element); ``rounding_seed=None``
+      draws one from torch's default generator. Reference backend for now.
     - ``max_grad_norm=None``: clip the global gradient norm to this value; the clip coefficient
       is folded into the update, so gradients are read once for the norm and once for the step.
     - ``accumulation_steps=1``: gradients summed over k micro-batches are scaled by ``1/k``
@@ -62,7 +67,8 @@ class FusedOptimizer(Optimizer):
                  foreach: bool | None = None, fused: bool | None = None,
                  capturable: bool = False, differentiable: bool = False, *,
                  master_weights: bool = False, state_dtype: torch.dtype | str | None = None,
-                 max_grad_norm: float | None = None, accumulation_steps: int = 1, min_8bit_size: int = 4096):
+                 max_grad_norm: float | None = None, accumulation_steps: int = 1, min_8bit_size: int = 4096,
+                 stochastic_rounding: bool = False, rounding_seed: int | None = None):
         # foreach/fused are accepted so torch.optim call sites work unchanged; fusedopt always
         # runs its fused multi-tensor step.
         del foreach, fused
@@ -78,7 +84,10 @@ class FusedOptimizer(Optimizer):
         self.step_skipped: torch.Tensor | None = None
         self._reset_caches()
         defaults = dict(defaults, backend=backend, capturable=bool(capturable),
-                        master_weights=bool(master_weights), state_dtype=state_dtype, min_8bit_size=min_8bit_size)
+                        master_weights=bool(master_weights), state_dtype=state_dtype, min_8bit_size=min_8bit_size,
+                        stochastic_rounding=stochastic_rounding,
+                        rounding_seed=draw_seed() if stochastic_rounding is True and rounding_seed is None
+                        else rounding_seed)
         super().__init__(params, defaults)
         self.state = State(self.state)
         if self.algorithm.eager_state:
@@ -113,15 +122,7 @@ class FusedOptimizer(Optimizer):
         filled = {**self.defaults, **group}
         self.algorithm.validate(filled)
         backends.check_backend_name(filled["backend"])
-        if filled["state_dtype"] not in (None, torch.float32, torch.bfloat16, "8bit"):
-            raise ValueError(f"Invalid state_dtype: {filled['state_dtype']!r} (None, torch.float32, torch.bfloat16 "
-                             "or '8bit')")
-        m = filled["min_8bit_size"]
-        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-            raise ValueError(f"Invalid min_8bit_size: {m!r} (must be an integer >= 1)")
-        if filled["state_dtype"] == "8bit" and filled["backend"] not in ("auto", "reference"):
-            raise ValueError(f"state_dtype='8bit' runs on the reference backend so far, not backend="
-                             f"{filled['backend']!r} (use 'auto' or 'reference')")
+        check_storage_options(filled, group)
         super().add_param_group(group)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -259,6 +260,8 @@ class FusedOptimizer(Optimizer):
                 found_inf)
         if b.scales is not None:  # Note [8-bit states]
             kw["scales"] = b.scales
+        if b.rounding is not None:  # Note [stochastic rounding]
+            kw["rounding"] = b.rounding
         if b.sums is None:
             b.backend.step(*args, **kw)
             return

@@ -68,6 +68,8 @@ class Bucket:
     sums: _distributed.SumReduction | None = None
     # 8-bit states (Note [8-bit states]): per slot (SLOTS order), the scales of each state
     scales: list[list[torch.Tensor]] | None = None
+    # stochastic rounding (Note [stochastic rounding]): per param, (seed, element offset)
+    rounding: list[tuple[int, int]] | None = None
     # What a backend keeps between the calls of this launch, whose states do not change while
     # the plan lives: the compiled backends' state table (Note [cached state tables]).
     cache: dict = field(default_factory=dict)
@@ -101,8 +103,20 @@ class Plan:
 
 
 def layout(algo: Algorithm, group: dict) -> tuple:
-    """What a group's options fix in a plan: backend, active slots, variants, master weights."""
-    return (group["backend"], tuple(algo.slot_init(group)), algo.flags(group), bool(group.get("master_weights")))
+    """What a group's options fix in a plan: backend, active slots, variants, master weights,
+    stochastic rounding and its seed."""
+    return (group["backend"], tuple(algo.slot_init(group)), algo.flags(group), bool(group.get("master_weights")),
+            rounds(group), group.get("rounding_seed"))
+
+
+# Note [stochastic rounding]: with stochastic_rounding=True a 16-bit param (without master
+# weights) is stored as fusedopt.lowbit.stochastic_round of its float32 result, the random bits of
+# element i keyed by (the group's rounding_seed, the tensor's step count, i + the param's offset),
+# the offset being its position among all params of the optimizer times 2**40 (no two params
+# share a stream; params up to 2**40 elements). Such params form launches of their own.
+def rounds(group: dict) -> bool:
+    """Whether ``group`` rounds its params stochastically (Note [stochastic rounding])."""
+    return bool(group.get("stochastic_rounding"))
 
 
 def build(algo: Algorithm, groups: list[dict], with_grads: list[list[torch.Tensor]], states: list[list[dict]],
@@ -119,13 +133,15 @@ def build(algo: Algorithm, groups: list[dict], with_grads: list[list[torch.Tenso
         for p, st in zip(params, sts):
             sdt = st[active[0]].dtype if active else None  # uint8: 8-bit states (Note [8-bit states])
             master = "master_param" in st and bool(group.get("master_weights"))
-            chosen = "reference" if name == "auto" and (p.dtype == torch.float64 or sdt == torch.uint8) else name
-            key = (p.device, p.dtype, sdt, chosen, flags, active, master)
+            sr = rounds(group) and p.dtype in _LOW_PRECISION and not master
+            chosen = "reference" if name == "auto" and (p.dtype == torch.float64 or sdt == torch.uint8 or sr) else name
+            key = (p.device, p.dtype, sdt, chosen, flags, active, master, sr)
             keyed.setdefault(key, []).append((gi, at, p, st))
             at += 1
     plan = Plan(groups=list(groups), params=[p for ps in with_grads for p in ps], version=version,
                 layouts=layouts)
-    for (device, _, sdt, name, flags, active, master), members in keyed.items():
+    position = None  # every param's place in the optimizer, when stochastic rounding needs it
+    for (device, _, sdt, name, flags, active, master, sr), members in keyed.items():
         params = [p for _, _, p, _ in members]
         sts = [st for _, _, _, st in members]
         order = [i for _, i, _, _ in members]
@@ -133,6 +149,10 @@ def build(algo: Algorithm, groups: list[dict], with_grads: list[list[torch.Tenso
         slots = arena.place(params, sts, algo.COUNTERS, fresh, algo.COUNTER_INITS)
         index = torch.tensor([[k, gi] for k, (gi, _, _, _) in zip(slots, members)], dtype=torch.int64).reshape(-1, 2)
         scale_keys = tuple(s + ABSMAX_SUFFIX for s in active) if sdt == torch.uint8 else ()
+        rounding = None
+        if sr:
+            position = position or _positions(groups)
+            rounding = _rounding(groups, members, position)
         watched = {key: [st[key] for st in sts] for key in active + algo.COUNTERS + scale_keys}
         if master:
             watched["master_param"] = [st["master_param"] for st in sts]
@@ -150,8 +170,19 @@ def build(algo: Algorithm, groups: list[dict], with_grads: list[list[torch.Tenso
                           .to(device, non_blocking=True) if algo.SCALAR_STATES else None),
             dtensor=args[0] is not params,
             scales=[watched[s + ABSMAX_SUFFIX] if s in active else [] for s in algo.SLOTS] if scale_keys else None,
+            rounding=rounding,
             sums=_distributed.sum_reduction(params, device, algo.name) if algo.REDUCES else None))
     return plan
+
+
+def _positions(groups: list[dict]) -> dict[int, int]:
+    """Every param's place among all params of the optimizer, by id."""
+    return {id(p): i for i, p in enumerate(p for g in groups for p in g["params"])}
+
+
+def _rounding(groups, members, position) -> list[tuple[int, int]]:
+    """Each member's (rounding_seed of its group, element offset), Note [stochastic rounding]."""
+    return [(int(groups[gi]["rounding_seed"]), position[id(p)] << 40) for gi, _, p, _ in members]
 
 
 class HyperTables:

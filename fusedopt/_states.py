@@ -12,6 +12,37 @@ from ._plan import _LOW_PRECISION, eight_bit, state_dtype_of
 from .algorithms import Algorithm
 
 
+def draw_seed() -> int:
+    """A stochastic-rounding seed from torch's default generator (``torch.manual_seed`` repeats it)."""
+    return int(torch.randint(0, 2 ** 62, (), dtype=torch.int64))
+
+
+def check_storage_options(filled: dict, group: dict) -> None:
+    """The options of how a group stores its states and params (``filled``: the group with the
+    defaults); a group that turns stochastic rounding on without a seed gets one drawn."""
+    sdt = filled["state_dtype"]
+    if sdt not in (None, torch.float32, torch.bfloat16, "8bit"):
+        raise ValueError(f"Invalid state_dtype: {sdt!r} (None, torch.float32, torch.bfloat16 or '8bit')")
+    m = filled["min_8bit_size"]
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ValueError(f"Invalid min_8bit_size: {m!r} (must be an integer >= 1)")
+    sr = filled["stochastic_rounding"]
+    if not isinstance(sr, bool):
+        raise ValueError(f"Invalid stochastic_rounding: {sr!r} (must be True or False)")
+    if sr and filled["master_weights"]:
+        raise ValueError("stochastic_rounding=True rounds the params themselves; with master_weights=True they "
+                         "are rounded from float32 master weights already: choose one")
+    seed = filled["rounding_seed"]
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64):
+        raise ValueError(f"Invalid rounding_seed: {seed!r} (an integer in [0, 2**64), or None)")
+    if sr and seed is None:
+        group["rounding_seed"] = draw_seed()
+    for what, on in (("state_dtype='8bit'", sdt == "8bit"), ("stochastic_rounding=True", sr)):
+        if on and filled["backend"] not in ("auto", "reference"):
+            raise ValueError(f"{what} runs on the reference backend so far, not backend={filled['backend']!r} "
+                             "(use 'auto' or 'reference')")
+
+
 # Note [contiguous states]: the state slots created in one go (a plan's new params) are views
 # of one buffer per (device, dtype, slot), each view starting on a 64-byte boundary (vector
 # loads). Allocated one by one, thousands of small states land wherever the allocator puts

@@ -33,9 +33,11 @@ class Backend:
 
     @torch.no_grad()
     def step(self, algo, flags, params, grads, states, master, steps, index, hyper,
-             grad_scale=None, found_inf=None, sums=None, phase=0, scales=None):
+             grad_scale=None, found_inf=None, sums=None, phase=0, scales=None, rounding=None):
         """``scales``: per slot, the float32 block scales of 8-bit states (``states`` then hold
-        their uint8 codes; ``fusedopt.lowbit``): dequantized before the update, quantized after."""
+        their uint8 codes; ``fusedopt.lowbit``): dequantized before the update, quantized after.
+        ``rounding``: per tensor, (seed, element offset) of stochastic rounding of 16-bit params
+        (``lowbit.stochastic_round`` with the tensor's step count)."""
         if not params:
             return
         spec = algorithms.ALGORITHMS[algo]
@@ -63,7 +65,7 @@ class Backend:
             st = load_states(spec, states, scales, i, cdt)
 
             def store(with_states=True):
-                for k, (name, slot) in enumerate(zip(spec.SLOTS, states)):
+                for j, (name, slot) in enumerate(zip(spec.SLOTS, states)):
                     if not len(slot) or not with_states:
                         continue
                     if scales is None:
@@ -71,10 +73,14 @@ class Backend:
                     else:
                         codes, absmax = lowbit.quantize_blockwise(st[name], lowbit.state_map(name, p.device))
                         slot[i].copy_(codes)
-                        scales[k][i].copy_(absmax)
+                        scales[j][i].copy_(absmax)
                 if master is not None:
                     master[i].copy_(p32)
-                p.copy_(p32)
+                if rounding is not None and p.dtype in (torch.bfloat16, torch.float16):
+                    seed, offset = rounding[i]
+                    p.copy_(lowbit.stochastic_round(p32.float(), p.dtype, seed, int(counts[k]), offset))
+                else:
+                    p.copy_(p32)
 
             if spec.REDUCES:  # two traversals, everything stored in between (as the kernels do)
                 if phase != 2:
