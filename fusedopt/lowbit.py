@@ -18,9 +18,9 @@ A state tensor with at least ``MIN_ELEMENTS`` (4096) elements is stored as
 - ``absmax``: float32, one per block of ``BLOCK`` (256) consecutive elements in flattened
   (row-major) order; ``ceil(n / 256)`` of them, the last block possibly partial.
 
-Signed states (``SIGNED_STATES``: momentum, exp_avg, grad_avg) use ``dynamic_map(True)``,
-non-negative ones (``UNSIGNED_STATES``: exp_avg_sq, sum, square_avg, acc_delta, exp_inf)
-``dynamic_map(False)``. Smaller tensors stay float32: quantizing them saves almost no memory,
+Signed states (``SIGNED_STATES``: momentum_buffer, exp_avg, grad_avg) use
+``dynamic_map(True)``, non-negative ones (``UNSIGNED_STATES``: exp_avg_sq, max_exp_avg_sq, sum,
+square_avg, acc_delta, exp_inf) ``dynamic_map(False)``. Smaller tensors stay float32: quantizing them saves almost no memory,
 and bitsandbytes draws the same line (its ``min_8bit_size`` default is 4096).
 
 Per element (``b = i // 256``)::
