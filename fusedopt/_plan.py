@@ -134,7 +134,7 @@ def build(algo: Algorithm, groups: list[dict], with_grads: list[list[torch.Tenso
             sdt = st[active[0]].dtype if active else None  # uint8: 8-bit states (Note [8-bit states])
             master = "master_param" in st and bool(group.get("master_weights"))
             sr = rounds(group) and p.dtype in _LOW_PRECISION and not master
-            chosen = "reference" if name == "auto" and (p.dtype == torch.float64 or sdt == torch.uint8 or sr) else name
+            chosen = "reference" if name == "auto" and p.dtype == torch.float64 else name
             key = (p.device, p.dtype, sdt, chosen, flags, active, master, sr)
             keyed.setdefault(key, []).append((gi, at, p, st))
             at += 1
@@ -161,7 +161,7 @@ def build(algo: Algorithm, groups: list[dict], with_grads: list[list[torch.Tenso
                 [local(watched[s]) if s in active else [] for s in algo.SLOTS],
                 local(watched["master_param"]) if master else None)
         plan.buckets.append(Bucket(
-            backend=backends.get_backend(name, device), flags=flags, params=params,
+            backend=backends.get_backend(name, device, lowbit=sdt == torch.uint8 or sr), flags=flags, params=params,
             order=None if order == list(range(at)) else order, states=sts, active=active,
             master=master, arena=arena, index=index,
             slots=index[:, 0].contiguous().to(device, non_blocking=True),

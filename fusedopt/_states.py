@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _distributed, lowbit
+from . import _distributed, backends, lowbit
 from ._plan import _LOW_PRECISION, eight_bit, state_dtype_of
 from .algorithms import Algorithm
 
@@ -37,10 +37,12 @@ def check_storage_options(filled: dict, group: dict) -> None:
         raise ValueError(f"Invalid rounding_seed: {seed!r} (an integer in [0, 2**64), or None)")
     if sr and seed is None:
         group["rounding_seed"] = draw_seed()
+    name = filled["backend"]
     for what, on in (("state_dtype='8bit'", sdt == "8bit"), ("stochastic_rounding=True", sr)):
-        if on and filled["backend"] not in ("auto", "reference"):
-            raise ValueError(f"{what} runs on the reference backend so far, not backend={filled['backend']!r} "
-                             "(use 'auto' or 'reference')")
+        if on and name != "auto" and not backends.supports_lowbit(name):
+            able = [b for b in backends.BACKENDS if backends.supports_lowbit(b)]
+            raise ValueError(f"{what} is not supported by backend={name!r} yet; use 'auto' or one of "
+                             + ", ".join(repr(b) for b in able))
 
 
 # Note [contiguous states]: the state slots created in one go (a plan's new params) are views

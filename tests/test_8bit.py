@@ -223,7 +223,6 @@ def test_overflow_step_changes_no_code_and_no_scale():
 
 
 @pytest.mark.parametrize("kw,match", [({"state_dtype": "4bit"}, "state_dtype"),
-                                      ({"state_dtype": "8bit", "backend": "cpu"}, "state_dtype='8bit'"),
                                       ({"min_8bit_size": 0}, "min_8bit_size"),
                                       ({"min_8bit_size": 1.5}, "min_8bit_size")])
 def test_invalid_8bit_options_name_the_argument(kw, match):

@@ -108,7 +108,8 @@ def test_every_algorithm_has_an_op():
     assert ("(Tensor(a!)[] params, Tensor(b!)[] slow, float alpha, Tensor(c!)[]? master=None) -> ()"
             in str(torch.ops.fusedopt.lookahead.default._schema))
     schema = str(torch.ops.fusedopt.state_table.default._schema)
-    assert "(Tensor[] params, Tensor[] s0, Tensor[] s1, Tensor[] s2, Tensor[]? master) -> Tensor" in schema
+    assert ("(Tensor[] params, Tensor[] s0, Tensor[] s1, Tensor[] s2, Tensor[]? master, "
+            "Tensor[]? scales=None, Tensor? rounding=None) -> Tensor") in schema
     assert "(Tensor(a!) table) -> ()" in str(torch.ops.fusedopt.release_table.default._schema)
 
 

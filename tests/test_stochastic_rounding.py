@@ -138,7 +138,6 @@ def test_seed_drawn_from_torch_generator_when_not_given():
 
 @pytest.mark.parametrize("kw,match", [
     ({"stochastic_rounding": True, "master_weights": True}, "stochastic_rounding"),
-    ({"stochastic_rounding": True, "backend": "cpu"}, "stochastic_rounding=True runs on the reference"),
     ({"stochastic_rounding": 1}, "stochastic_rounding"),
     ({"stochastic_rounding": True, "rounding_seed": -1}, "rounding_seed"),
     ({"stochastic_rounding": True, "rounding_seed": 2 ** 64}, "rounding_seed"),

@@ -4,6 +4,7 @@
 
 #include "fusedopt/algos/lookahead.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,6 +31,46 @@ Isa cpu_isa() {
   }();
   return isa;
 }
+
+}  // namespace cpu
+
+namespace lowbit {
+
+Quantizer::Quantizer(bool is_signed) {
+  dynamic_map(is_signed, value);
+  for (int k = 0; k < 255; ++k) mid[k] = (value[k] + value[k + 1]) * 0.5f;
+  for (int k = 255; k < 256 + kMaxInCell; ++k) mid[k] = INFINITY;
+  auto count = [&](float y) {  // #{k : y >= mid[k]}, the rule
+    int c = 0;
+    while (c < 255 && y >= mid[c]) ++c;
+    return c;
+  };
+  zero_code = static_cast<uint8_t>(count(0.0f));
+  // Each cell's smallest and largest y (the lowest cell reaches down to 0, the highest up to inf).
+  const uint32_t step = 1u << (23 - kCellBits);
+  for (int32_t c = 0; c < kCellsPerSign; ++c) {
+    const uint32_t lo = c == 0 ? 0u : (static_cast<uint32_t>(c) + (kMinExp << kCellBits)) * step;
+    const uint32_t hi = c == kCellsPerSign - 1 ? 0x7f800000u
+                                               : (static_cast<uint32_t>(c) + 1 + (kMinExp << kCellBits)) * step - 1;
+    for (int sign = 0; sign < 2; ++sign) {
+      const float ymin = sign ? -fo_u2f(hi) : fo_u2f(lo);
+      const float ymax = sign ? -fo_u2f(lo) : fo_u2f(hi);
+      const int c0 = count(ymin);
+      STD_TORCH_CHECK(count(ymax) - c0 <= kMaxInCell, "fusedopt: an 8-bit quantizer cell holds more than ",
+                      kMaxInCell, " midpoints (a bug in lowbit.h)");
+      first[c + sign * kCellsPerSign] = c0;
+    }
+  }
+}
+
+const Quantizer& quantizer(bool is_signed) {
+  static const Quantizer maps[2] = {Quantizer(false), Quantizer(true)};
+  return maps[is_signed ? 1 : 0];
+}
+
+}  // namespace lowbit
+
+namespace cpu {
 
 const char* isa_name() {
   switch (cpu_isa()) {
@@ -87,9 +128,10 @@ PlanKeys plan_keys(const host::StepTables& tables, size_t n, int counters) {
 }
 
 Tensor state_table(const TensorList& params, const TensorList& s0, const TensorList& s1, const TensorList& s2,
-                   const std::optional<TensorList>& master) {
+                   const std::optional<TensorList>& master, const std::optional<TensorList>& scales,
+                   const std::optional<Tensor>& rounding) {
   const TensorList* slots[kMaxSlots] = {&s0, &s1, &s2};
-  return host::state_table(params, slots, master, host::codes().cpu);
+  return host::state_table(params, slots, master, host::codes().cpu, scales, rounding, /*lowbit=*/true);
 }
 
 // Lookahead's slow-weight update: the rule of algos/lookahead.h on the one traversal, one plan
@@ -98,10 +140,11 @@ void lookahead(const TensorList& params, const TensorList& slow, double alpha,
                const std::optional<TensorList>& master) {
   const host::CheckedCall call = host::check_lookahead(params, slow, master, host::codes().cpu);
   if (call.tensors.empty()) return;
-  const Kernels<Lookahead> kernels = pick_kernels<Lookahead>("fusedopt::lookahead", 0, call.pd, call.sd, call.master);
+  const Kernels<Lookahead> kernels =
+      pick_kernels<Lookahead>("fusedopt::lookahead", 0, call.pd, call.sd, call.master, false);
   const double row[Lookahead::kNumHyper] = {alpha};
   const std::vector<Plan<Lookahead>> plans = {
-      Plan<Lookahead>{Lookahead::make(row), Preamble::identity(), kernels.fn[0][0]}};
+      Plan<Lookahead>{Lookahead::make(row), Preamble::identity(), kernels.fn[0][0], 0}};
   const std::vector<Item> items = make_items(call.tensors.size(), [&](size_t t) { return call.tensors[t].n; });
   traverse<Lookahead>(call, items, plans, std::vector<int32_t>(call.tensors.size(), 0), nullptr);
 }

@@ -29,6 +29,7 @@
 
 #include "fusedopt/common.h"
 #include "fusedopt/dtype.h"
+#include "fusedopt/lowbit.h"
 #include "fusedopt/tensor_info.h"
 #include "step.h"
 
@@ -51,6 +52,7 @@ namespace cpu {
 // Elements per work item. Big enough that per-item overhead vanishes, small
 // enough that 1,000-tensor calls and single huge tensors both balance.
 constexpr int64_t kChunk = 16384;
+static_assert(kChunk % lowbit::kQuantBlock == 0, "an item must start on an 8-bit block");
 // Below this many elements per thread, waking the pool costs more than it saves.
 constexpr int64_t kMinElementsPerThread = 32768;
 // Per-item fixed cost, in element equivalents, for load balancing.
@@ -64,19 +66,77 @@ enum class Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
 Isa cpu_isa();           // detected once; capped by FUSEDOPT_CPU_ISA
 const char* isa_name();  // of cpu_isa()
 
+// What a work item of a low-bit call passes beside its addresses (Note [low-bit items]).
+struct ItemExtras {
+  float* scale[kMaxSlots];  // 8-bit states: per slot, the scale of the item's first block
+  uint64_t seed, step, index;  // stochastic rounding: element i's bits are random_bits(seed, step, index + i)
+};
+
+// Note [lane sums]: a reduction the compiler may not reassociate does not vectorise, so the sums
+// of a reducing algorithm go to kLanes float32 accumulators, element i of an item to lane
+// i % kLanes, each lane over at most kChunk / kLanes elements; the lanes are added in order in
+// float64 at the end of the item. The order is fixed, so every instruction-set clone gives the
+// same sums.
+constexpr int64_t kLanes = 16;
+
+// element(i, lane0, lane1) for i in [0, n), lane k of an element i = k mod kLanes (n and the
+// first i being multiples of kLanes but for the tail), or without lanes.
+template <bool REDUCES, class Element>
+FUSEDOPT_INLINE void for_elements(int64_t n, const Element& element, float* lane0, float* lane1) {
+  if constexpr (REDUCES) {
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes) {
+      for (int64_t k = 0; k < kLanes; ++k) element(i + k, lane0[k], lane1[k]);
+    }
+    for (int64_t k = 0; i < n; ++i, ++k) element(i, lane0[k], lane1[k]);
+  } else {
+    float unused0 = 0.0f, unused1 = 0.0f;
+    for (int64_t i = 0; i < n; ++i) element(i, unused0, unused1);
+  }
+}
+
+// One block of an 8-bit state, quantized (fusedopt/lowbit.py): its scale is the largest |x| (the
+// maximum of the bit patterns of |x|, in which NaN is above inf: a NaN propagates), and each
+// code the quantizer's code of x / scale (0 / 0 is not taken: a zero block stores the code of 0).
+FUSEDOPT_INLINE void quantize_block(const float* __restrict t, int64_t n, uint8_t* __restrict codes,
+                                    float* __restrict scale, const lowbit::Quantizer& q) {
+  uint32_t m = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t a = fo_f2u(t[i]) & 0x7fffffffu;
+    m = a > m ? a : m;
+  }
+  const float absmax = fo_u2f(m);
+  *scale = absmax;
+  if (absmax == 0.0f) {
+    for (int64_t i = 0; i < n; ++i) codes[i] = q.zero_code;
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) codes[i] = q.code(t[i] / absmax);
+}
+
 // The inner loop of one work item: load, upcast, preamble, update, round, store.
 // With MASTER the float32 master weight is the parameter the update reads and
-// writes; the 16-bit param receives its rounding in the same pass.
+// writes; the 16-bit param receives its rounding in the same pass, to nearest or, with ROUND,
+// stochastically (Note [low-bit items]).
 // An algorithm that reduces (A::kReduces, LAMB) also adds its per-element contributions to two
-// float64 sums, added to sums[0], sums[1] at the end of the item (Note [reducing algorithms]).
-template <class M, class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED>
+// float64 sums, added to sums[0], sums[1] at the end of the item (Note [reducing algorithms]);
+// its second traversal (the per-tensor bit) leaves the states as the first stored them.
+//
+// Note [low-bit items]: with 8-bit states (SD kUInt8) an item is walked block by block (an item
+// starts on a block: kChunk is a multiple of lowbit::kQuantBlock): each element's states are
+// dequantized (map[code] * the block's scale, one multiply) into float32, updated, kept in a
+// block buffer, and the block is quantized when its elements are done. With ROUND each param
+// element i of the item is stored as lowbit::stochastic_round of its float32 value, with the bits
+// of random_bits(seed, the tensor's step count, offset + its index in the tensor).
+template <class M, class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED, bool ROUND>
 FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre_, void* p_,
                                  const void* g_, float* master_, void* s0_, void* s1_, void* s2_,
-                                 int64_t n, double* sums) {
+                                 int64_t n, double* sums, const ItemExtras& ex_) {
   // Note [local copies]: the scalars are copied out of memory the stores could alias as far
   // as the compiler knows; read through the references, they defeat vectorisation.
   const typename A::Args a = a_;
   const Preamble pre = pre_;
+  const ItemExtras ex = ex_;
   using PT = typename Storage<PD>::type;
   using ST = typename Storage<SD>::type;
   PT* __restrict p = static_cast<PT*>(p_);
@@ -86,13 +146,11 @@ FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre
   ST* __restrict s1 = static_cast<ST*>(s1_);
   ST* __restrict s2 = static_cast<ST*>(s2_);
   constexpr int kSlots = A::slots(V);
-  auto element = [&](int64_t i, float& acc0, float& acc1) __attribute__((always_inline)) {
+  constexpr bool kWrites = !(A::kReduces && (V & A::kTensorBit));
+  // The update of element i from its states x, y, z (in, and out when kWrites).
+  auto update = [&](int64_t i, float& x, float& y, float& z, float& acc0, float& acc1) __attribute__((always_inline)) {
     float pv = MASTER ? master[i] : load_as_float<PD>(p[i]);
     float gv = 0.0f;
-    float x = 0.0f, y = 0.0f, z = 0.0f;
-    if (kSlots & kSlot0) x = load_as_float<SD>(s0[i]);
-    if (kSlots & kSlot1) y = load_as_float<SD>(s1[i]);
-    if (kSlots & kSlot2) z = load_as_float<SD>(s2[i]);
     if constexpr (A::kReadsGrad) {
       gv = load_as_float<PD>(g[i]);
       pre.template apply<COUPLED, M>(pv, gv);
@@ -103,42 +161,76 @@ FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre
       A::template apply<V, M>(a, pv, gv, x, y, z);
     }
     if (MASTER) master[i] = pv;
-    p[i] = store_from_float<PD>(pv);
-    if (kSlots & kSlot0) s0[i] = store_from_float<SD>(x);
-    if (kSlots & kSlot1) s1[i] = store_from_float<SD>(y);
-    if (kSlots & kSlot2) s2[i] = store_from_float<SD>(z);
-  };
-  if constexpr (A::kReduces) {
-    // Note [lane sums]: a reduction the compiler may not reassociate does not vectorise, so the
-    // sums go to kLanes float32 accumulators, element i to lane i % kLanes, each lane over at
-    // most kChunk / kLanes elements; the lanes are added in order in float64 at the end. The
-    // order is fixed, so every instruction-set clone gives the same sums.
-    constexpr int64_t kLanes = 16;
-    float lane0[kLanes] = {}, lane1[kLanes] = {};
-    int64_t i = 0;
-    for (; i + kLanes <= n; i += kLanes) {
-      for (int64_t k = 0; k < kLanes; ++k) element(i + k, lane0[k], lane1[k]);
+    if constexpr (ROUND) {
+      p[i] = lowbit::stochastic_round<PD>(pv, lowbit::random_bits(ex.seed, ex.step, ex.index + static_cast<uint64_t>(i)));
+    } else {
+      p[i] = store_from_float<PD>(pv);
     }
-    for (int64_t k = 0; i < n; ++i, ++k) element(i, lane0[k], lane1[k]);
-    if (sums != nullptr) {
-      for (int64_t k = 0; k < kLanes; ++k) {
-        sums[0] += lane0[k];
-        sums[1] += lane1[k];
+  };
+  float lane0[kLanes] = {}, lane1[kLanes] = {};
+  if constexpr (SD == DType::kUInt8) {
+    constexpr int64_t kB = lowbit::kQuantBlock;
+    const lowbit::Quantizer& q0 = lowbit::quantizer(A::kSignedSlots & 1);
+    const lowbit::Quantizer& q1 = lowbit::quantizer(A::kSignedSlots & 2);
+    const lowbit::Quantizer& q2 = lowbit::quantizer(A::kSignedSlots & 4);
+    const float* __restrict map0 = q0.value;
+    const float* __restrict map1 = q1.value;
+    const float* __restrict map2 = q2.value;
+    alignas(64) float t0[kB], t1[kB], t2[kB];
+    for (int64_t b = 0; b < n; b += kB) {
+      const int64_t len = std::min(kB, n - b);
+      const int64_t blk = b / kB;
+      const float c0 = (kSlots & kSlot0) ? ex.scale[0][blk] : 0.0f;
+      const float c1 = (kSlots & kSlot1) ? ex.scale[1][blk] : 0.0f;
+      const float c2 = (kSlots & kSlot2) ? ex.scale[2][blk] : 0.0f;
+      const uint8_t* __restrict q0c = s0 + b;
+      const uint8_t* __restrict q1c = s1 + b;
+      const uint8_t* __restrict q2c = s2 + b;
+      auto element = [&](int64_t k, float& acc0, float& acc1) __attribute__((always_inline)) {
+        float x = (kSlots & kSlot0) ? map0[q0c[k]] * c0 : 0.0f;
+        float y = (kSlots & kSlot1) ? map1[q1c[k]] * c1 : 0.0f;
+        float z = (kSlots & kSlot2) ? map2[q2c[k]] * c2 : 0.0f;
+        update(b + k, x, y, z, acc0, acc1);
+        t0[k] = x;
+        t1[k] = y;
+        t2[k] = z;
+      };
+      for_elements<A::kReduces>(len, element, lane0, lane1);
+      if constexpr (kWrites) {
+        if (kSlots & kSlot0) quantize_block(t0, len, s0 + b, ex.scale[0] + blk, q0);
+        if (kSlots & kSlot1) quantize_block(t1, len, s1 + b, ex.scale[1] + blk, q1);
+        if (kSlots & kSlot2) quantize_block(t2, len, s2 + b, ex.scale[2] + blk, q2);
       }
     }
   } else {
-    float unused0 = 0.0f, unused1 = 0.0f;
-    for (int64_t i = 0; i < n; ++i) element(i, unused0, unused1);
+    auto element = [&](int64_t i, float& acc0, float& acc1) __attribute__((always_inline)) {
+      float x = (kSlots & kSlot0) ? load_as_float<SD>(s0[i]) : 0.0f;
+      float y = (kSlots & kSlot1) ? load_as_float<SD>(s1[i]) : 0.0f;
+      float z = (kSlots & kSlot2) ? load_as_float<SD>(s2[i]) : 0.0f;
+      update(i, x, y, z, acc0, acc1);
+      if constexpr (kWrites) {
+        if (kSlots & kSlot0) s0[i] = store_from_float<SD>(x);
+        if (kSlots & kSlot1) s1[i] = store_from_float<SD>(y);
+        if (kSlots & kSlot2) s2[i] = store_from_float<SD>(z);
+      }
+    };
+    for_elements<A::kReduces>(n, element, lane0, lane1);
+  }
+  if (A::kReduces && sums != nullptr) {
+    for (int64_t k = 0; k < kLanes; ++k) {
+      sums[0] += lane0[k];
+      sums[1] += lane1[k];
+    }
   }
 }
 
 #define FUSEDOPT_RANGE_PARAMS                                                                   \
   const typename A::Args &a, const Preamble &pre, void *p, const void *g, float *master, void *s0, \
-      void *s1, void *s2, int64_t n, double *sums
-#define FUSEDOPT_RANGE_ARGS a, pre, p, g, master, s0, s1, s2, n, sums
-#define FUSEDOPT_LOOP_TARGS A, V, PD, SD, MASTER, COUPLED
+      void *s1, void *s2, int64_t n, double *sums, const ItemExtras &ex
+#define FUSEDOPT_RANGE_ARGS a, pre, p, g, master, s0, s1, s2, n, sums, ex
+#define FUSEDOPT_LOOP_TARGS A, V, PD, SD, MASTER, COUPLED, ROUND
 
-template <class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED>
+template <class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED, bool ROUND>
 __attribute__((noinline)) void update_range_baseline(FUSEDOPT_RANGE_PARAMS) {
 #if FUSEDOPT_X86_CLONES
   update_loop<SoftFma, FUSEDOPT_LOOP_TARGS>(FUSEDOPT_RANGE_ARGS);
@@ -148,11 +240,11 @@ __attribute__((noinline)) void update_range_baseline(FUSEDOPT_RANGE_PARAMS) {
 }
 
 #if FUSEDOPT_X86_CLONES
-template <class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED>
+template <class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED, bool ROUND>
 FUSEDOPT_TARGET_V3 __attribute__((noinline)) void update_range_v3(FUSEDOPT_RANGE_PARAMS) {
   update_loop<HwFma, FUSEDOPT_LOOP_TARGS>(FUSEDOPT_RANGE_ARGS);
 }
-template <class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED>
+template <class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED, bool ROUND>
 FUSEDOPT_TARGET_V4 __attribute__((noinline)) void update_range_v4(FUSEDOPT_RANGE_PARAMS) {
   update_loop<HwFma, FUSEDOPT_LOOP_TARGS>(FUSEDOPT_RANGE_ARGS);
 }
@@ -160,13 +252,20 @@ FUSEDOPT_TARGET_V4 __attribute__((noinline)) void update_range_v4(FUSEDOPT_RANGE
 
 template <class A>
 using RangeFn = void (*)(const typename A::Args&, const Preamble&, void*, const void*, float*, void*,
-                         void*, void*, int64_t, double*);
+                         void*, void*, int64_t, double*, const ItemExtras&);
 
-template <class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED>
+// Note [low-bit clones]: the 8-bit and stochastic-rounding loops are compiled for the baseline
+// and x86-64-v3 only (an AVX-512 machine runs the v3 clone): they are bound by table reads and
+// integer work more than by vector width, and each clone of them costs as much build time as
+// all the float ones of an algorithm.
+template <class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED, bool ROUND>
 RangeFn<A> pick_isa() {
 #if FUSEDOPT_X86_CLONES
+  constexpr bool kLowBit = SD == DType::kUInt8 || ROUND;
   switch (cpu_isa()) {
-    case Isa::kAvx512: return &update_range_v4<FUSEDOPT_LOOP_TARGS>;
+    case Isa::kAvx512:
+      if constexpr (!kLowBit) return &update_range_v4<FUSEDOPT_LOOP_TARGS>;
+      return &update_range_v3<FUSEDOPT_LOOP_TARGS>;
     case Isa::kAvx2: return &update_range_v3<FUSEDOPT_LOOP_TARGS>;
     default: break;
   }
@@ -182,19 +281,19 @@ struct Kernels {
 };
 
 template <class A>
-Kernels<A> pick_kernels(const std::string& name, int variant, DType pd, DType sd, bool master) {
+Kernels<A> pick_kernels(const std::string& name, int variant, DType pd, DType sd, bool master, bool round) {
   Kernels<A> k{};
   const bool found = with_call_variant<A>(variant, [&](auto v) {
-    with_storage<A::kHalfStates>(pd, sd, master, [&](auto pdc, auto sdc, auto mc) {
+    with_storage<A::kHalfStates, A::kLowBit>(pd, sd, master, round, [&](auto pdc, auto sdc, auto mc, auto rc) {
       constexpr int V = decltype(v)::value;
       constexpr int VT = A::canonical(V | A::kTensorBit);
       static_assert(A::slots(VT) == A::slots(V), "a per-tensor variant must not change the slots");
       constexpr DType PD = decltype(pdc)::value, SD = decltype(sdc)::value;
-      constexpr bool MASTER = decltype(mc)::value;
-      k.fn[0][0] = pick_isa<A, V, PD, SD, MASTER, false>();
-      k.fn[0][1] = pick_isa<A, V, PD, SD, MASTER, true>();
-      k.fn[1][0] = pick_isa<A, VT, PD, SD, MASTER, false>();
-      k.fn[1][1] = pick_isa<A, VT, PD, SD, MASTER, true>();
+      constexpr bool MASTER = decltype(mc)::value, ROUND = decltype(rc)::value;
+      k.fn[0][0] = pick_isa<A, V, PD, SD, MASTER, false, ROUND>();
+      k.fn[0][1] = pick_isa<A, V, PD, SD, MASTER, true, ROUND>();
+      k.fn[1][0] = pick_isa<A, VT, PD, SD, MASTER, false, ROUND>();
+      k.fn[1][1] = pick_isa<A, VT, PD, SD, MASTER, true, ROUND>();
     });
   });
   STD_TORCH_CHECK(found, name, ": no kernel for variant ", variant, " (a bug in its descriptor)");
@@ -259,7 +358,7 @@ void for_each_item(size_t count, const Size& size, const Body& body) {
   run_items(make_items(count, size), body);
 }
 
-inline size_t dtype_size(DType d) { return d == DType::kFloat ? 4 : 2; }
+inline size_t dtype_size(DType d) { return d == DType::kFloat ? 4 : d == DType::kUInt8 ? 1 : 2; }
 
 // The distinct (hyper row, counters) keys of a call in first-seen order, and each tensor's
 // position among them (Note [per-tensor plans]); `counters` is the algorithm's kNumCounters (the
@@ -280,6 +379,7 @@ struct Plan {
   typename A::Args args;
   Preamble pre;
   RangeFn<A> fn;
+  uint64_t step;  // the step count t (stochastic rounding's counter)
 };
 
 // Runs every work item of `call` (items: make_items of its tensors) through its tensor's plan,
@@ -296,9 +396,14 @@ void traverse(const host::CheckedCall& call, const std::vector<Item>& items, con
   run_items(items, [&](int64_t t, int64_t b, int64_t len, size_t i) {
     const host::CheckedTensor& d = call.tensors[t];
     const Plan<A>& pl = by_plan[of[t]];
+    const int64_t blk = b / lowbit::kQuantBlock;  // an item starts on a block (Note [low-bit items])
+    const ItemExtras ex{{d.scale[0] != nullptr ? d.scale[0] + blk : nullptr,
+                         d.scale[1] != nullptr ? d.scale[1] + blk : nullptr,
+                         d.scale[2] != nullptr ? d.scale[2] + blk : nullptr},
+                        d.seed, pl.step, d.offset + static_cast<uint64_t>(b)};
     pl.fn(pl.args, pl.pre, at(d.p, b * pb), at(d.g, b * pb), d.master != nullptr ? d.master + b : nullptr,
           at(d.s[0], b * sb), at(d.s[1], b * sb), at(d.s[2], b * sb), len,
-          partials != nullptr ? partials + 2 * i : nullptr);
+          partials != nullptr ? partials + 2 * i : nullptr, ex);
   });
 }
 
@@ -317,7 +422,7 @@ void Step<A>::op(const TensorList& params, const TensorList& grads, const Tensor
   if (tensors.empty() || (chk.found_inf != nullptr && *chk.found_inf != 0.0f)) return;
 
   const Kernels<A> kernels = pick_kernels<A>(std::string("fusedopt::") + A::kName, chk.variant,
-                                             chk.call.pd, chk.call.sd, chk.call.master);
+                                             chk.call.pd, chk.call.sd, chk.call.master, chk.call.round);
   const float scale = chk.grad_scale != nullptr ? *chk.grad_scale : 1.0f;
   const PlanKeys keys = plan_keys(chk.tables, tensors.size(), A::kNumCounters);
   std::vector<Plan<A>> plans(keys.rows.size());
@@ -327,6 +432,7 @@ void Step<A>::op(const TensorList& params, const TensorList& grads, const Tensor
     pl.args = make_args<A>(h, chk.tables.steps + keys.slots[k]);
     pl.pre = Preamble::make(h, scale);
     pl.fn = kernels.fn[A::tensor_variant(pl.args) != 0][pl.pre.coupled];
+    pl.step = static_cast<uint64_t>(chk.tables.steps[keys.slots[k]]);
   }
 
   const std::vector<Item> items = make_items(tensors.size(), [&](size_t t) { return tensors[t].n; });
@@ -360,6 +466,7 @@ void Step<A>::op(const TensorList& params, const TensorList& grads, const Tensor
       pl.args = A::reduced(plans[keys.of[t]].args, sums[2 * t], sums[2 * t + 1]);
       pl.pre = Preamble::identity();
       pl.fn = kernels.fn[A::tensor_variant(pl.args) != 0][0];
+      pl.step = plans[keys.of[t]].step;
       own[t] = static_cast<int32_t>(t);
     }
     traverse<A>(chk.call, items, second, own, nullptr);

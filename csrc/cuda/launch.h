@@ -26,6 +26,16 @@ struct TensorDesc {
 };
 static_assert(sizeof(TensorDesc) == 72, "TensorDesc layout");
 
+// One row of the low-bit table, in device memory beside the tensor table (row t: tensor t), in
+// a call with 8-bit states or stochastic rounding only: 40 bytes, every byte set (the cache keys
+// on them too).
+struct LowBitDesc {
+  float* scale[3];  // 8-bit states (lowbit.cuh): each slot's float32 block scales, null when inactive
+  uint64_t seed;    // stochastic rounding: param element i is stored with the bits of
+  uint64_t offset;  // lowbit::random_bits(seed, its step count, offset + i)
+};
+static_assert(sizeof(LowBitDesc) == 40, "LowBitDesc layout");
+
 // One row of the work table: a chunk of one tensor, one thread block.
 struct WorkItem {
   int32_t tensor;
@@ -42,8 +52,9 @@ constexpr int kInlineRow = 1;
 // One launch of algorithm A, or of another rule of the traversal (Lookahead), launch_step<A> below.
 struct StepLaunch {
   int variant;  // A's call-wide variant (fusedopt/common.h)
-  DType pd, sd;
+  DType pd, sd;  // sd kUInt8: 8-bit states (`lowbit` holds their scales)
   bool master;
+  bool round;   // 16-bit params stored by stochastic rounding (`lowbit` holds the seeds)
   const float* steps;         // the step counters, on the device
   const double* hyper;        // the rows, [rows, A::kNumHyper], on the device; or null:
   double inline_row[kInlineRow];  // every tensor's row, passed by value
@@ -51,6 +62,7 @@ struct StepLaunch {
   const float* found_inf;     // 0-dim float32 on the device, or null
   const TensorDesc* tensors;  // device memory
   const WorkItem* items;      // device memory
+  const LowBitDesc* lowbit;   // device memory, parallel to `tensors`, with 8-bit states or `round` (else null)
   int64_t n_items;
   int64_t chunk_elems;
   void* stream;  // cudaStream_t

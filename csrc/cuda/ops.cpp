@@ -5,11 +5,12 @@
 // CUDA runtime API only. Per call: check every param and grad against the state table (made by
 // fusedopt::state_table, which this file registers for CUDA tensors too) and the tables (steps,
 // index, hyper), build the tensor table on the host (addresses, sizes, alignment, and each
-// tensor's step slot and hyper row from `index`), look it up in a small cache of device tables keyed on its
-// contents; on a miss, build the work table too and copy both to a device buffer (allocated
-// through torch, so from its caching allocator) asynchronously on torch's current stream from a
-// pinned staging buffer; then ONE launch on that stream, whose blocks read their tensor's step
-// count and row on the device. Nothing here waits for the device.
+// tensor's step slot and hyper row from `index`; with 8-bit states or stochastic rounding, the
+// low-bit table beside it: scales, seeds, offsets), look it up in a small cache of device tables
+// keyed on their contents; on a miss, build the work table too and copy them to a device buffer
+// (allocated through torch, so from its caching allocator) asynchronously on torch's current
+// stream from a pinned staging buffer; then ONE launch on that stream, whose blocks read their
+// tensor's step count and row on the device. Nothing here waits for the device.
 #include <dlfcn.h>
 #include <stdint.h>
 #include <string.h>
@@ -114,9 +115,10 @@ struct Staging {
 
 struct DeviceTable {
   std::vector<TensorDesc> key;  // the tensor table this device table was built from
+  std::vector<LowBitDesc> lowbit_key;  // and its low-bit table (empty without one)
   int64_t chunk = 0;
   size_t hash = 0;
-  std::optional<Tensor> buffer;  // tensor table then work table, in device memory
+  std::optional<Tensor> buffer;  // tensor table, low-bit table (if any), work table, in device memory
   int64_t n_items = 0;
   void* stream = nullptr;  // the stream its memory was allocated on
   bool permanent = false;  // used on another stream or in graph capture: never evicted
@@ -184,18 +186,23 @@ Staging& staging_buffer(DeviceState& ds, size_t bytes, bool capturing) {
 
 struct Tables {
   const TensorDesc* tensors;
+  const LowBitDesc* lowbit;  // null without a low-bit table
   const WorkItem* items;
   int64_t n_items;
   int64_t chunk;
 };
 
-// The device tables for `descs` (cached), uploaded on `stream` when new.
-Tables device_tables(std::vector<TensorDesc>&& descs, int32_t device, void* stream) {
+// The device tables for `descs` and `lowbit` (cached; `lowbit` empty or one row per tensor),
+// uploaded on `stream` when new. The buffer: the tensor table, the low-bit table, the work table.
+Tables device_tables(std::vector<TensorDesc>&& descs, std::vector<LowBitDesc>&& lowbit, int32_t device,
+                     void* stream) {
   int64_t total = 0;
   for (const TensorDesc& d : descs) total += d.n;
   const int64_t chunk = chunk_elems(total, device);
   const size_t key_bytes = descs.size() * sizeof(TensorDesc);
-  const size_t h = hash_bytes(descs.data(), key_bytes) ^ static_cast<size_t>(chunk);
+  const size_t lowbit_bytes = lowbit.size() * sizeof(LowBitDesc);
+  const size_t h = hash_bytes(descs.data(), key_bytes) ^ static_cast<size_t>(chunk) ^
+                   (lowbit_bytes ? hash_bytes(lowbit.data(), lowbit_bytes) * 31u : 0u);
 
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   unsigned long long capture_id = 0;
@@ -212,15 +219,18 @@ Tables device_tables(std::vector<TensorDesc>&& descs, int32_t device, void* stre
     ds.tables.splice(ds.tables.begin(), ds.tables, it);
     const DeviceTable& t = ds.tables.front();
     const char* base = static_cast<const char*>(t.buffer->data_ptr());
+    const size_t lowbit_at = t.key.size() * sizeof(TensorDesc);
+    const size_t items_at = lowbit_at + t.lowbit_key.size() * sizeof(LowBitDesc);
     return Tables{reinterpret_cast<const TensorDesc*>(base),
-                  reinterpret_cast<const WorkItem*>(base + t.key.size() * sizeof(TensorDesc)),
-                  t.n_items, t.chunk};
+                  t.lowbit_key.empty() ? nullptr : reinterpret_cast<const LowBitDesc*>(base + lowbit_at),
+                  reinterpret_cast<const WorkItem*>(base + items_at), t.n_items, t.chunk};
   };
 
   for (auto it = ds.tables.begin(); it != ds.tables.end(); ++it) {
     if (it->captured && !(capturing && it->capture_id == capture_id)) continue;
     if (it->hash == h && it->chunk == chunk && it->key.size() == descs.size() &&
-        memcmp(it->key.data(), descs.data(), key_bytes) == 0)
+        it->lowbit_key.size() == lowbit.size() && memcmp(it->key.data(), descs.data(), key_bytes) == 0 &&
+        (lowbit_bytes == 0 || memcmp(it->lowbit_key.data(), lowbit.data(), lowbit_bytes) == 0))
       return use(it);
   }
 
@@ -235,7 +245,7 @@ Tables device_tables(std::vector<TensorDesc>&& descs, int32_t device, void* stre
   if (items.size() > static_cast<size_t>(INT32_MAX))
     fail("fusedopt cuda: too many work items for one launch");
   const size_t item_bytes = items.size() * sizeof(WorkItem);
-  const size_t bytes = key_bytes + item_bytes;
+  const size_t bytes = key_bytes + lowbit_bytes + item_bytes;
 
   int64_t size = static_cast<int64_t>(std::max<size_t>(bytes, 1));
   int64_t stride = 1;
@@ -246,7 +256,8 @@ Tables device_tables(std::vector<TensorDesc>&& descs, int32_t device, void* stre
 
   Staging& st = staging_buffer(ds, bytes, capturing);
   memcpy(st.host, descs.data(), key_bytes);
-  if (item_bytes) memcpy(static_cast<char*>(st.host) + key_bytes, items.data(), item_bytes);
+  if (lowbit_bytes) memcpy(static_cast<char*>(st.host) + key_bytes, lowbit.data(), lowbit_bytes);
+  if (item_bytes) memcpy(static_cast<char*>(st.host) + key_bytes + lowbit_bytes, items.data(), item_bytes);
   check_cuda(cudaMemcpyAsync(buffer.data_ptr(), st.host, bytes, cudaMemcpyHostToDevice,
                              static_cast<cudaStream_t>(stream)),
              "cudaMemcpyAsync");
@@ -255,6 +266,7 @@ Tables device_tables(std::vector<TensorDesc>&& descs, int32_t device, void* stre
 
   DeviceTable t;
   t.key = std::move(descs);
+  t.lowbit_key = std::move(lowbit);
   t.chunk = chunk;
   t.hash = h;
   t.buffer = std::move(buffer);
@@ -302,13 +314,26 @@ void launch(const host::CheckedCall& call, const int64_t* index, StepLaunch l) {
     d.row = index != nullptr ? static_cast<int32_t>(index[2 * t + 1]) : 0;
     d.vec = c.aligned16 ? 1 : 0;
   }
+  // 8-bit states, stochastic rounding: the low-bit table (value-initialised as well).
+  std::vector<LowBitDesc> lowbit;
+  if (call.sd == DType::kUInt8 || call.round) {
+    lowbit.resize(n);
+    for (size_t t = 0; t < n; ++t) {
+      const host::CheckedTensor& c = call.tensors[t];
+      for (int k = 0; k < host::kStateSlots; ++k) lowbit[t].scale[k] = c.s[k] != nullptr ? c.scale[k] : nullptr;
+      lowbit[t].seed = call.round ? c.seed : 0;
+      lowbit[t].offset = call.round ? c.offset : 0;
+    }
+  }
   l.pd = call.pd;
   l.sd = call.sd;
   l.master = call.master;
+  l.round = call.round;
   torch::stable::accelerator::DeviceGuard guard(device);
   void* stream = current_stream(device);
-  Tables tab = device_tables(std::move(descs), device, stream);
+  Tables tab = device_tables(std::move(descs), std::move(lowbit), device, stream);
   l.tensors = tab.tensors;
+  l.lowbit = tab.lowbit;
   l.items = tab.items;
   l.n_items = tab.n_items;
   l.chunk_elems = tab.chunk;
@@ -358,11 +383,14 @@ void lookahead(const TensorList& params, const TensorList& slow, double alpha,
   launch<Lookahead>(host::check_lookahead(params, slow, master, codes().cuda), nullptr, l);
 }
 
-// fusedopt::state_table for CUDA tensors: the table itself is host memory.
+// fusedopt::state_table for CUDA tensors: the table itself is host memory. 8-bit states (with
+// their scales) and stochastic rounding (with its seeds) are taken: the kernels have them
+// (lowbit.cuh, multi_tensor.cuh).
 Tensor state_table(const TensorList& params, const TensorList& s0, const TensorList& s1, const TensorList& s2,
-                   const std::optional<TensorList>& master) {
+                   const std::optional<TensorList>& master, const std::optional<TensorList>& scales,
+                   const std::optional<Tensor>& rounding) {
   const TensorList* slots[host::kStateSlots] = {&s0, &s1, &s2};
-  return host::state_table(params, slots, master, codes().cuda);
+  return host::state_table(params, slots, master, codes().cuda, scales, rounding, /*lowbit=*/true);
 }
 
 }  // namespace
@@ -388,8 +416,8 @@ extern "C" __attribute__((visibility("default"))) const char* fusedopt_cuda_info
 #define FUSEDOPT_NAME(A) s += std::string(" ") + fusedopt::A::kName;
     FUSEDOPT_FOR_EACH_ALGORITHM(FUSEDOPT_NAME)
 #undef FUSEDOPT_NAME
-    return s + " lookahead; per-tensor step counts and hyperparameter rows; nvcc " FUSEDOPT_STR(
-                   __CUDACC_VER_MAJOR__) "." FUSEDOPT_STR(__CUDACC_VER_MINOR__);
+    return s + " lookahead; per-tensor step counts and hyperparameter rows; 8-bit states; stochastic rounding; "
+               "nvcc " FUSEDOPT_STR(__CUDACC_VER_MAJOR__) "." FUSEDOPT_STR(__CUDACC_VER_MINOR__);
   }();
   return info.c_str();
 }

@@ -19,6 +19,7 @@ import os
 import sys
 
 from . import ALGORITHMS, COMMON_HYPER
+from ..lowbit import SIGNED_STATES
 
 HEADER = os.path.join("csrc", "include", "fusedopt", "algos", "contract.h")
 INCLUDES = os.path.join("csrc", "include", "fusedopt", "algos", "headers.h")
@@ -42,7 +43,8 @@ def header() -> str:
         "//",
         "// Per algorithm, contract::<Name>: the op name, the columns of its hyperparameter row (HYPER),",
         "// its compile-time flags (FLAGS, bit i of a call's flags), its per-tensor counters (the step",
-        "// count and SCALAR_STATES) and its state slots (SLOTS, in order).",
+        "// count and SCALAR_STATES) and its state slots (SLOTS, in order; kSignedSlots: those whose 8-bit",
+        "// codes use the signed map, fusedopt.lowbit.SIGNED_STATES).",
         "#pragma once",
         "",
         "namespace fusedopt {",
@@ -72,7 +74,9 @@ def header() -> str:
             bits = ", ".join(f"{_constant('kFlag', f)} = {1 << i}u" for i, f in enumerate(algo.FLAGS))
             out.append(f"  enum Flag : unsigned {{ {bits} }};")
         slots = ", ".join(f"{_constant('kState', s)} = {i}" for i, s in enumerate(algo.SLOTS))
-        out += [f"  enum Slot : int {{ {slots}, kNumSlots = {len(algo.SLOTS)} }};", "};"]
+        signed = sum(1 << i for i, s in enumerate(algo.SLOTS) if s in SIGNED_STATES)
+        out += [f"  enum Slot : int {{ {slots}, kNumSlots = {len(algo.SLOTS)} }};",
+                f"  static constexpr int kSignedSlots = {signed};", "};"]
     names = " ".join(f"X({cxx_name(n)})" for n in ALGORITHMS)
     out += [
         "",

@@ -42,11 +42,18 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     return [n for n in BACKENDS if availability(n, device)[0]]
 
 
-def get_backend(name: str, device: torch.device):
-    """The backend object for ``name`` on ``device``; ``"auto"`` picks the fastest available."""
+def supports_lowbit(name: str) -> bool:
+    """Whether backend ``name`` takes 8-bit states and stochastic rounding (its ``lowbit``)."""
+    backend = _load(name)[0] if name in BACKENDS else None
+    return bool(getattr(backend, "lowbit", False))
+
+
+def get_backend(name: str, device: torch.device, lowbit: bool = False):
+    """The backend object for ``name`` on ``device``; ``"auto"`` picks the fastest available (of
+    those that take 8-bit states and stochastic rounding, with ``lowbit``)."""
     if name == "auto":
         for candidate in AUTO_ORDER.get(device.type, ("reference",)):
-            if availability(candidate, device)[0]:
+            if availability(candidate, device)[0] and (not lowbit or supports_lowbit(candidate)):
                 return _load(candidate)[0]
         return _load("reference")[0]
     if name not in BACKENDS:

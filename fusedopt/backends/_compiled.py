@@ -23,19 +23,31 @@ import sys
 
 import torch
 
-_LAYOUT_ERROR = "share one dense layout"
+# What the ops refuse that the reference backend serves (nothing written): tensors without a
+# common dense layout (and 8-bit states of non-contiguous params), and combinations not compiled.
+_FALLBACKS = ("share one dense layout", "runs on the reference backend")
 _SLOT_LISTS = 3  # every step op takes three state lists (s0, s1, s2); unused ones are empty
 
 
 class StateTable:
     """A ``fusedopt::state_table`` and the lists it was built from; its references to the params
     are released when it is dropped."""
-    __slots__ = ("params", "states", "master", "table")
+    __slots__ = ("params", "states", "master", "scales", "rounding", "table")
 
-    def __init__(self, params, states, master):
+    def __init__(self, params, states, master, scales=None, rounding=None):
         slots = list(states) + [[]] * (_SLOT_LISTS - len(states))
-        self.table = torch.ops.fusedopt.state_table(params, *slots, master)
+        flat_scales = None if scales is None else [s for slot in scales for s in slot]
+        rows = None if rounding is None else torch.tensor(
+            [[seed - (1 << 64) if seed >= 1 << 63 else seed, offset] for seed, offset in rounding],
+            dtype=torch.int64).reshape(-1, 2)
+        self.table = torch.ops.fusedopt.state_table(params, *slots, master, flat_scales, rows)
         self.params, self.states, self.master = params, states, master
+        self.scales, self.rounding = scales, rounding
+
+    def describes(self, states, master, scales, rounding) -> bool:
+        """Whether the table was built from these very lists."""
+        return (self.states is states and self.master is master and self.scales is scales
+                and self.rounding is rounding)
 
     def __del__(self):
         table = getattr(self, "table", None)
@@ -69,18 +81,18 @@ class CompiledBackend:
         return self._reference
 
     def step(self, algo, flags, params, grads, states, master, steps, index, hyper,
-             grad_scale=None, found_inf=None, sums=None, phase=0, cache=None):
-        """``cache``: a dict the caller keeps for these ``params``, ``states`` and ``master``
-        lists, or None (Note [cached state tables])."""
+             grad_scale=None, found_inf=None, sums=None, phase=0, scales=None, rounding=None, cache=None):
+        """``cache``: a dict the caller keeps for these ``params``, ``states``, ``master``,
+        ``scales`` and ``rounding`` lists, or None (Note [cached state tables])."""
         if not params:
             return
         if params[0].dtype == torch.float64:
             return self._fallback().step(algo, flags, params, grads, states, master, steps, index,
-                                         hyper, grad_scale, found_inf, sums, phase)
+                                         hyper, grad_scale, found_inf, sums, phase, scales, rounding)
         try:
             entry = cache.get("state_table") if cache is not None else None
-            if entry is None or not (entry.states is states and entry.master is master):
-                entry = StateTable(params, states, master)
+            if entry is None or not entry.describes(states, master, scales, rounding):
+                entry = StateTable(params, states, master, scales, rounding)
                 if cache is not None:
                     cache["state_table"] = entry
             # The table's own params when they are the very list it was built from; else the
@@ -91,14 +103,14 @@ class CompiledBackend:
                                               [bool(f) for f in flags], grad_scale, found_inf, sums, phase)
         except RuntimeError as e:
             # Nothing was written: the op checks every tensor before touching memory.
-            if _LAYOUT_ERROR not in str(e):
+            if not any(reason in str(e) for reason in _FALLBACKS):
                 sparse = next((i for i, g in enumerate(grads) if g.is_sparse), None)
                 if sparse is not None:  # the dispatcher refuses sparse tensors before the op runs
                     raise RuntimeError(f"fusedopt::{algo}: grad {sparse} is sparse; fusedopt needs "
                                        "dense gradients") from None
                 raise
             self._fallback().step(algo, flags, params, grads, states, master, steps, index, hyper,
-                                  grad_scale, found_inf, sums, phase)
+                                  grad_scale, found_inf, sums, phase, scales, rounding)
 
     def lookahead(self, params, slow, alpha, master=None):
         if not params:

@@ -18,6 +18,7 @@ from ._compiled import CompiledBackend
 
 class Backend(CompiledBackend):
     name = "cpu"
+    lowbit = True  # 8-bit states and stochastic rounding in the C++ kernels
 
     def available(self, device: torch.device) -> tuple[bool, str]:
         ok, why = _ext.cpu_status()

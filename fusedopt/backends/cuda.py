@@ -5,8 +5,11 @@ slots and hyperparameter rows live in tables in device memory (cached while they
 each block derives its tensor's scalars from ``steps`` and ``hyper`` on the device (so a step
 never synchronises with the host) and moves 16-byte vectors where the tensors are aligned (see
 ``csrc/cuda``). The math is the per-algorithm headers the CPU kernels compile too. Params are
-float32, bfloat16 or float16, states float32 or bfloat16, optional float32 master weights;
-float64 params and tensors without a dense layout go to the reference backend.
+float32, bfloat16 or float16, states float32 or bfloat16 or 8-bit codes with their block scales
+(``fusedopt.lowbit``: dequantized, updated and quantized again in the same pass, one warp per
+block of 256), optional float32 master weights or the stochastic rounding of 16-bit params;
+float64 params and tensors without a dense layout (contiguous, with 8-bit states) go to the
+reference backend.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from ._compiled import CompiledBackend
 
 class Backend(CompiledBackend):
     name = "cuda"
+    lowbit = True  # 8-bit states and stochastic rounding in the CUDA kernels (csrc/cuda/lowbit.cuh)
 
     def available(self, device: torch.device) -> tuple[bool, str]:
         device = torch.device(device)

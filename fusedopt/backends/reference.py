@@ -27,6 +27,7 @@ def load_states(spec, states, scales, i, cdt) -> dict[str, torch.Tensor]:
 class Backend:
     name = "reference"
     checks_tensors = False
+    lowbit = True  # step() takes scales= and rounding=
 
     def available(self, device: torch.device) -> tuple[bool, str]:
         return True, ""

@@ -21,6 +21,7 @@ except Exception as e:  # a broken triton install must not break the registry
 class Backend:
     name = "triton"
     checks_tensors = False  # relies on the optimizer's checks (the tables check layouts only)
+    lowbit = True  # step() takes scales= and rounding= (8-bit states, stochastic rounding), fused
 
     def available(self, device: torch.device) -> tuple[bool, str]:
         device = torch.device(device)
@@ -41,9 +42,13 @@ class Backend:
         return False, f"Triton does not run on {device.type} tensors"
 
     def step(self, algo, flags, params, grads, states, master, steps, index, hyper, grad_scale=None,
-             found_inf=None, sums=None, phase=0):
+             found_inf=None, sums=None, phase=0, scales=None, rounding=None):
+        """``scales``: per slot, the float32 block scales of 8-bit states (``states`` then hold
+        their uint8 codes); ``rounding``: per tensor, (seed, element offset) of stochastic
+        rounding of 16-bit params. Both fused in the one traversal (``fusedopt.triton.kernels``)."""
         _kernels.multi_tensor_step(algo, flags, params, grads, states, master, steps, index, hyper,
-                                   grad_scale=grad_scale, found_inf=found_inf, sums=sums, phase=phase)
+                                   grad_scale=grad_scale, found_inf=found_inf, sums=sums, phase=phase,
+                                   scales=scales, rounding=rounding)
 
     def lookahead(self, params, slow, alpha, master=None):
         _kernels.multi_tensor_lookahead(params, slow, alpha, master)

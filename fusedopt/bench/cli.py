@@ -158,7 +158,7 @@ def batches(contenders: list[Contender], budget: float) -> list[list[Contender]]
     return [b for b in out if b]
 
 
-def _make(c: Contender, base_params, base_grads, master: bool):
+def _make(c: Contender, base_params, base_grads, master: bool, storage: dict):
     """The contender's own copy of the params (sharing the read-only grads) and its optimizer,
     over the workload's param groups."""
     params = [torch.nn.Parameter(p.clone()) for p in base_params]
@@ -167,7 +167,7 @@ def _make(c: Contender, base_params, base_grads, master: bool):
     groups = in_groups(params, workload_groups(c.row["workload"]), c.case.kwargs.get("lr", 1e-3),
                        c.case.kwargs.get("weight_decay", 0.0) or 1e-2)
     try:
-        return params, c.impl.make(groups, c.case, master)
+        return params, c.impl.make(groups, c.case, master, **storage)
     except Skip:
         raise
     except Exception as e:  # noqa: BLE001
@@ -181,7 +181,7 @@ def _error(e: Exception) -> str:
 
 
 def measure_batch(batch: list[Contender], base_params, base_grads, master: bool, device, cfg,
-                  kernel: bool, max_seconds: float | None) -> None:
+                  kernel: bool, max_seconds: float | None, storage: dict | None = None) -> None:
     """Time a batch of contenders interleaved and fill in their rows.
 
     Each contender gets its own params and optimizer, kept alive until the batch is done, and
@@ -194,7 +194,7 @@ def measure_batch(batch: list[Contender], base_params, base_grads, master: bool,
     share = max_seconds * 1e3 / len(batch) if max_seconds else None  # a contender's warm-up cap
     for c in batch:
         try:
-            params, opt = _make(c, base_params, base_grads, master)
+            params, opt = _make(c, base_params, base_grads, master, storage or {})
             ests.append(warm_up(opt.step, device, cfg["warmup"], share))
         except Skip as e:
             c.row.update(status="skipped", note=str(e))
@@ -302,7 +302,7 @@ def run(args) -> tuple[list[dict], dict]:
         shapes = workload_shapes(workload)
         n_params, n_tensors = describe(shapes)
         for mode in cfg["modes"]:
-            dtype, master = MODES[mode]
+            dtype, master, storage = MODES[mode]
             contenders = []
             for algo in cfg["algorithms"]:
                 case = CASES[algo]
@@ -311,7 +311,9 @@ def run(args) -> tuple[list[dict], dict]:
                                implementation=impl.name, kind=impl.kind, n_params=n_params, n_tensors=n_tensors,
                                param_dtype=str(dtype).removeprefix("torch."), master_weights=master, note="")
                     rows.append(row)
-                    if master and impl.kind == "torch":
+                    if storage and impl.kind != "fusedopt":
+                        row.update(status="skipped", note="fusedopt's own storage options (" + ", ".join(storage) + ")")
+                    elif master and impl.kind == "torch":
                         row.update(status="skipped", note="torch.optim has no master-weights option")
                     elif case.torch_cls is None and impl.kind == "torch":
                         row.update(status="skipped", note=f"torch.optim has no {case.fusedopt_cls}")
@@ -341,7 +343,7 @@ def run(args) -> tuple[list[dict], dict]:
                 if bar is not None:
                     bar.set_postfix_str(f"{workload} {mode} {part[0].case.name}..{part[-1].case.name}", refresh=False)
                 cap = cfg["max_seconds"] * len(part) / len(contenders) if cfg["max_seconds"] else None
-                measure_batch(part, base[0], base[1], master, device, cfg, not args.no_kernel, cap)
+                measure_batch(part, base[0], base[1], master, device, cfg, not args.no_kernel, cap, storage)
                 _empty_cache(device)
                 if bar is not None:
                     bar.update(len(part))

@@ -74,9 +74,9 @@ def first_param(params) -> torch.Tensor:
 
 # -- fusedopt ------------------------------------------------------------------------------
 def _fusedopt_maker(backend: str):
-    def make(params, case: Case, master: bool):
+    def make(params, case: Case, master: bool, **storage):
         cls = getattr(fusedopt, case.fusedopt_cls)
-        kw = dict(case.kwargs, backend=backend)
+        kw = dict(case.kwargs, backend=backend, **storage)
         if not master:
             return cls(params, **kw)
         try:

@@ -110,11 +110,15 @@ def describe(shapes: list[tuple[int, ...]]) -> tuple[int, int]:
     return n, len(shapes)
 
 
-# dtype modes: (param and grad dtype, whether fp32 master weights are kept)
+# dtype modes: (param and grad dtype, whether fp32 master weights are kept, fusedopt's storage
+# options: a mode with any runs fusedopt only)
 MODES = {
-    "fp32": (torch.float32, False),
-    "bf16": (torch.bfloat16, False),
-    "bf16-master": (torch.bfloat16, True),
+    "fp32": (torch.float32, False, {}),
+    "bf16": (torch.bfloat16, False, {}),
+    "bf16-master": (torch.bfloat16, True, {}),
+    "fp32-8bit": (torch.float32, False, {"state_dtype": "8bit"}),
+    "bf16-8bit": (torch.bfloat16, False, {"state_dtype": "8bit"}),
+    "bf16-sr": (torch.bfloat16, False, {"stochastic_rounding": True, "rounding_seed": 0}),
 }
 
 

@@ -10,6 +10,10 @@
 - :mod:`.launcher`: the interface's call to the one launch per call; :func:`launch_count`
   counts launches (tests check one per call, whatever its param groups and step counts).
 
+8-bit states (uint8 codes with float32 block scales) and stochastic rounding of 16-bit params
+(``fusedopt/lowbit.py``'s rules) are fused in the same traversal: dequantize, update, quantize
+and round in the program that updates the chunk.
+
 One program handles one chunk of ``block_size()`` elements of one tensor: 2048 on the GPU
 (4 warps), 4096 in the interpreter. A tensor's full chunks run unmasked with 16-byte vector
 accesses when every address of the table is 16-byte aligned; its last chunk is masked.

@@ -25,6 +25,22 @@ select (``tl.where``) or a scalar branch.
 Division and square root of float32 are the IEEE round-to-nearest forms (``div_rn``,
 ``sqrt_rn``): Triton's ``/`` and ``sqrt`` are approximate on NVIDIA GPUs, torch's are not, and
 the kernels are memory-bound, so exactness is free. float64 ``/`` and ``sqrt`` are IEEE already.
+
+Low-bit storage (``fusedopt/lowbit.py`` is the bit-exact rule, ``docs/kernel-interface.md`` the
+interface) is part of the same traversal, in the same program as the update:
+
+- 8-bit states (``S_DTYPE`` is ``tl.uint8``): each state chunk is dequantized on load
+  (``map[code] * absmax``), updated in float32 by the algorithm's math and quantized on store
+  (a new absmax per 256-element block, the code by binary search over the map's midpoints).
+  A program's chunk is a whole number of 256-element blocks (``BLOCK`` is a multiple of 256 and
+  chunks start at multiples of ``BLOCK``), so a block's absmax is a reduction inside one program.
+- Stochastic rounding of 16-bit params (``RNE_P == ROUND_STOCHASTIC``): the param is stored as
+  ``lowbit.stochastic_round`` of its float32 result, with Philox4x32-10 bits keyed by the
+  tensor's seed and counted by (offset + element index, the tensor's step count ``t``).
+
+Their per-tensor data are trailing columns of the tensor's table row (``fusedopt/triton/tables.py``):
+with 8-bit states, per slot k = 0..2 its scales' address and its map's address (0, 0 for an
+absent slot), then, with stochastic rounding, the seed and the element offset.
 """
 from __future__ import annotations
 
@@ -32,6 +48,7 @@ import triton
 import triton.language as tl
 
 from ..algorithms import ALGORITHMS, COMMON_HYPER
+from ..lowbit import BLOCK as QBLOCK_SIZE
 
 # Note [one declaration] (fusedopt/algorithms/contract.py): the columns of the hyperparameter rows
 # are the Python declarations', as module constants the kernels read: <NAME>_<COLUMN> (a column
@@ -44,6 +61,13 @@ def _declarations() -> dict[str, tl.constexpr]:
 
 
 globals().update(_declarations())
+
+# The elements of one 8-bit quantization block (lowbit.BLOCK), each with its own absmax.
+QBLOCK = tl.constexpr(QBLOCK_SIZE)
+# RNE_P's values: how a param is rounded on store (Note [param rounding] at multi_tensor_kernel).
+ROUND_CAST = tl.constexpr(0)         # the dtype's conversion (float32; the GPU's bf16/fp16: to nearest even)
+ROUND_NEAREST = tl.constexpr(1)      # to nearest even by hand (bf16 in the interpreter, whose conversion truncates)
+ROUND_STOCHASTIC = tl.constexpr(2)   # lowbit.stochastic_round
 
 
 def rule(name: str):
@@ -59,6 +83,11 @@ def rule(name: str):
 def _f32(x):
     """A float64 scalar rounded once to float32."""
     return x.to(tl.float32)
+
+
+# Whether these kernels run in Triton's interpreter (TRITON_INTERPRET=1 when triton.jit wrapped
+# them): it runs no inline assembly, and its numpy float32 arithmetic never contracts.
+INTERPRETED = tl.constexpr(not isinstance(_f32, triton.runtime.JITFunction))
 
 
 @triton.jit
@@ -391,6 +420,121 @@ def _lookahead_math(p, g, slow, s1, s2, sc, FLAG: tl.constexpr, PRESENT: tl.cons
 
 
 # --------------------------------------------------------------------------------------------
+# 8-bit states (lowbit.py, part 1). A slot's map is 512 float32 values: the 256 map values
+# ascending, then the 255 midpoints (qmap[k] + qmap[k + 1]) * 0.5 and +inf (never read).
+# --------------------------------------------------------------------------------------------
+
+@triton.jit
+def _mul_rn(a, b):
+    """``a * b`` rounded once to float32 and never contracted into an FMA with the operation that
+    uses it (the compiled kernels contract plain multiply-adds, Note [fma]): PTX ``mul.rn.f32``
+    on the GPU (an explicit rounding mode is never contracted; libdevice's ``__nv_fmul_rn`` is
+    not an option: Triton links libdevice flushing subnormals to zero), numpy's multiply in the
+    interpreter."""
+    if INTERPRETED:
+        return a * b
+    else:
+        return tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=f,f,f", [a, b], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+
+
+@triton.jit
+def _dequantize(codes, absmax, qmap):
+    """``qmap[code] * absmax``: one float32 multiply per element (lowbit.dequantize_blockwise)."""
+    return _mul_rn(tl.load(qmap + codes.to(tl.int32)), absmax)
+
+
+@triton.jit
+def _quantize(x, valid, mid, BLOCK: tl.constexpr):
+    """lowbit.quantize_blockwise of a chunk of ``BLOCK`` float32 values (a multiple of QBLOCK
+    starting at a block boundary; ``valid``: the elements of the tensor, the others count as 0).
+    Returns the uint8 codes and the ``BLOCK // QBLOCK`` block scales.
+
+    - absmax: the maximum of |x| over each block, taken on the int32 bit patterns of |x|: for
+      non-negative floats the integer order is the float order, and NaN patterns lie above
+      +inf's, so a block holding a NaN gets a NaN absmax (max/fmax would drop it);
+    - y = x / absmax, IEEE division (0 where absmax is 0: +0's code);
+    - code = #{k : y >= mid[k]}: a branch-free binary search over the 255 midpoints, exact, the
+      same count as torch.searchsorted(mid, y, right=True); a NaN y fails every comparison: 0.
+    """
+    NB: tl.constexpr = BLOCK // QBLOCK
+    mag = tl.where(valid, x.to(tl.int32, bitcast=True) & 0x7FFFFFFF, 0)
+    absmax = tl.max(tl.reshape(mag, (NB, QBLOCK)), axis=1).to(tl.float32, bitcast=True)
+    scale = tl.expand_dims(absmax, 1)
+    y = tl.where(scale == 0, 0.0, tl.div_rn(tl.reshape(x, (NB, QBLOCK)), tl.where(scale == 0, 1.0, scale)))
+    code = tl.zeros((NB, QBLOCK), tl.int32)
+    for k in tl.static_range(8):  # add 2**(7 - k) where the midpoint just below code + 2**(7 - k) is <= y
+        code += tl.where(y >= tl.load(mid + code + ((128 >> k) - 1)), 128 >> k, 0)
+    return tl.reshape(code, (BLOCK,)).to(tl.uint8), absmax
+
+
+# --------------------------------------------------------------------------------------------
+# Stochastic rounding (lowbit.py, part 2): Philox4x32-10, lane 0, and the integer rounding rule.
+# --------------------------------------------------------------------------------------------
+
+@triton.jit
+def _philox_lane0(c0, c1, c2, c3, k0, k1):
+    """Lane 0 of Philox4x32-10 (lowbit.philox4x32) of counter ``(c0, c1, c2, c3)`` under key
+    ``(k0, k1)``, uint32: mulhilo is ``tl.umulhi`` and a wrapping uint32 multiply; the key is
+    bumped after each round (before each but the first, as lowbit writes it)."""
+    for _ in tl.static_range(10):
+        hi0 = tl.umulhi(c0, 0xD2511F53)
+        lo0 = c0 * 0xD2511F53
+        hi1 = tl.umulhi(c2, 0xCD9E8D57)
+        lo1 = c2 * 0xCD9E8D57
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = k0 + 0x9E3779B9
+        k1 = k1 + 0xBB67AE85
+    return c0
+
+
+@triton.jit
+def _random_bits(seed, step, index):
+    """lowbit.random_bits: key (seed lo, seed hi), counter (index lo, index hi, step lo, step hi),
+    from uint64 values (``index`` a block, ``seed`` and ``step`` scalars); 32 bits (uint32) per
+    element of ``index``."""
+    c0 = (index & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (index >> 32).to(tl.uint32)
+    c2 = (step & 0xFFFFFFFF).to(tl.uint32)
+    c3 = (step >> 32).to(tl.uint32)
+    return _philox_lane0(c0, c1, c2, c3, (seed & 0xFFFFFFFF).to(tl.uint32), (seed >> 32).to(tl.uint32))
+
+
+@triton.jit
+def _stochastic_round(x, bits, P_DTYPE: tl.constexpr):
+    """lowbit.stochastic_round of float32 ``x`` to ``P_DTYPE`` (bfloat16 or float16) with the
+    random ``bits`` (uint32): the magnitude truncated to the 16-bit format, plus one (the next
+    magnitude, across binades; inf above the largest finite value) iff ``bits < t32``, the
+    dropped fraction scaled to 32 bits; NaN becomes the canonical quiet NaN, the sign is kept."""
+    a = x.to(tl.uint32, bitcast=True)
+    mag = a & 0x7FFFFFFF
+    if P_DTYPE == tl.bfloat16:
+        base = mag >> 16
+        t32 = (mag & 0xFFFF) << 16
+        out = base + (bits < t32).to(tl.uint32)
+        nan = 0x7FC0
+    else:
+        # normal fp16 range (a >= 2**-14): 13 bits dropped, the exponent re-biased from 127 to 15
+        normal = mag >= 0x38800000
+        base_n = (mag >> 13) - 0x1C000
+        t32_n = (mag & 0x1FFF) << 19
+        # subnormal fp16 range: a * 2**24 = m / 2**s, m the 24-bit significand, s >= 14 (the
+        # shifts clamped where this branch is not taken)
+        e = (mag >> 23).to(tl.int32)
+        m = tl.where(e > 0, (mag & 0x7FFFFF) | 0x800000, mag)
+        s = tl.maximum(tl.where(e > 0, 126 - e, 125), 14)
+        base_s = m >> tl.minimum(s, 31).to(tl.uint32)
+        t32_s = tl.where(s <= 32, m << (32 - tl.minimum(s, 32)).to(tl.uint32),
+                         m >> tl.minimum(s - 32, 31).to(tl.uint32))
+        base = tl.where(normal, base_n, base_s)
+        t32 = tl.where(normal, t32_n, t32_s)
+        out = tl.minimum(base + (bits < t32).to(tl.uint32), 0x7C00)  # overflow: inf
+        nan = 0x7E00
+    out = tl.where(x != x, nan, out | ((a >> 31) << 15))
+    return out.to(tl.uint16).to(P_DTYPE, bitcast=True)
+
+
+# --------------------------------------------------------------------------------------------
 # The one traversal.
 # --------------------------------------------------------------------------------------------
 
@@ -406,26 +550,58 @@ def _rne_bf16(x):
 
 
 @triton.jit
-def _slot(row, COL: tl.constexpr, offs, mask, other, S_DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
-    """The pointer to a state slot's chunk (column COL of the tensor's row) and its values."""
-    ptr = tl.load(row + COL).to(tl.pointer_type(S_DTYPE))
+def _slot(row, k: tl.constexpr, offs, mask, other, S_DTYPE: tl.constexpr, QCOL: tl.constexpr,
+          ALIGNED: tl.constexpr):
+    """The pointer to state slot ``k``'s chunk (column 2 + k of the tensor's row) and its values
+    in float32; 8-bit states (``S_DTYPE`` uint8) dequantized with the slot's scales and map
+    (columns ``QCOL + 2k``, ``QCOL + 2k + 1``)."""
+    ptr = tl.load(row + 2 + k).to(tl.pointer_type(S_DTYPE))
     if ALIGNED:
         ptr = tl.multiple_of(ptr, 16)
-    return ptr, tl.load(ptr + offs, mask=mask, other=other).to(tl.float32)
+    x = tl.load(ptr + offs, mask=mask, other=other)
+    if S_DTYPE == tl.uint8:
+        scales = tl.load(row + QCOL + 2 * k).to(tl.pointer_type(tl.float32))
+        qmap = tl.load(row + QCOL + 2 * k + 1).to(tl.pointer_type(tl.float32))
+        x = _dequantize(x, tl.load(scales + offs // QBLOCK, mask=mask, other=other), qmap)
+    return ptr, x.to(tl.float32)
 
 
 @triton.jit
-def _chunk(row, pre, sc, grad_scale_ptr, offs, mask, other, MATH: tl.constexpr, READS_GRAD: tl.constexpr,
-           REDUCES: tl.constexpr, NCOL: tl.constexpr, P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,
-           S_DTYPE: tl.constexpr, PRESENT: tl.constexpr, HAS_MASTER: tl.constexpr,
+def _store_slot(row, k: tl.constexpr, ptr, x, offs, mask, start, n, S_DTYPE: tl.constexpr, QCOL: tl.constexpr,
+                RNE_S: tl.constexpr, BLOCK: tl.constexpr):
+    """Store state slot ``k``'s chunk ``x``: rounded to ``S_DTYPE``, or (8-bit states) quantized,
+    its codes and the scales of the chunk's blocks of the tensor's ``n`` elements."""
+    if S_DTYPE == tl.uint8:
+        codes, absmax = _quantize(x, offs < n, tl.load(row + QCOL + 2 * k + 1).to(tl.pointer_type(tl.float32)) + 256,
+                                  BLOCK)
+        tl.store(ptr + offs, codes, mask=mask)
+        blocks = start // QBLOCK + tl.arange(0, BLOCK // QBLOCK)
+        scales = tl.load(row + QCOL + 2 * k).to(tl.pointer_type(tl.float32))
+        tl.store(scales + blocks, absmax, mask=blocks * QBLOCK < n)
+    else:
+        tl.store(ptr + offs, _rne_bf16(x) if RNE_S else x.to(S_DTYPE), mask=mask)
+
+
+@triton.jit
+def _chunk(row, pre, sc, t, grad_scale_ptr, start, n, offs, mask, other, MATH: tl.constexpr,
+           READS_GRAD: tl.constexpr, REDUCES: tl.constexpr, NCOL: tl.constexpr, P_DTYPE: tl.constexpr,
+           G_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr, PRESENT: tl.constexpr, HAS_MASTER: tl.constexpr,
            HAS_GRAD_SCALE: tl.constexpr, FLAG: tl.constexpr,
-           RNE_P: tl.constexpr, RNE_S: tl.constexpr, ALIGNED: tl.constexpr, PHASE: tl.constexpr):
+           RNE_P: tl.constexpr, RNE_S: tl.constexpr, ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+           PHASE: tl.constexpr):
     """Load one chunk of every tensor of one table row, update it with ``MATH``, store it
     (``mask`` None: a full chunk). ``pre`` and ``sc`` are the preamble's and the algorithm's
-    scalars (Lookahead: ``sc`` is alpha, and there is no gradient and no preamble). Returns the
-    chunk's two sums of a reducing algorithm (0 otherwise)."""
+    scalars (Lookahead: ``sc`` is alpha, and there is no gradient and no preamble), ``t`` the
+    tensor's step count (stochastic rounding's counter), ``start`` and ``n`` the chunk's start and
+    the tensor's elements. Returns the chunk's two sums of a reducing algorithm (0 otherwise)."""
     p_sq = tl.zeros((), tl.float64)
     u_sq = tl.zeros((), tl.float64)
+    # The row's trailing columns (Note [param rounding]): with stochastic rounding the seed and
+    # the offset last, before them with 8-bit states the scales and map of slots 0..2, and before
+    # them the master weight.
+    SR: tl.constexpr = RNE_P == ROUND_STOCHASTIC
+    QCOL: tl.constexpr = NCOL - 6 - 2 * SR
+    MCOL: tl.constexpr = NCOL - 1 - 6 * (S_DTYPE == tl.uint8) - 2 * SR
     # Addresses are 16-byte aligned when the table says so: then, with the chunk start a
     # multiple of BLOCK and a full chunk's mask, the compiler emits 16-byte vector accesses.
     p_ptr = tl.load(row).to(tl.pointer_type(P_DTYPE))
@@ -434,7 +610,7 @@ def _chunk(row, pre, sc, grad_scale_ptr, offs, mask, other, MATH: tl.constexpr, 
     if HAS_MASTER:
         # float32 master weights: read and updated in place of the 16-bit param, which only
         # receives the rounded result.
-        m_ptr = tl.load(row + (NCOL - 1)).to(tl.pointer_type(tl.float32))
+        m_ptr = tl.load(row + MCOL).to(tl.pointer_type(tl.float32))
         if ALIGNED:
             m_ptr = tl.multiple_of(m_ptr, 16)
         p = tl.load(m_ptr + offs, mask=mask, other=other)
@@ -458,11 +634,11 @@ def _chunk(row, pre, sc, grad_scale_ptr, offs, mask, other, MATH: tl.constexpr, 
     s1 = p
     s2 = p
     if PRESENT & 1:
-        s0_ptr, s0 = _slot(row, 2, offs, mask, other, S_DTYPE, ALIGNED)
+        s0_ptr, s0 = _slot(row, 0, offs, mask, other, S_DTYPE, QCOL, ALIGNED)
     if PRESENT & 2:
-        s1_ptr, s1 = _slot(row, 3, offs, mask, other, S_DTYPE, ALIGNED)
+        s1_ptr, s1 = _slot(row, 1, offs, mask, other, S_DTYPE, QCOL, ALIGNED)
     if PRESENT & 4:
-        s2_ptr, s2 = _slot(row, 4, offs, mask, other, S_DTYPE, ALIGNED)
+        s2_ptr, s2 = _slot(row, 2, offs, mask, other, S_DTYPE, QCOL, ALIGNED)
 
     if REDUCES:
         p, s0, s1, s2, p_sq, u_sq = MATH(p, g, s0, s1, s2, sc, FLAG, PRESENT, PHASE)
@@ -471,14 +647,24 @@ def _chunk(row, pre, sc, grad_scale_ptr, offs, mask, other, MATH: tl.constexpr, 
 
     if PHASE != 2:  # the second traversal leaves the states as the first stored them
         if PRESENT & 1:
-            tl.store(s0_ptr + offs, _rne_bf16(s0) if RNE_S else s0.to(S_DTYPE), mask=mask)
+            _store_slot(row, 0, s0_ptr, s0, offs, mask, start, n, S_DTYPE, QCOL, RNE_S, BLOCK)
         if PRESENT & 2:
-            tl.store(s1_ptr + offs, _rne_bf16(s1) if RNE_S else s1.to(S_DTYPE), mask=mask)
+            _store_slot(row, 1, s1_ptr, s1, offs, mask, start, n, S_DTYPE, QCOL, RNE_S, BLOCK)
         if PRESENT & 4:
-            tl.store(s2_ptr + offs, _rne_bf16(s2) if RNE_S else s2.to(S_DTYPE), mask=mask)
+            _store_slot(row, 2, s2_ptr, s2, offs, mask, start, n, S_DTYPE, QCOL, RNE_S, BLOCK)
     if HAS_MASTER:
         tl.store(m_ptr + offs, p, mask=mask)
-    tl.store(p_ptr + offs, _rne_bf16(p) if RNE_P else p.to(P_DTYPE), mask=mask)
+    if SR:
+        # element i of the tensor: random_bits(seed, t, offset + i); both of a reducing
+        # algorithm's traversals store the param, with the same bits
+        seed = tl.load(row + (NCOL - 2)).to(tl.uint64, bitcast=True)
+        index = (tl.load(row + (NCOL - 1)) + offs).to(tl.uint64, bitcast=True)
+        bits = _random_bits(seed, t.to(tl.uint64), index)
+        tl.store(p_ptr + offs, _stochastic_round(p, bits, P_DTYPE), mask=mask)
+    elif RNE_P == ROUND_NEAREST:
+        tl.store(p_ptr + offs, _rne_bf16(p), mask=mask)
+    else:
+        tl.store(p_ptr + offs, p.to(P_DTYPE), mask=mask)
     return p_sq, u_sq
 
 
@@ -496,7 +682,8 @@ def _tensor_sums(partials, first, count):
 
 @triton.jit
 def multi_tensor_kernel(
-    addrs,           # int64 [n_tensors, NCOL]: param, grad, each slot, master
+    addrs,           # int64 [n_tensors, NCOL]: param, grad, each slot, master, [8-bit states: scales and
+                     # map of slots 0..2], [stochastic rounding: seed, offset] (Note [param rounding])
     meta,            # int64 [n_tensors, 3]: elements, slot in ``steps``, row in ``hyper``
     work,            # int64 [n_programs, 2]: (tensor index, chunk start)
     steps,           # float32 [*]: every step counter (t after this step's increment)
@@ -509,17 +696,33 @@ def multi_tensor_kernel(
     SCALARS: tl.constexpr, MATH: tl.constexpr, REDUCED: tl.constexpr,  # the algorithm: rule(name)
     READS_GRAD: tl.constexpr,  # False: a rule without gradient nor preamble (Lookahead)
     NCOL: tl.constexpr, NHYPER: tl.constexpr,
-    P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr, S_DTYPE: tl.constexpr,
+    P_DTYPE: tl.constexpr, G_DTYPE: tl.constexpr,
+    S_DTYPE: tl.constexpr,  # the states' dtype; tl.uint8: 8-bit codes with block scales (lowbit.py)
     PRESENT: tl.constexpr,  # the present state slots, as bits (slot k: bit k)
     HAS_MASTER: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
     FLAG: tl.constexpr,  # the algorithm's compile-time variant (its FLAGS hold at most one)
-    RNE_P: tl.constexpr, RNE_S: tl.constexpr,  # bf16 stores rounded by hand
+    RNE_P: tl.constexpr,  # how the param is rounded on store: ROUND_CAST, ROUND_NEAREST, ROUND_STOCHASTIC
+    RNE_S: tl.constexpr,  # bf16 states rounded to nearest even by hand (the interpreter)
     ALIGNED: tl.constexpr,  # every address of the table is 16-byte aligned
     BLOCK: tl.constexpr,
     PHASE: tl.constexpr,  # 0, or a reducing algorithm's traversal: 1 (reduce) or 2 (apply), or 3:
                           # a split step's per-tensor sums of the partials
     SPLIT: tl.constexpr,  # PHASE 2 of a split step: the sums are read from ``sums``
 ):
+    """One work item: chunk ``start`` of table row ``tensor``.
+
+    Note [param rounding]: ``RNE_P`` says how the float32 result is stored to the param:
+    ``ROUND_CAST`` (False) the dtype's conversion, ``ROUND_NEAREST`` (True) to nearest even by
+    hand (bfloat16 in the interpreter, whose conversion truncates), ``ROUND_STOCHASTIC`` (a
+    16-bit param, ``lowbit.stochastic_round``): its seed and element offset are the last two
+    columns of the tensor's row, and its step count ``t`` the Philox counter's step.
+    With 8-bit states (``S_DTYPE`` uint8) the six columns before those hold, per slot k = 0..2,
+    the address of its float32 block scales and of its 512-value map (``map`` then midpoints;
+    the signed or unsigned map chosen on the host from the slot's name, lowbit.SIGNED_STATES),
+    and the master weight's column comes before them. Both options are told by constexprs the
+    kernel already takes (the states' dtype, the param's rounding) and by data in the table, so
+    the kernel's arguments stay those every variant is compiled with.
+    """
     pid = tl.program_id(0).to(tl.int64)
     tensor = tl.load(work + 2 * pid)
     # 64-bit offsets: start and n are int64, so tensors of 2**31 elements or more are fine.
@@ -541,6 +744,7 @@ def multi_tensor_kernel(
         if not READS_GRAD:  # Lookahead: no preamble, alpha is its one scalar
             pre = None
             sc = alpha
+            t = tl.zeros((), tl.float64)
         else:
             # The tensor's step count (after this step's increment) and its group's row: every
             # scalar of the update derives from them, once per program, before the chunk's loads
@@ -564,13 +768,13 @@ def multi_tensor_kernel(
         # tensor's last chunk takes the masked path. (Two paths that differ only in the mask would
         # be merged by the compiler into one masked path.)
         if start + BLOCK <= n:
-            p_sq, u_sq = _chunk(row, pre, sc, grad_scale_ptr, offs, None, None, MATH, READS_GRAD, REDUCED is not None,
-                                NCOL, P_DTYPE, G_DTYPE, S_DTYPE, PRESENT, HAS_MASTER, HAS_GRAD_SCALE, FLAG, RNE_P,
-                                RNE_S, ALIGNED, PHASE)
-        else:
-            p_sq, u_sq = _chunk(row, pre, sc, grad_scale_ptr, offs, offs < n, 0.0, MATH, READS_GRAD,
+            p_sq, u_sq = _chunk(row, pre, sc, t, grad_scale_ptr, start, n, offs, None, None, MATH, READS_GRAD,
                                 REDUCED is not None, NCOL, P_DTYPE, G_DTYPE, S_DTYPE, PRESENT, HAS_MASTER,
-                                HAS_GRAD_SCALE, FLAG, RNE_P, RNE_S, ALIGNED, PHASE)
+                                HAS_GRAD_SCALE, FLAG, RNE_P, RNE_S, ALIGNED, BLOCK, PHASE)
+        else:
+            p_sq, u_sq = _chunk(row, pre, sc, t, grad_scale_ptr, start, n, offs, offs < n, 0.0, MATH, READS_GRAD,
+                                REDUCED is not None, NCOL, P_DTYPE, G_DTYPE, S_DTYPE, PRESENT, HAS_MASTER,
+                                HAS_GRAD_SCALE, FLAG, RNE_P, RNE_S, ALIGNED, BLOCK, PHASE)
         if PHASE == 1:
             tl.store(partials + 2 * pid, p_sq)
             tl.store(partials + 2 * pid + 1, u_sq)

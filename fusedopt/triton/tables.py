@@ -5,19 +5,21 @@ three sections (each starting on a 16-byte boundary, so the kernel's pointer arg
 one alignment and the kernel one specialisation):
 
 - ``addrs`` ``[n, ncol]``: the data pointer of every tensor of the call, one row per
-  parameter: param, grad, then each state slot (0 for an absent slot), then master (0 if none);
+  parameter: param, grad, then each state slot (0 for an absent slot), then master (0 if none),
+  then the call's ``extra`` columns, integers taken as they are (the addresses of 8-bit states'
+  scales and maps, stochastic rounding's seeds and offsets: ``fusedopt/triton/launcher.py``);
 - ``meta`` ``[n, 3]``: per parameter, its elements, its slot in ``steps`` and its row in
   ``hyper`` (the call's ``index``; 0, 0 for Lookahead, which has neither);
 - ``work`` ``[w, 2]``: one row per program: (tensor index, chunk start), chunks of ``block``.
 
-Tables are cached, keyed on the addresses, the sizes and the contents of ``index`` (a new
-``index`` tensor with the same entries finds the same table): an optimizer's tensors keep their
-storage from step to step, so after the first step a call costs one lookup and one launch. A
-table is rebuilt when an address or an index entry changes (a grad set to None and
-reallocated, a param group added), and that is the only time tensors are inspected (dtype,
-layout, index range). Building happens on the host (``index`` lives there); on CUDA the table
-is uploaded from pinned memory with a non-blocking copy, so neither building nor using a table
-synchronises with the device.
+Tables are cached, keyed on the addresses, the sizes, the extra columns and the contents of
+``index`` (a new ``index`` tensor with the same entries finds the same table): an optimizer's
+tensors keep their storage from step to step, so after the first step a call costs one lookup
+and one launch. A table is rebuilt when an address, an extra value or an index entry changes (a
+grad set to None and reallocated, a param group added, a new rounding seed), and that is the
+only time tensors are inspected (dtype, layout, index range). Building happens on the host
+(``index`` lives there); on CUDA the table is uploaded from pinned memory with a non-blocking
+copy, so neither building nor using a table synchronises with the device.
 """
 from __future__ import annotations
 
@@ -89,17 +91,22 @@ def _check_index(index: torch.Tensor, n_steps: int, n_rows: int) -> None:
 
 
 def _build(columns: list[list[torch.Tensor]], ncol: int, block: int, device: torch.device,
-           index: torch.Tensor | None, limits: tuple[int, int]) -> Table:
+           index: torch.Tensor | None, limits: tuple[int, int], extra: list[list[int]]) -> Table:
     params = columns[0]
     _check(columns, params)
     n = len(params)
     if index is not None:
         _check_index(index, *limits)
+    if len(columns) + len(extra) != ncol:
+        raise ValueError(f"triton backend: {len(columns)} tensor and {len(extra)} extra columns, "
+                         f"the kernel's rows have {ncol}")
     addr = torch.zeros(ncol, n, dtype=torch.int64)
     for c, col in enumerate(columns):
         if len(col):
             addr[c] = torch.tensor([t.data_ptr() for t in col], dtype=torch.int64)
-    aligned = bool((addr % 16 == 0).all())
+    aligned = bool((addr[:len(columns)] % 16 == 0).all())  # the vector accesses' tensors
+    for c, col in enumerate(extra, start=len(columns)):
+        addr[c] = torch.tensor(col, dtype=torch.int64)
     sizes = torch.tensor([t.numel() for t in params], dtype=torch.int64)
     chunks = (sizes + (block - 1)) // block
     n_programs = int(chunks.sum())
@@ -132,8 +139,9 @@ class TableCache:
         self.builds = 0  # tables built so far (tests check that steady steps build none)
 
     def get(self, columns: list[list[torch.Tensor]], ncol: int, block: int, index: torch.Tensor | None = None,
-            limits: tuple[int, int] = (0, 0), check=None) -> Table:
-        """The table for ``columns`` (param column first; an empty column is an absent slot).
+            limits: tuple[int, int] = (0, 0), check=None, extra: list[list[int]] = ()) -> Table:
+        """The table for ``columns`` (param column first; an empty column is an absent slot) and
+        the ``extra`` columns after them (one int64 value per param each, taken as given).
 
         ``index`` is the call's CPU int64 ``[n, 2]`` (slot in ``steps``, row in ``hyper``) per
         param, or None (Lookahead); ``limits`` is (entries of ``steps``, rows of ``hyper``),
@@ -149,14 +157,15 @@ class TableCache:
         key = (device, block, ncol, tuple(len(col) for col in columns),
                tuple([t.data_ptr() for col in columns for t in col]),
                tuple([t.numel() for t in params]),
-               b"" if index is None else index.numpy().tobytes(), limits)
+               b"" if index is None else index.numpy().tobytes(), limits,
+               tuple([v for col in extra for v in col]))
         table = self._tables.get(key)
         if table is not None:
             self._tables.move_to_end(key)
             return table
         if check is not None:
             check()
-        table = _build(columns, ncol, block, device, index, limits)
+        table = _build(columns, ncol, block, device, index, limits, list(extra))
         self.builds += 1
         self._tables[key] = table
         if len(self._tables) > self.max_entries:

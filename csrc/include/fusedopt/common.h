@@ -102,6 +102,7 @@ FUSEDOPT_HD FUSEDOPT_INLINE typename A::Args make_args(const double* h, const fl
 struct AlgorithmDefaults {
   static constexpr bool kReadsGrad = true;    // false: no gradient, no preamble (Lookahead)
   static constexpr bool kHalfStates = false;  // float16 states with float16 params (Lookahead)
+  static constexpr bool kLowBit = true;       // 8-bit states and stochastic rounding (not Lookahead)
   static constexpr int kNumVariants = 1;
   static constexpr int kTensorBit = 0;
   static constexpr int call_variant(unsigned /*flags*/, int /*present*/) { return 0; }

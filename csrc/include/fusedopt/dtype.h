@@ -1,6 +1,7 @@
 // Storage types and float32 conversions.
 //
-// Params and grads are float32, bfloat16 or float16; states float32 or bfloat16. All
+// Params and grads are float32, bfloat16 or float16; states float32 or bfloat16, or 8-bit codes
+// (kUInt8, with their block scales: fusedopt/lowbit.h). All
 // math is float32: load, upcast, compute, round to nearest even on store. The
 // conversions are written with integer and float operations only (no
 // branches), so the CPU loops vectorise on any x86-64 and the same code runs
@@ -16,7 +17,7 @@
 
 namespace fusedopt {
 
-enum class DType : int { kFloat = 0, kBFloat16 = 1, kHalf = 2 };
+enum class DType : int { kFloat = 0, kBFloat16 = 1, kHalf = 2, kUInt8 = 3 };
 
 template <DType D>
 struct Storage;
@@ -26,6 +27,8 @@ template <>
 struct Storage<DType::kBFloat16> { using type = uint16_t; };
 template <>
 struct Storage<DType::kHalf> { using type = uint16_t; };
+template <>
+struct Storage<DType::kUInt8> { using type = uint8_t; };
 
 FUSEDOPT_HD FUSEDOPT_INLINE uint32_t fo_f2u(float f) {
   uint32_t u;
@@ -109,38 +112,43 @@ FUSEDOPT_HD FUSEDOPT_INLINE uint16_t store_from_float<DType::kBFloat16>(float v)
 template <>
 FUSEDOPT_HD FUSEDOPT_INLINE uint16_t store_from_float<DType::kHalf>(float v) { return float_to_half(v); }
 
-// The one dtype-dispatch point of both traversals: (param dtype, state dtype, master weights)
-// -> fn(DTypeConstant<PD>, DTypeConstant<SD>, std::integral_constant<bool, MASTER>). Master
-// weights exist for 16-bit params only (checked on the host); states are float32 or bfloat16,
-// and float16 with float16 params for a rule that asks for it (HALF_STATES: Lookahead's slow
-// weights may have the params' dtype).
+// The one dtype-dispatch point of both traversals: (param dtype, state dtype, master weights,
+// stochastic rounding) -> fn(DTypeConstant<PD>, DTypeConstant<SD>, std::integral_constant<bool,
+// MASTER>, std::integral_constant<bool, ROUND>). Master weights exist for 16-bit params only
+// (checked on the host); states are float32 or bfloat16, and float16 with float16 params for a
+// rule that asks for it (HALF_STATES: Lookahead's slow weights may have the params' dtype).
+// LOWBIT adds 8-bit states (kUInt8) and the stochastic rounding of 16-bit params without master
+// weights (ROUND) with float32 or 8-bit states; without it `round` must be false and sd not kUInt8
+// (the host refuses them, and bfloat16 states with rounding).
 template <DType D>
 using DTypeConstant = std::integral_constant<DType, D>;
 
-template <bool HALF_STATES = false, class Fn>
-FUSEDOPT_INLINE void with_storage(DType pd, DType sd, bool master, const Fn& fn) {
+template <bool HALF_STATES = false, bool LOWBIT = false, class Fn>
+FUSEDOPT_INLINE void with_storage(DType pd, DType sd, bool master, bool round, const Fn& fn) {
+  using No = std::false_type;
+  using Yes = std::true_type;
   if constexpr (HALF_STATES) {
     if (sd == DType::kHalf) {  // params float16 too, no master weights (checked on the host)
-      fn(DTypeConstant<DType::kHalf>{}, DTypeConstant<DType::kHalf>{}, std::false_type{});
+      fn(DTypeConstant<DType::kHalf>{}, DTypeConstant<DType::kHalf>{}, No{}, No{});
       return;
     }
   }
   auto with_params = [&](auto sdc) {
+    auto half = [&](auto pdc) {
+      if (master) fn(pdc, sdc, Yes{}, No{});
+      // (bfloat16 states with stochastic rounding: refused on the host, a build-time saving)
+      else if (LOWBIT && round && !std::is_same_v<decltype(sdc), DTypeConstant<DType::kBFloat16>>)
+        fn(pdc, sdc, No{}, std::integral_constant<bool, LOWBIT>{});
+      else fn(pdc, sdc, No{}, No{});
+    };
     switch (pd) {
-      case DType::kBFloat16:
-        if (master) fn(DTypeConstant<DType::kBFloat16>{}, sdc, std::true_type{});
-        else fn(DTypeConstant<DType::kBFloat16>{}, sdc, std::false_type{});
-        break;
-      case DType::kHalf:
-        if (master) fn(DTypeConstant<DType::kHalf>{}, sdc, std::true_type{});
-        else fn(DTypeConstant<DType::kHalf>{}, sdc, std::false_type{});
-        break;
-      default:
-        fn(DTypeConstant<DType::kFloat>{}, sdc, std::false_type{});
-        break;
+      case DType::kBFloat16: half(DTypeConstant<DType::kBFloat16>{}); break;
+      case DType::kHalf: half(DTypeConstant<DType::kHalf>{}); break;
+      default: fn(DTypeConstant<DType::kFloat>{}, sdc, No{}, No{}); break;
     }
   };
-  if (sd == DType::kBFloat16) with_params(DTypeConstant<DType::kBFloat16>{});
+  if (LOWBIT && sd == DType::kUInt8) with_params(DTypeConstant<LOWBIT ? DType::kUInt8 : DType::kFloat>{});
+  else if (sd == DType::kBFloat16) with_params(DTypeConstant<DType::kBFloat16>{});
   else with_params(DTypeConstant<DType::kFloat>{});
 }
 

@@ -65,6 +65,7 @@ inline const char* dtype_name(int32_t code) {
   if (code == c.f16) return "float16";
   if (code == c.f64) return "float64";
   if (code == c.i64) return "int64";
+  if (code == c.u8) return "uint8";
   return "an unsupported dtype";
 }
 
@@ -181,9 +182,9 @@ constexpr int kStateSlots = 3;
 using TensorList = std::vector<torch::stable::Tensor>;
 
 namespace table {
-constexpr int64_t kCols = 9;
+constexpr int64_t kCols = 14;
 // "fusedopT" and the layout's version in the low byte.
-constexpr int64_t kMagic = 0x667573656f705402;
+constexpr int64_t kMagic = 0x667573656f705403;
 // Row 0, the header.
 enum Header : int64_t {
   kMagicCol = 0,
@@ -194,6 +195,7 @@ enum Header : int64_t {
   kHasMaster = 5,    // 0 / 1
   kDeviceType = 6,   // the device type code of every tensor
   kDeviceIndex = 7,  // its index (-1 when n == 0)
+  kRounds = 8,       // 1: the params are stored by stochastic rounding (kSeed, kOffset below)
 };
 // Row 1 + t, tensor t. Columns 0..2 are the state slots' addresses (0: inactive slot).
 enum Row : int64_t {
@@ -203,6 +205,9 @@ enum Row : int64_t {
   kContiguous = 6,  // 1: every state and master weight of the param is contiguous
   kAligned = 7,     // 1: every address of the row is 16-byte aligned
   kParam = 8,       // the table's own AtenTensorHandle of the param (Note [owned params]); 0 once released
+  kScale0 = 9,      // 8-bit states (state dtype uint8): the float32 block scales of slots 0..2, or 0
+  kSeed = 12,       // stochastic rounding: the seed (uint64 bits) and the param's element offset
+  kOffset = 13,
 };
 }  // namespace table
 
@@ -231,8 +236,18 @@ inline int64_t layout_signature(AtenTensorHandle t) {
 // present slot, float32 master weights for 16-bit params only, equal element counts, all on
 // param 0's device, each param's states and master weight contiguous with it or sharing its
 // dense layout), then described.
+//
+// Note [8-bit states in the table]: uint8 states are the codes of fusedopt/lowbit.h; `scales`
+// then holds, for each present slot in order, the float32 block scales of every param
+// (ceil(numel / 256) each), and the param, its states (and grads, checked at each step) must be
+// contiguous: the blocks are runs of the flattened tensor. `rounding` (int64 [n, 2] on the CPU:
+// seed, element offset) stores 16-bit params without master weights by stochastic rounding. A
+// caller whose kernels do not take them passes `lowbit` false, which refuses them.
 inline torch::stable::Tensor state_table(const TensorList& params, const TensorList* const slots[kStateSlots],
-                                         const std::optional<TensorList>& master, int32_t device_type) {
+                                         const std::optional<TensorList>& master, int32_t device_type,
+                                         const std::optional<TensorList>& scales = std::nullopt,
+                                         const std::optional<torch::stable::Tensor>& rounding = std::nullopt,
+                                         bool lowbit = false) {
   const std::string name = "fusedopt::state_table";
   const Codes& c = codes();
   const size_t n = params.size();
@@ -246,6 +261,24 @@ inline torch::stable::Tensor state_table(const TensorList& params, const TensorL
   }
   if (has_master)
     STD_TORCH_CHECK(master->size() == n, name, ": ", master->size(), " master weights for ", n, " params");
+  int n_present = 0;
+  for (int k = 0; k < kStateSlots; ++k) n_present += (present >> k) & 1;
+  const bool quantized = scales.has_value();
+  if ((quantized || rounding.has_value()) && !lowbit)
+    fail(name + ": 8-bit states and stochastic rounding are not supported by the " +
+         (device_type == c.cpu ? "CPU" : "CUDA") + " kernels yet");
+  if (quantized)
+    STD_TORCH_CHECK(scales->size() == static_cast<size_t>(n_present) * n, name, ": scales must hold the block "
+                    "scales of every present state slot of every param (", n_present * n, " tensors), got ",
+                    scales->size());
+  const int64_t* seeds = nullptr;
+  if (rounding.has_value()) {
+    Info ri = check_table(name, *rounding, "rounding", c.i64, 2, 2, c.cpu, -1,
+                          "a contiguous int64 CPU tensor of shape [" + std::to_string(n) + ", 2] (seed, offset)");
+    STD_TORCH_CHECK(ri.numel == static_cast<int64_t>(2 * n), name, ": rounding must have one row per param");
+    STD_TORCH_CHECK(!has_master, name, ": stochastic rounding is for params without master weights");
+    seeds = static_cast<const int64_t*>(ri.data);
+  }
 
   int64_t sizes[2] = {static_cast<int64_t>(n) + 1, table::kCols};
   int64_t strides[2] = {table::kCols, 1};
@@ -274,6 +307,7 @@ inline torch::stable::Tensor state_table(const TensorList& params, const TensorL
       device = pi.device_index;
       if (pdtype != c.f32 && pdtype != c.bf16 && pdtype != c.f16)
         fail(name + ": params must be float32, bfloat16 or float16, got " + dtype_name(pdtype));
+      if (seeds != nullptr && pdtype == c.f32) fail(name + ": stochastic rounding is for bfloat16/float16 params");
       if (has_master && pdtype == c.f32) fail(name + ": master weights are for bfloat16/float16 params only");
       if (pi.device_type != device_type) fail(name + ": param 0 is on the wrong device type for this kernel");
     }
@@ -296,8 +330,9 @@ inline torch::stable::Tensor state_table(const TensorList& params, const TensorL
       Info si = info((*slots[k])[t]);
       if (sdtype < 0) {
         sdtype = si.dtype;
-        if (sdtype != c.f32 && sdtype != c.bf16)
-          fail(name + ": states must be float32 or bfloat16, got " + dtype_name(sdtype));
+        if (quantized ? sdtype != c.u8 : sdtype != c.f32 && sdtype != c.bf16)
+          fail(name + ": states must be " + (quantized ? "uint8 codes with scales" : "float32 or bfloat16") +
+               ", got " + dtype_name(sdtype));
       }
       if (si.dtype != sdtype || si.numel != pi.numel || !on_device(si))
         fail(name + ": state slot " + std::to_string(k) + " of param " + which() +
@@ -305,6 +340,24 @@ inline torch::stable::Tensor state_table(const TensorList& params, const TensorL
       contiguous = contiguous && si.contiguous;
       vec = vec && aligned16(si.data);
       row[k] = static_cast<int64_t>(reinterpret_cast<uintptr_t>(si.data));
+    }
+    if (quantized) {  // Note [8-bit states in the table]
+      if (!(contiguous && pi.contiguous))
+        fail(name + ": param " + which() + " and its 8-bit states must be contiguous: they must share one dense layout");
+      int rank = 0;
+      for (int k = 0; k < kStateSlots; ++k) {
+        if (!((present >> k) & 1)) continue;
+        Info ai = info((*scales)[rank++ * n + t]);
+        if (ai.dtype != c.f32 || !ai.contiguous || !on_device(ai) || ai.numel != (pi.numel + 255) / 256)
+          fail(name + ": the scales of state slot " + std::to_string(k) + " of param " + which() +
+               " must be a contiguous float32 tensor of " + std::to_string((pi.numel + 255) / 256) +
+               " elements (one per 256) on its device");
+        row[table::kScale0 + k] = static_cast<int64_t>(reinterpret_cast<uintptr_t>(ai.data));
+      }
+    }
+    if (seeds != nullptr) {
+      row[table::kSeed] = seeds[2 * t];
+      row[table::kOffset] = seeds[2 * t + 1];
     }
     if (!(contiguous && pi.contiguous) && pi.numel > 1) {
       bool ok = !has_master || same_dense_layout(params[t].get(), (*master)[t].get());
@@ -321,6 +374,9 @@ inline torch::stable::Tensor state_table(const TensorList& params, const TensorL
   head[table::kParamDtype] = pdtype;
   head[table::kStateDtype] = sdtype;
   head[table::kDeviceIndex] = device;
+  head[table::kRounds] = seeds != nullptr ? 1 : 0;
+  if (seeds != nullptr && sdtype == c.bf16)  // not compiled (dtype.h): the reference backend serves it
+    fail(name + ": stochastic rounding with bfloat16 states runs on the reference backend");
   // Only now that every check passed: a refused call leaves no reference behind.
   for (size_t t = 0; t < n; ++t) {
     AtenTensorHandle own = nullptr;
@@ -338,14 +394,17 @@ struct CheckedTensor {
   const void* g = nullptr;
   float* master = nullptr;              // float32 master weights, or null
   void* s[kStateSlots] = {nullptr, nullptr, nullptr};  // null for inactive slots
+  float* scale[kStateSlots] = {nullptr, nullptr, nullptr};  // 8-bit states: their block scales
+  uint64_t seed = 0, offset = 0;  // stochastic rounding: the stream of element i is (seed, offset + i)
   int64_t n = 0;
   bool aligned16 = false;               // every pointer above is 16-byte aligned
 };
 
 struct CheckedCall {
   DType pd = DType::kFloat;  // params and grads
-  DType sd = DType::kFloat;  // states: float32 or bfloat16
+  DType sd = DType::kFloat;  // states: float32, bfloat16 or 8-bit codes (kUInt8)
   bool master = false;       // float32 master weights
+  bool round = false;        // params stored by stochastic rounding
   int32_t device_index = -1;
   std::vector<CheckedTensor> tensors;
 };
@@ -354,6 +413,7 @@ inline DType dtype_of(int32_t code) {
   const Codes& c = codes();
   if (code == c.bf16) return DType::kBFloat16;
   if (code == c.f16) return DType::kHalf;
+  if (code == c.u8) return DType::kUInt8;
   return DType::kFloat;
 }
 
@@ -423,6 +483,8 @@ inline CheckedCall check_tensors(const std::string& name, const TensorList& para
   out.pd = dtype_of(pdtype);
   out.sd = dtype_of(static_cast<int32_t>(rows[table::kStateDtype]));
   out.master = rows[table::kHasMaster] != 0;
+  out.round = rows[table::kRounds] != 0;
+  const bool quantized = out.sd == DType::kUInt8;
   const std::string where = device_name(device_type, out.device_index);
   auto on_device = [&](const Info& i) {
     return i.device_type == device_type && i.device_index == out.device_index;
@@ -453,15 +515,20 @@ inline CheckedCall check_tensors(const std::string& name, const TensorList& para
       fail(name + ": grad " + which() + " must be a tensor of the param's dtype and shape on its device");
     const bool contiguous = pi.contiguous && gi.contiguous && row[table::kContiguous] != 0;
     if (!contiguous && pi.numel > 1 &&
-        !(layout_signature(ph) == row[table::kLayout] && same_dense_layout(ph, gh)))
-      fail(name + ": param " + which() + ", its grad and states must be contiguous or share one dense layout");
+        (quantized || !(layout_signature(ph) == row[table::kLayout] && same_dense_layout(ph, gh))))
+      fail(name + ": param " + which() + ", its grad and states must be contiguous or share one dense layout" +
+           (quantized ? " (contiguous, with 8-bit states)" : ""));
     CheckedTensor& d = out.tensors[t];
     d.p = pi.data;
     d.g = gi.data;
     d.n = pi.numel;
     d.master = reinterpret_cast<float*>(static_cast<uintptr_t>(row[table::kMaster]));
-    for (int k = 0; k < kStateSlots; ++k)
+    for (int k = 0; k < kStateSlots; ++k) {
       d.s[k] = (required >> k) & 1 ? reinterpret_cast<void*>(static_cast<uintptr_t>(row[k])) : nullptr;
+      d.scale[k] = reinterpret_cast<float*>(static_cast<uintptr_t>(row[table::kScale0 + k]));
+    }
+    d.seed = static_cast<uint64_t>(row[table::kSeed]);
+    d.offset = static_cast<uint64_t>(row[table::kOffset]);
     d.aligned16 = row[table::kAligned] != 0 && aligned16(pi.data) && aligned16(gi.data);
   }
   return out;

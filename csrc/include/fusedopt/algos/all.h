@@ -22,6 +22,8 @@
 // fusedopt::release_table: drops the references a state table holds (Note [owned params]).
 #define FUSEDOPT_RELEASE_TABLE_SCHEMA "(Tensor(a!) table) -> ()"
 // The schema of fusedopt::state_table after its name (the state slots s0, s1, s2 in SLOTS order,
-// an unused one an empty list).
-#define FUSEDOPT_STATE_TABLE_SCHEMA \
-  "(Tensor[] params, Tensor[] s0, Tensor[] s1, Tensor[] s2, Tensor[]? master) -> Tensor"
+// an unused one an empty list; 8-bit states' scales and stochastic rounding's (seed, offset) rows:
+// Note [8-bit states in the table] in tensor_info.h).
+#define FUSEDOPT_STATE_TABLE_SCHEMA                                                          \
+  "(Tensor[] params, Tensor[] s0, Tensor[] s1, Tensor[] s2, Tensor[]? master, "             \
+  "Tensor[]? scales=None, Tensor? rounding=None) -> Tensor"

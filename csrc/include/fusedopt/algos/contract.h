@@ -3,7 +3,8 @@
 //
 // Per algorithm, contract::<Name>: the op name, the columns of its hyperparameter row (HYPER),
 // its compile-time flags (FLAGS, bit i of a call's flags), its per-tensor counters (the step
-// count and SCALAR_STATES) and its state slots (SLOTS, in order).
+// count and SCALAR_STATES) and its state slots (SLOTS, in order; kSignedSlots: those whose 8-bit
+// codes use the signed map, fusedopt.lowbit.SIGNED_STATES).
 #pragma once
 
 namespace fusedopt {
@@ -23,6 +24,7 @@ struct Sgd {
   static constexpr bool kReduces = false;
   enum Flag : unsigned { kFlagNesterov = 1u };
   enum Slot : int { kStateMomentumBuffer = 0, kNumSlots = 1 };
+  static constexpr int kSignedSlots = 1;
 };
 
 struct Adagrad {
@@ -34,6 +36,7 @@ struct Adagrad {
   // two traversals with per-tensor sums (REDUCES, Note [reducing algorithms])
   static constexpr bool kReduces = false;
   enum Slot : int { kStateSum = 0, kNumSlots = 1 };
+  static constexpr int kSignedSlots = 0;
 };
 
 struct Adadelta {
@@ -45,6 +48,7 @@ struct Adadelta {
   // two traversals with per-tensor sums (REDUCES, Note [reducing algorithms])
   static constexpr bool kReduces = false;
   enum Slot : int { kStateSquareAvg = 0, kStateAccDelta = 1, kNumSlots = 2 };
+  static constexpr int kSignedSlots = 0;
 };
 
 struct Rmsprop {
@@ -57,6 +61,7 @@ struct Rmsprop {
   static constexpr bool kReduces = false;
   enum Flag : unsigned { kFlagCentered = 1u };
   enum Slot : int { kStateSquareAvg = 0, kStateMomentumBuffer = 1, kStateGradAvg = 2, kNumSlots = 3 };
+  static constexpr int kSignedSlots = 6;
 };
 
 struct Adam {
@@ -69,6 +74,7 @@ struct Adam {
   static constexpr bool kReduces = false;
   enum Flag : unsigned { kFlagAmsgrad = 1u };
   enum Slot : int { kStateExpAvg = 0, kStateExpAvgSq = 1, kStateMaxExpAvgSq = 2, kNumSlots = 3 };
+  static constexpr int kSignedSlots = 1;
 };
 
 struct Yogi {
@@ -80,6 +86,7 @@ struct Yogi {
   // two traversals with per-tensor sums (REDUCES, Note [reducing algorithms])
   static constexpr bool kReduces = false;
   enum Slot : int { kStateExpAvg = 0, kStateExpAvgSq = 1, kNumSlots = 2 };
+  static constexpr int kSignedSlots = 1;
 };
 
 struct Radam {
@@ -91,6 +98,7 @@ struct Radam {
   // two traversals with per-tensor sums (REDUCES, Note [reducing algorithms])
   static constexpr bool kReduces = false;
   enum Slot : int { kStateExpAvg = 0, kStateExpAvgSq = 1, kNumSlots = 2 };
+  static constexpr int kSignedSlots = 1;
 };
 
 struct Adamax {
@@ -102,6 +110,7 @@ struct Adamax {
   // two traversals with per-tensor sums (REDUCES, Note [reducing algorithms])
   static constexpr bool kReduces = false;
   enum Slot : int { kStateExpAvg = 0, kStateExpInf = 1, kNumSlots = 2 };
+  static constexpr int kSignedSlots = 1;
 };
 
 struct Lion {
@@ -113,6 +122,7 @@ struct Lion {
   // two traversals with per-tensor sums (REDUCES, Note [reducing algorithms])
   static constexpr bool kReduces = false;
   enum Slot : int { kStateExpAvg = 0, kNumSlots = 1 };
+  static constexpr int kSignedSlots = 1;
 };
 
 struct Nadam {
@@ -124,6 +134,7 @@ struct Nadam {
   // two traversals with per-tensor sums (REDUCES, Note [reducing algorithms])
   static constexpr bool kReduces = false;
   enum Slot : int { kStateExpAvg = 0, kStateExpAvgSq = 1, kNumSlots = 2 };
+  static constexpr int kSignedSlots = 1;
 };
 
 struct Lamb {
@@ -135,6 +146,7 @@ struct Lamb {
   // two traversals with per-tensor sums (REDUCES, Note [reducing algorithms])
   static constexpr bool kReduces = true;
   enum Slot : int { kStateExpAvg = 0, kStateExpAvgSq = 1, kNumSlots = 2 };
+  static constexpr int kSignedSlots = 1;
 };
 
 }  // namespace contract

@@ -19,6 +19,8 @@ struct Lookahead : AlgorithmDefaults {
   static constexpr bool kReduces = false;
   static constexpr bool kReadsGrad = false;
   static constexpr bool kHalfStates = true;  // slow weights may have the float16 params' dtype
+  static constexpr bool kLowBit = false;     // float slow weights, params rounded to nearest
+  static constexpr int kSignedSlots = 0;
   static constexpr int slots(int) { return kSlot0; }
 
   struct Args {

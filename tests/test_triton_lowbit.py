@@ -1,0 +1,534 @@
+"""The Triton backend's 8-bit states and stochastic rounding against the reference (the rules are
+``fusedopt/lowbit.py``'s): dequantize -> the float32 update -> quantize, and the stochastic
+rounding of 16-bit params, fused in the one traversal.
+
+- the quantizer, dequantizer and stochastic rounding of the kernels, alone, bit for bit against
+  ``lowbit`` (small jitted kernels calling them): NaN, inf, zero and subnormal blocks, exact
+  midpoints, partial blocks; special values, large seeds, steps and offsets;
+- every algorithm and slot variant with 8-bit states, float32 and bfloat16 params, odd sizes and
+  an empty tensor, two param groups and three step counts in one call; params within the
+  float32 tolerance, scales within float32 rounding, codes equal but for a few that differ by
+  one (a float32 update one ulp off may cross a midpoint);
+- bit-for-bit steps where the float32 update is exact (SGD with power-of-two lr and momentum):
+  codes, scales and the stochastically rounded bfloat16/float16 params;
+- LAMB's split phases, grad_scale, an overflow step (nothing written);
+- the 8-bit and stochastic-rounding variants compile for sm_90 without a GPU.
+
+Run in Triton's interpreter on CPU tensors (``TRITON_INTERPRET=1``, set here and by conftest.py),
+or, with ``TRITON_INTERPRET=0`` on a machine with a GPU, compiled on CUDA tensors (the reference
+then runs on the GPU too).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+triton = pytest.importorskip("triton", reason="triton is not installed")
+import triton.language as tl  # noqa: E402
+
+import fusedopt  # noqa: E402
+from fusedopt import algorithms, backends, lowbit  # noqa: E402
+from fusedopt.backends import reference  # noqa: E402
+from parity import TOL, random_state, set_counters  # noqa: E402
+
+ft = pytest.importorskip("fusedopt.triton")
+from fusedopt.triton import kernels as K  # noqa: E402
+from fusedopt.triton import launcher  # noqa: E402
+
+# The kernels run in the interpreter on CPU tensors, or compiled on CUDA tensors.
+DEVICE = torch.device("cpu" if ft.INTERPRETED else "cuda")
+runs = pytest.mark.skipif(not ft.INTERPRETED and not torch.cuda.is_available(),
+                          reason="kernels compiled for CUDA (TRITON_INTERPRET is not 1) and no GPU")
+
+BLOCK = ft.block_size()  # one program's chunk (4096 in the interpreter)
+SIZES = (0, 1, 255, 257, 300, BLOCK + 1)
+STEP_COUNTS = (3.0, 7.0, 1.0)  # per tensor in turn: SGD's first step, RAdam's both branches
+CODE_MISMATCH = 0.005  # the fraction of codes that may differ (by exactly one)
+
+
+def _int64(v):
+    v &= (1 << 64) - 1
+    return v - (1 << 64) if v >> 63 else v
+
+
+# -- the kernels' rules alone ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def jitted():
+    """Small kernels calling the traversal's quantizer, dequantizer and stochastic rounding."""
+
+    @triton.jit
+    def quantize(x_ptr, codes_ptr, absmax_ptr, mid_ptr, n, BLOCK: tl.constexpr):
+        start = tl.program_id(0) * BLOCK
+        offs = start + tl.arange(0, BLOCK)
+        valid = offs < n
+        x = tl.load(x_ptr + offs, mask=valid, other=float("nan"))  # past n: must count as 0
+        codes, absmax = K._quantize(x, valid, mid_ptr, BLOCK)
+        tl.store(codes_ptr + offs, codes, mask=valid)
+        blocks = start // 256 + tl.arange(0, BLOCK // 256)
+        tl.store(absmax_ptr + blocks, absmax, mask=blocks * 256 < n)
+
+    @triton.jit
+    def dequantize(codes_ptr, absmax_ptr, map_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        valid = offs < n
+        codes = tl.load(codes_ptr + offs, mask=valid, other=0)
+        x = K._dequantize(codes, tl.load(absmax_ptr + offs // 256, mask=valid, other=0.0), map_ptr)
+        tl.store(out_ptr + offs, x, mask=valid)
+
+    @triton.jit
+    def round16(x_ptr, out_ptr, seed, step, offset, n, P_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        valid = offs < n
+        x = tl.load(x_ptr + offs, mask=valid, other=0.0)
+        index = (offset.to(tl.int64) + offs).to(tl.uint64, bitcast=True)
+        bits = K._random_bits(seed.to(tl.int64).to(tl.uint64, bitcast=True),
+                              step.to(tl.int64).to(tl.uint64, bitcast=True), index)
+        tl.store(out_ptr + offs, K._stochastic_round(x, bits, P_DTYPE), mask=valid)
+
+    return quantize, dequantize, round16
+
+
+def _quantizer_inputs(qmap):
+    """Blocks of 256: wide-range values, zeros, signed zeros, a NaN, +-inf, the exact midpoints
+    (with 1.0: absmax 1, so y is each midpoint), their float32 neighbours, the map's own values
+    scaled, a negative maximum, subnormals; then a partial block."""
+    gen = torch.Generator().manual_seed(3)
+
+    def rnd():
+        return torch.randn(256, generator=gen) * torch.exp(3 * torch.randn(256, generator=gen))
+
+    mids = lowbit.midpoints(qmap)
+    exact = torch.cat([mids, torch.ones(1)])
+    nan, inf = rnd(), rnd()
+    nan[17] = float("nan")
+    inf[200] = float("inf")
+    ninf = rnd()
+    ninf[0] = -float("inf")
+    neg = rnd().abs()
+    neg[5] = -2 * float(neg.max())
+    signed_zeros = torch.where(torch.rand(256, generator=gen) < 0.5, -0.0, 0.0)
+    blocks = [rnd(), torch.zeros(256), signed_zeros, nan, inf, ninf, exact,
+              torch.cat([torch.nextafter(mids, torch.tensor(-2.0)), torch.ones(1)]),
+              torch.cat([torch.nextafter(mids, torch.tensor(2.0)), torch.ones(1)]),
+              qmap * 3.0, neg, rnd() * 1e-40, torch.full((256,), 1e-45), rnd()[:100]]
+    return torch.cat(blocks).float()
+
+
+@runs
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # numpy on the NaN and inf blocks
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+@pytest.mark.parametrize("block", [256, 1024, 4096])
+def test_quantizer_is_lowbits_bit_for_bit(jitted, signed, block):
+    """Codes and block absmax of the kernels' quantizer equal lowbit.quantize_blockwise's, bit for
+    bit (NaN absmax where the block holds a NaN); dequantizing codes equals
+    lowbit.dequantize_blockwise's, including NaN and inf scales. Work items of 1, 4 and 16 blocks."""
+    quantize, dequantize, _ = jitted
+    qmap = lowbit.dynamic_map(signed)
+    maps = launcher.state_maps(DEVICE)[0 if signed else 1]
+    assert torch.equal(maps[:256].cpu(), qmap) and torch.equal(maps[256:511].cpu(), lowbit.midpoints(qmap))
+    x = _quantizer_inputs(qmap)
+    n = x.numel()
+    codes = torch.empty(n, dtype=torch.uint8, device=DEVICE)
+    absmax = torch.empty(-(-n // 256), device=DEVICE)
+    quantize[(triton.cdiv(n, block),)](x.to(DEVICE), codes, absmax, maps[256:], n, BLOCK=block)
+    codes, absmax = codes.cpu(), absmax.cpu()
+    want_codes, want_absmax = lowbit.quantize_blockwise(x, qmap)
+    torch.testing.assert_close(absmax, want_absmax, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(absmax.isnan(), want_absmax.isnan()) and want_absmax.isnan().any()
+    assert torch.equal(codes, want_codes)
+    assert torch.equal(codes[6 * 256: 7 * 256].long(), torch.arange(1, 257).clamp(max=255))  # ties go up
+
+    # dequantize lowbit's codes with scales of every kind (NaN, inf, 0, subnormal)
+    scales = want_absmax.clone()
+    scales[:4] = torch.tensor([float("nan"), float("inf"), 0.0, 1e-40])
+    out = torch.empty(n, device=DEVICE)
+    dequantize[(triton.cdiv(n, block),)](want_codes.to(DEVICE), scales.to(DEVICE), maps, out, n, BLOCK=block)
+    torch.testing.assert_close(out.cpu(), lowbit.dequantize_blockwise(want_codes, scales, qmap), rtol=0, atol=0,
+                               equal_nan=True)
+
+
+_SR_SPECIALS = [0.0, -0.0, float("inf"), -float("inf"), float("nan"), 65504.0, 65519.0, 65520.0, 65535.9, 65536.0,
+                1e5, -7e4, 3.3895e38, 3.39e38, -3.4e38, 2 ** -14, 2 ** -14 * 0.999, 2 ** -24, 2 ** -25, 2 ** -33,
+                2 ** -40, 2 ** -56, 2 ** -60, 1e-40, -1e-42, 1e-45, 5.9e-8, -6e-5, 1.0, -1.0 - 2 ** -20]
+
+
+@runs
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+def test_stochastic_rounding_is_lowbits_bit_for_bit(jitted, dtype):
+    """The kernels' Philox4x32-10 bits and rounding equal lowbit.stochastic_round's, bit for
+    bit: normal, subnormal, overflowing, infinite and NaN inputs; 64-bit seeds, steps and offsets
+    (their high words in use)."""
+    _, _, round16 = jitted
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.tensor(_SR_SPECIALS),
+                   torch.randn(3000, generator=gen) * torch.exp(8 * torch.randn(3000, generator=gen))]).float()
+    tl_dtype = tl.bfloat16 if dtype == torch.bfloat16 else tl.float16
+    for seed, step, offset in ((1234, 1, 0), (2 ** 63 + 5, 2 ** 33 + 7, 3 << 40), (2 ** 64 - 1, 7, 2 ** 32 - 100)):
+        out = torch.empty(x.shape, dtype=dtype, device=DEVICE)
+        round16[(triton.cdiv(x.numel(), 1024),)](x.to(DEVICE), out, _int64(seed), _int64(step), _int64(offset),
+                                                 x.numel(), tl_dtype, BLOCK=1024)
+        want = lowbit.stochastic_round(x, dtype, seed, step, offset)
+        assert torch.equal(out.cpu().view(torch.int16), want.view(torch.int16)), (seed, step, offset)
+
+
+# -- direct backend calls ----------------------------------------------------------------------
+
+# (algorithm, options): every algorithm, with each flag and option that changes its slots.
+VARIANTS = [
+    ("sgd", {"momentum": 0.9}),
+    ("sgd", {"momentum": 0.9, "nesterov": True}),
+    ("adagrad", {"lr_decay": 0.01}),
+    ("adadelta", {}),
+    ("rmsprop", {}),
+    ("rmsprop", {"momentum": 0.9}),
+    ("rmsprop", {"centered": True}),
+    ("rmsprop", {"centered": True, "momentum": 0.9}),
+    ("adam", {}),
+    ("adam", {"amsgrad": True}),
+    ("yogi", {}),
+    ("radam", {}),
+    ("adamax", {}),
+    ("lion", {}),
+    ("nadam", {}),
+    ("lamb", {}),
+]
+
+
+def _state(slot, n, gen, init):
+    """A valid random float32 state spanning a few decades (RMSprop's as parity's: its centered
+    square average stays clear above grad_avg**2)."""
+    s = random_state(slot, n, gen, init)
+    if slot in ("square_avg", "grad_avg"):
+        return s
+    return s * torch.exp(torch.randn(n, generator=gen))
+
+
+def _call(algo, options, dtype=torch.float32, sizes=SIZES, seed=5, quantized=True, rounding=None,
+          counts=STEP_COUNTS):
+    """One direct ``backend.step`` call: two rows (the second: half the lr, weight decay, maximize
+    flipped), the step counts ``counts`` in turn, random states quantized with
+    ``lowbit.quantize_blockwise`` (``scales`` then given), ``rounding`` per tensor when given."""
+    spec = algorithms.ALGORITHMS[algo]
+    group = {**spec.defaults, **options}
+    other = {**group, "lr": group["lr"] * 0.5, "weight_decay": 0.01, "maximize": not group["maximize"]}
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(n, generator=gen).to(dtype) for n in sizes]
+    grads = [torch.randn(n, generator=gen).to(dtype) for n in sizes]
+    init = spec.slot_init(group)
+    states, scales = [], []
+    for slot in spec.SLOTS:
+        values = [_state(slot, n, gen, init[slot]) for n in sizes] if slot in init else []
+        if quantized:
+            pairs = [lowbit.quantize_blockwise(v, lowbit.state_map(slot)) for v in values]
+            states.append([c for c, _ in pairs])
+            scales.append([a for _, a in pairs])
+        else:
+            states.append(values)
+    call = dict(algo=algo, flags=spec.flags(group), params=params, grads=grads, states=states, master=None,
+                index=torch.tensor([[0, i % 2] for i in range(len(sizes))], dtype=torch.int64).reshape(-1, 2),
+                hyper=torch.tensor([spec.hyper_row(group), spec.hyper_row(other)], dtype=torch.float64))
+    set_counters(spec, call, [counts[i % len(counts)] for i in range(len(sizes))])
+    if quantized:
+        call["scales"] = scales
+    if rounding is not None:
+        call["rounding"] = rounding
+    return spec, _to(call, DEVICE)
+
+
+def _to(call, device):
+    """The call with its tensors on ``device`` (``index`` stays on the CPU)."""
+    def move(v):
+        if isinstance(v, torch.Tensor):
+            return v.to(device)
+        if isinstance(v, list):
+            return [move(t) for t in v]
+        return v
+    return {k: v if k == "index" else move(v) for k, v in call.items()}
+
+
+def _copy(call):
+    out = dict(call, params=[p.clone() for p in call["params"]],
+               states=[[t.clone() for t in slot] for slot in call["states"]],
+               master=None if call["master"] is None else [m.clone() for m in call["master"]])
+    if call.get("scales") is not None:
+        out["scales"] = [[s.clone() for s in slot] for slot in call["scales"]]
+    return out
+
+
+def _run(backend, call, **kw):
+    """``backend.step`` on a copy of the call; returns the copy, updated, on the CPU."""
+    out = _copy(call)
+    backends.get_backend(backend, DEVICE).step(**out, **kw)
+    return _to(out, "cpu")
+
+
+def _assert_codes_close(got, want, what):
+    """Equal codes, but for at most CODE_MISMATCH of them that differ by exactly one."""
+    total = diff = 0
+    for i, (a, b) in enumerate(zip(got, want)):
+        d = (a.to(torch.int32) - b.to(torch.int32)).abs()
+        if d.numel():
+            assert int(d.max()) <= 1, f"{what} codes of tensor {i} differ by {int(d.max())}"
+        total += d.numel()
+        diff += int(d.sum())
+    assert diff <= CODE_MISMATCH * total, f"{what}: {diff} of {total} codes differ"
+
+
+def _assert_matches(got, want, what, exact=False):
+    """Params (within their dtype's tolerance, or bit for bit), master weights, states: codes
+    (as _assert_codes_close, or equal) and scales (within float32 rounding, or equal)."""
+    for i, (a, b) in enumerate(zip(got["params"], want["params"])):
+        if exact:
+            assert torch.equal(a.view(torch.int16) if a.element_size() == 2 else a,
+                               b.view(torch.int16) if b.element_size() == 2 else b), f"{what} param {i}"
+        else:
+            rtol, atol = TOL[a.dtype]
+            torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{what} param {i}: {m}")
+    for i, (a, b) in enumerate(zip(got["master"] or [], want["master"] or [])):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m: f"{what} master {i}: {m}")
+    if want.get("scales") is None:
+        for k, (sa, sb) in enumerate(zip(got["states"], want["states"])):
+            for i, (a, b) in enumerate(zip(sa, sb)):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m: f"{what} state {k}/{i}: {m}")
+        return
+    for k, (sa, sb, ca, cb) in enumerate(zip(got["states"], want["states"], got["scales"], want["scales"])):
+        for i, (a, b) in enumerate(zip(ca, cb)):
+            tol = 0 if exact else 1e-6
+            torch.testing.assert_close(a, b, rtol=tol, atol=0, equal_nan=True,
+                                       msg=lambda m: f"{what} scales of slot {k}, tensor {i}: {m}")
+        if exact:
+            assert all(torch.equal(a, b) for a, b in zip(sa, sb)), f"{what} codes of slot {k}"
+        else:
+            _assert_codes_close(sa, sb, f"{what} slot {k}")
+
+
+@runs
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("algo,options", VARIANTS, ids=lambda v: v if isinstance(v, str) else
+                         "-".join(f"{k}={x}" for k, x in v.items()) or "default")
+def test_8bit_states_match_reference(algo, options, dtype):
+    """Every algorithm and slot variant with 8-bit states: sizes 0, 1, 255, 257, 300 and one past
+    a chunk in one call, two rows, three step counts: one launch (two for LAMB), the params, codes
+    and scales as the reference's."""
+    spec, call = _call(algo, options, dtype)
+    assert sum(len(s) for s in call["scales"]), "no 8-bit slot"
+    before = ft.launch_count()
+    got = _run("triton", call)
+    assert ft.launch_count() - before == (2 if spec.REDUCES else 1)
+    _assert_matches(got, _run("reference", call), f"{algo} {options} {dtype}")
+    before = _to(call, "cpu")["states"][0]
+    changed = [not torch.equal(a, b) for a, b in zip(got["states"][0], before) if a.numel() > 256]
+    assert changed and all(changed)  # the codes were written
+
+
+def _exact_sgd(dtype, rounding, quantized, sizes=SIZES, counts=STEP_COUNTS):
+    """SGD whose float32 update every backend computes exactly alike: lr = 2**-6, momentum 0.5,
+    no dampening, no weight decay (lr * g and momentum * buf are exact products, each sum one
+    rounding, fused or not)."""
+    spec, call = _call("sgd", {"momentum": 0.5, "lr": 2.0 ** -6}, dtype, sizes=sizes, quantized=quantized,
+                       rounding=rounding, counts=counts)
+    call["hyper"][:, spec.HYPER.index("weight_decay")] = 0.0
+    return spec, call
+
+
+@runs
+@pytest.mark.parametrize("quantized", [False, True], ids=["f32-states", "8bit-states"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+def test_stochastic_rounding_bit_for_bit(dtype, quantized):
+    """Stochastic rounding of bfloat16/float16 params, alone and with 8-bit states: where the
+    float32 update is exact, the stored params (and codes and scales) equal the reference's bit
+    for bit; each tensor with its own seed and offset (64-bit values), its own step count."""
+    n = len(SIZES)
+    rounding = [(1234 + 7 * i, (i << 40) + 3) for i in range(n)]
+    rounding[1] = (2 ** 64 - 5, 2 ** 33)
+    spec, call = _exact_sgd(dtype, rounding, quantized)
+    got = _run("triton", call)
+    want = _run("reference", call)
+    _assert_matches(got, want, f"sgd stochastic rounding {dtype}", exact=True)
+    nearest = _run("reference", {k: v for k, v in call.items() if k != "rounding"})
+    assert any(not torch.equal(a, b) for a, b in zip(got["params"], nearest["params"]))  # it did not round to nearest
+    # the bits depend on the seed, the step count and the offset
+    for change in ("seed", "offset", "step") if not quantized else ():
+        other = dict(call)
+        if change == "step":
+            other["steps"] = call["steps"] + 1
+        else:
+            other["rounding"] = [(s + 1, o) if change == "seed" else (s, o + 1) for s, o in rounding]
+        assert not torch.equal(_run("triton", other)["params"][5], got["params"][5]), change
+
+
+@runs
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("algo", ["adam", "lamb"])
+def test_stochastic_rounding_with_8bit_states(algo, dtype):
+    """Adam and LAMB (which stores the param in both traversals, with the same bits), 16-bit
+    params stochastically rounded, 8-bit states: as the reference."""
+    rounding = [(99 + i, i << 40) for i in range(len(SIZES))]
+    spec, call = _call(algo, {}, dtype, rounding=rounding)
+    got = _run("triton", call)
+    want = _run("reference", call)
+    _assert_matches(got, want, f"{algo} 8-bit stochastic rounding {dtype}")
+    # the params are one of the two 16-bit neighbours of the float32 step; most as the reference's
+    same = sum(int((a.view(torch.int16) == b.view(torch.int16)).sum()) for a, b in zip(got["params"],
+                                                                                        want["params"]))
+    assert same >= 0.99 * sum(SIZES)
+
+
+@runs
+def test_master_weights_with_8bit_states():
+    spec, call = _call("adam", {"amsgrad": True}, torch.bfloat16)
+    gen = torch.Generator().manual_seed(1)
+    call["master"] = [p.float() + 1e-3 * torch.randn(p.shape, generator=gen).to(DEVICE) for p in call["params"]]
+    _assert_matches(_run("triton", call), _run("reference", call), "adam master 8-bit")
+
+
+@runs
+def test_lamb_split_phases_with_8bit_states():
+    """A split LAMB step (phase 1, the sums combined by the caller, phase 2) with 8-bit states:
+    the sums, params, codes and scales as the reference's; phase 2 writes no codes or scales."""
+    spec, call = _call("lamb", {}, torch.float32)
+    n = len(SIZES)
+    got, want = _copy(call), _copy(call)
+    tri, ref = backends.get_backend("triton", DEVICE), reference.Backend()
+    s_got = torch.full((n, 2), -1.0, dtype=torch.float64, device=DEVICE)
+    s_want = torch.zeros(n, 2, dtype=torch.float64, device=DEVICE)
+    tri.step(**got, sums=s_got, phase=1)
+    ref.step(**want, sums=s_want, phase=1)
+    torch.testing.assert_close(s_got, s_want, rtol=1e-6, atol=0)
+    codes = [[t.clone() for t in slot] for slot in got["states"]]
+    scales = [[t.clone() for t in slot] for slot in got["scales"]]
+    s_got.mul_(1.5)
+    s_want.mul_(1.5)
+    tri.step(**got, sums=s_got, phase=2)
+    ref.step(**want, sums=s_want, phase=2)
+    _assert_matches(got, want, "lamb split 8-bit")
+    for before, after in ((codes, got["states"]), (scales, got["scales"])):
+        assert all(torch.equal(a, b) for x, y in zip(before, after) for a, b in zip(x, y))
+
+
+@runs
+@pytest.mark.parametrize("algo", ["adam", "sgd"])
+def test_grad_scale_and_overflow_step(algo):
+    """grad_scale with 8-bit states and stochastic rounding: as the reference; an overflow step
+    (found_inf = 1) writes nothing: params, codes and scales unchanged."""
+    rounding = [(5, i << 40) for i in range(len(SIZES))]
+    spec, call = _call(algo, {"momentum": 0.9} if algo == "sgd" else {}, torch.bfloat16, rounding=rounding)
+    call["grad_scale"] = torch.tensor(0.25, device=DEVICE)
+    call["found_inf"] = torch.tensor(0.0, device=DEVICE)
+    got = _run("triton", call)
+    _assert_matches(got, _run("reference", call), f"{algo} grad_scale")
+    before = _to(call, "cpu")
+    assert not torch.equal(got["params"][5], before["params"][5])
+    call["found_inf"] = torch.tensor(1.0, device=DEVICE)
+    got = _run("triton", call)
+    for key in ("params", "states", "scales"):
+        flat = lambda c: c[key] if key == "params" else [t for slot in c[key] for t in slot]  # noqa: E731
+        assert all(torch.equal(a, b) for a, b in zip(flat(got), flat(before))), key
+
+
+@runs
+def test_tables_cached_and_keyed_on_seeds():
+    """A steady call builds no new table; a new seed (a table value, not an address) does."""
+    rounding = [(1, 0), (1, 1 << 40)]
+    spec, call = _exact_sgd(torch.bfloat16, rounding, True, sizes=(300, 5))
+    tri = backends.get_backend("triton", DEVICE)
+    out = _copy(call)
+    tri.step(**out)
+    builds = ft.table_cache().builds
+    tri.step(**out)
+    assert ft.table_cache().builds == builds
+    tri.step(**dict(out, rounding=[(2, o) for _, o in rounding]))
+    assert ft.table_cache().builds == builds + 1
+
+
+@runs
+def test_rejections():
+    tri = backends.get_backend("triton", DEVICE)
+    spec, call = _call("adam", {}, sizes=(300, 5))
+    bad = _copy(call)
+    bad["scales"][0][1] = torch.zeros(2, device=DEVICE)  # 5 elements: one block
+    with pytest.raises(ValueError, match="scales"):
+        tri.step(**bad)
+    bad = _copy(call)
+    bad["scales"] = bad["scales"][:1]
+    with pytest.raises(ValueError, match="scales"):
+        tri.step(**bad)
+    bad = _copy(call)
+    bad["states"][1] = [t.float() for t in bad["states"][1]]
+    with pytest.raises(TypeError, match="uint8"):
+        tri.step(**bad)
+    with pytest.raises(ValueError, match="rounding"):
+        tri.step(**dict(_copy(call), rounding=[(1, 0)]))
+
+
+# -- the compiled kernel, without a GPU --------------------------------------------------------
+
+_AOT_SCRIPT = r'''
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from fusedopt.triton import kernels as K
+
+fn = K.multi_tensor_kernel
+
+
+def algo(name):
+    scalars, math, reduced = K.rule(name)
+    return dict(SCALARS=scalars, MATH=math, REDUCED=reduced, READS_GRAD=scalars is not None)
+
+
+SR = K.ROUND_STOCHASTIC.value
+base = dict(algo("adam"), NCOL=6, NHYPER=7, P_DTYPE=tl.bfloat16, G_DTYPE=tl.bfloat16, S_DTYPE=tl.uint8,
+            PRESENT=3, HAS_MASTER=False, HAS_GRAD_SCALE=True, HAS_FOUND_INF=True, FLAG=False, RNE_P=False,
+            RNE_S=False, ALIGNED=True, BLOCK=2048, PHASE=0, SPLIT=False)
+variants = [  # NCOL: param, grad, slots, master, 6 with 8-bit states, 2 with stochastic rounding
+    dict(NCOL=6 + 6 + 2, RNE_P=SR),                                               # Adam, 8-bit, SR
+    dict(algo("sgd"), NCOL=4 + 2, NHYPER=6, PRESENT=0, S_DTYPE=tl.float32, P_DTYPE=tl.float16,
+         G_DTYPE=tl.float16, RNE_P=SR),                                            # SGD, SR only
+    dict(algo("sgd"), NCOL=4 + 6 + 2, NHYPER=6, PRESENT=1, RNE_P=SR),            # SGD, 8-bit, SR
+]
+pointers = dict(addrs="*i64", meta="*i64", work="*i64", steps="*fp32", hyper="*fp64",
+                grad_scale_ptr="*fp32", found_inf_ptr="*fp32", alpha="fp32", partials="*fp64", sums="*fp64")
+for v in variants:
+    cx = dict(base, **v)
+    sig = {name: "constexpr" if name in cx else pointers[name] for name in fn.arg_names}
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=cx), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": 4})
+    ptx = k.asm["ptx"]
+    assert "ld.global.v4" in ptx and "st.global.v4" in ptx, ("no 16-byte accesses", v)
+    for approx in ("div.full", "div.approx", "sqrt.approx", "rsqrt.approx"):
+        assert approx not in ptx, (approx, v)
+    if cx["S_DTYPE"] == tl.uint8:  # the dequantizing multiply is its own instruction, never an fma
+        assert "mul.rn.f32" in ptx and "div.rn.f32" in ptx, ("dequantize, quantize", v)
+    if cx["RNE_P"] == SR:  # Philox's mulhilo
+        assert "mul.hi.u32" in ptx and "mul.lo.s32" in ptx, ("philox", v)
+    print("ok", cx["MATH"].__name__, cx["S_DTYPE"], cx["RNE_P"])
+'''
+
+
+@pytest.mark.skipif(not hasattr(triton, "compile"), reason="triton.compile unavailable")
+def test_8bit_and_stochastic_rounding_compile_for_sm90(tmp_path):
+    """Adam and SGD with 8-bit states and/or stochastic rounding compile for an H100 (sm_90) here,
+    without a GPU: 16-byte vector accesses on full chunks, IEEE division, the dequantizing
+    multiply as ``mul.rn.f32`` (not contracted into an fma with the update), Philox's
+    ``mul.hi.u32``."""
+    import subprocess
+    nvidia = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia")
+    if not os.path.isdir(nvidia):
+        pytest.skip("this triton has no NVIDIA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fusedopt.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sum(line.startswith("ok ") for line in out.stdout.splitlines()) == 3, out.stdout
