@@ -37,7 +37,7 @@ from .algorithms import ALGORITHMS
 STEP_OPS = tuple(ALGORITHMS)
 OPS = STEP_OPS + ("state_table", "release_table", "lookahead")
 # The columns of a state table (csrc/include/fusedopt/tensor_info.h, table::kCols).
-STATE_TABLE_COLS = 9
+STATE_TABLE_COLS = 14
 
 _cpu_error: str | None = None
 _cuda_error: str | None = None
@@ -80,7 +80,7 @@ def _fake(*args, **kwargs):
     return None
 
 
-def _fake_state_table(params, s0, s1, s2, master=None):
+def _fake_state_table(params, s0, s1, s2, master=None, scales=None, rounding=None):
     return torch.empty(len(params) + 1, STATE_TABLE_COLS, dtype=torch.int64, device="cpu")
 
 
