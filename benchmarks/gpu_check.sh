@@ -8,8 +8,8 @@
 #                 dist/fusedopt-*.whl if there is one (unchanged, --no-deps), else build it here
 #                 with the CUDA extension; fail unless the cuda backend is available.
 #   tests         tests-cuda, then tests-triton
-#   tests-cuda    pytest tests/test_cuda_backend.py tests/test_features.py -> pytest-cuda.log
-#   tests-triton  pytest tests/test_triton_backend.py, compiled kernels  -> pytest-triton.log
+#   tests-cuda    pytest tests/test_cuda_backend.py tests/test_lowbit_kernels.py tests/test_features.py -> pytest-cuda.log
+#   tests-triton  pytest tests/test_triton_backend.py tests/test_triton_lowbit.py, compiled kernels -> pytest-triton.log
 #   memcheck      benchmarks/memcheck_step.py under compute-sanitizer memcheck -> memcheck.log,
 #                 and with --sync-debug (no sanitizer) -> memcheck-sync-debug.log
 #   bench         fusedopt-bench --device cuda, default set, mode fp32     -> <gpu>-<date>-fp32.*
@@ -231,14 +231,14 @@ stage_tests_cuda() {
     need_gpu tests/cuda || return
     check_imports_installed || return
     # conftest.py sets TRITON_INTERPRET=1 (by setdefault) for these modules.
-    pytest_step tests/cuda 300 pytest-cuda.log -- test_cuda_backend.py test_features.py
+    pytest_step tests/cuda 300 pytest-cuda.log -- test_cuda_backend.py test_lowbit_kernels.py test_features.py
 }
 
 stage_tests_triton() {
     need_gpu tests/triton || return
     check_imports_installed || return
     # The compiled kernels on the GPU: TRITON_INTERPRET=0 overrides conftest.py's setdefault.
-    pytest_step tests/triton 540 pytest-triton.log TRITON_INTERPRET=0 -- test_triton_backend.py
+    pytest_step tests/triton 540 pytest-triton.log TRITON_INTERPRET=0 -- test_triton_backend.py test_triton_lowbit.py
 }
 
 # -- memcheck -----------------------------------------------------------------------------------

@@ -279,6 +279,8 @@ def clone_call(call, device=None):
         out[key] = [copy(t) for t in call[key]]
     out["states"] = [[copy(t) for t in slot] for slot in call["states"]]
     out["master"] = None if call["master"] is None else [copy(m) for m in call["master"]]
+    if call.get("scales") is not None:
+        out["scales"] = [[copy(t) for t in slot] for slot in call["scales"]]
     if device is not None:
         out["steps"], out["hyper"] = call["steps"].to(device), call["hyper"].to(device)
     return out
@@ -308,3 +310,12 @@ def assert_calls_match(got, want, what=""):
     for i, (a, b) in enumerate(zip(mutable(got), mutable(want))):
         rtol, atol = TOL[a.dtype]
         torch.testing.assert_close(a, b.to(a.device), rtol=rtol, atol=atol, msg=lambda m: f"{what} tensor {i}: {m}")
+
+
+def cuda_skip_reason() -> str:
+    """Why the cuda backend cannot run here ("" when it can)."""
+    from fusedopt import backends
+    if not torch.cuda.is_available():
+        return "no CUDA device (torch.cuda.is_available() is False)"
+    ok, why = backends.availability("cuda", torch.device("cuda"))
+    return "" if ok else f"the cuda backend is not available: {why}"

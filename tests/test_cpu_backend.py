@@ -704,11 +704,12 @@ def test_parity_odd_sizes(case, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", REPRESENTATIVE, ids=case_id)
 def test_parity_many_tensors(case, dtype):
-    """1,100 small tensors of mixed sizes in one group: many work items, one parallel region."""
+    """1,100 small tensors of mixed sizes in one group: many work items, one parallel region.
+    (Three steps: what depends on the step count is tested on few tensors, above.)"""
     name, kw = case
     gen = torch.Generator().manual_seed(1)
     sizes = torch.randint(1, 300, (1100,), generator=gen).tolist()
-    _parity(name, kw, dtype, sizes, steps=10)
+    _parity(name, kw, dtype, sizes, steps=3)
 
 
 @pytest.mark.parametrize("case", REPRESENTATIVE, ids=case_id)

@@ -30,21 +30,15 @@ import fusedopt
 from fusedopt import _ext, algorithms, backends, lowbit
 from parity import (CASES, MIXED_PRECISION, MIXED_PRECISION_IDS, MIXED_ROWS, ODD_SIZES, REPRESENTATIVE, TOL,
                     assert_calls_match, assert_same_state, case_id, clone_call, exact_scalars_call,
-                    interface_problem, make_problem, mutable, random_state, run_call, run_parity,
-                    run_split_call, set_counters, set_rows)
+                    cuda_skip_reason, interface_problem, make_problem, mutable, random_state, run_call,
+                    run_parity, run_split_call, set_rows)
+from lowbit_parity import LOWBIT_VARIANTS, assert_lowbit_calls_match, lowbit_call, lowbit_variant_id
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 NAMES = [name for name, _ in REPRESENTATIVE]
 
 
-def _cuda_reason() -> str:
-    if not torch.cuda.is_available():
-        return "no CUDA device (torch.cuda.is_available() is False)"
-    ok, why = backends.availability("cuda", torch.device("cuda"))
-    return "" if ok else f"the cuda backend is not available: {why}"
-
-
-_WHY_NOT = _cuda_reason()
+_WHY_NOT = cuda_skip_reason()
 cuda = pytest.mark.skipif(bool(_WHY_NOT), reason=_WHY_NOT or "-")
 
 
@@ -756,7 +750,6 @@ def test_split_lamb_step_is_the_whole_step(backend):
 # operation is exact (the quantizer through SGD's first momentum step, SGD with power-of-two lr).
 
 LOWBIT_SIZES = [0, 1, 255, 257, 4097, 70000]
-CODE_SLACK = 0.002  # the fraction of a step's codes that may differ from the reference's (by one)
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -777,305 +770,31 @@ def test_kernel_maps_are_lowbits_maps():
         assert bits[256 * signed: 256 * (signed + 1)] == want, signed
 
 
-def _lowbit_pair(name, kw, dtype=torch.float32, sizes=LOWBIT_SIZES, seed=0, **storage):
-    gen = torch.Generator().manual_seed(seed)
-    pc = [torch.nn.Parameter(torch.randn(n, generator=gen).to("cuda", dtype)) for n in sizes]
-    pr = [torch.nn.Parameter(p.detach().clone()) for p in pc]
-    cls = getattr(fusedopt, name)
-    return pc, pr, cls(pc, **kw, **storage, backend="cuda"), cls(pr, **kw, **storage, backend="reference")
-
-
-def _lowbit_step_both(pc, pr, oc, orf, seed):
-    """One step of each from the CUDA optimizer's params and states (each step compared on its
-    own; copied in place, so that the counters kept outside the state go on as well)."""
-    with torch.no_grad():
-        for a, b in zip(pr, pc):
-            a.copy_(b)
-            for key, v in oc.state[b].items():
-                orf.state[a][key].copy_(v)
-    gen = torch.Generator().manual_seed(seed)
-    for a, b in zip(pc, pr):
-        g = torch.randn(a.shape, generator=gen).to("cuda", a.dtype)
-        a.grad, b.grad = g.clone(), g.clone()
-    oc.step()
-    orf.step()
-
-
-def _codes_close(got, want, what):
-    """Codes equal but for at most CODE_SLACK of them, which differ by one; the count."""
-    differ = total = 0
-    for i, (a, b) in enumerate(zip(got, want)):
-        d = (a.int() - b.to(a.device).int()).abs()
-        if d.numel():
-            assert int(d.max()) <= 1, f"{what}: codes of tensor {i} differ by {int(d.max())}"
-        differ += int((d != 0).sum())
-        total += d.numel()
-    assert differ <= CODE_SLACK * max(total, 1), f"{what}: {differ} of {total} codes differ"
-    return differ
-
-
-def _compare_lowbit_states(oc, orf, pc, pr, what):
-    codes_got, codes_want = [], []
-    for a, b in zip(pc, pr):
-        for key, v in oc.state[a].items():
-            w = orf.state[b][key]
-            if v.dtype == torch.uint8:
-                codes_got.append(v)
-                codes_want.append(w)
-            elif key.endswith(lowbit.ABSMAX_SUFFIX):
-                torch.testing.assert_close(v, w, rtol=1e-5, atol=0, equal_nan=True, msg=f"{what} {key}")
-            else:
-                torch.testing.assert_close(v, w, rtol=1e-5, atol=1e-5, msg=f"{what} {key}")
-    _codes_close(codes_got, codes_want, what)  # (none for SGD without momentum)
-
-
-@cuda
-@pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_8bit_step_matches_the_reference(case):
-    """Every option of every algorithm (Adam, SGD with momentum, RMSprop centered, LAMB, ...),
-    8-bit states on sizes 0, 1, 255, 257, 4097, 70000 (min_8bit_size=1): three steps, each from
-    the same params and states, one launch each (two for LAMB)."""
-    name, kw = case
-    pc, pr, oc, orf = _lowbit_pair(name, kw, state_dtype="8bit", min_8bit_size=1)
-    for step in range(3):
-        _lowbit_step_both(pc, pr, oc, orf, seed=10 + step)
-        for a, b in zip(pc, pr):
-            torch.testing.assert_close(a, b, rtol=TOL[torch.float32][0], atol=TOL[torch.float32][1])
-        _compare_lowbit_states(oc, orf, pc, pr, f"{case_id(case)} step {step}")
-    for p in pc:
-        p.grad = torch.randn_like(p)
-    assert _count_kernels(oc.step) == (2 if name == "LAMB" else 1)
-
-
-@cuda
-@pytest.mark.parametrize("name", ["Adam", "SGD", "LAMB"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("extra", [{"master_weights": True}, {"stochastic_rounding": True, "rounding_seed": 7}, {}],
-                         ids=["master", "sr", "rn"])
-def test_8bit_states_with_16bit_params(name, dtype, extra):
-    kw = {"SGD": {"lr": 0.01, "momentum": 0.9}}.get(name, {})
-    pc, pr, oc, orf = _lowbit_pair(name, kw, dtype=dtype, state_dtype="8bit", min_8bit_size=1, **extra)
-    for step in range(3):
-        _lowbit_step_both(pc, pr, oc, orf, seed=20 + step)
-        for a, b in zip(pc, pr):
-            differ = int((a.detach().view(torch.int16) != b.detach().view(torch.int16)).sum())
-            assert differ <= max(2, 0.002 * a.numel()), (name, extra, differ, a.numel())
-            torch.testing.assert_close(a.float(), b.float(), rtol=TOL[dtype][0], atol=TOL[dtype][1])
-        _compare_lowbit_states(oc, orf, pc, pr, f"{name} {dtype} {extra} step {step}")
-
-
-def _crafted(signed: bool) -> torch.Tensor:
-    """Blocks of 256 that probe the quantizer: exact midpoints (absmax 1), their float32
-    neighbours, the map's own values, a negative maximum, NaN, +-inf, zeros (and -0.0),
-    subnormals, six decades of magnitudes, a partial last block."""
-    qmap = lowbit.dynamic_map(signed)
-    mid = lowbit.midpoints(qmap)
-    one = torch.ones(1)
-    blocks = [torch.cat([one, mid]), torch.cat([one, torch.nextafter(mid, torch.tensor(2.0))]),
-              torch.cat([one, torch.nextafter(mid, torch.tensor(-2.0))]), torch.cat([one, qmap[:-1]]),
-              qmap * 3.0]
-    if signed:
-        blocks.append(torch.cat([-one, -mid]))  # absmax from a negative element
-    gen = torch.Generator().manual_seed(3)
-    wide = torch.randn(256, generator=gen) * torch.logspace(-6, 0, 256)
-    wide = wide if signed else wide.abs()
-    nan, inf, ninf = wide.clone(), wide.clone(), wide.clone()
-    nan[5] = float("nan")
-    inf[7] = float("inf")
-    ninf[0] = -float("inf") if signed else float("inf")
-    zeros = torch.zeros(256)
-    if signed:
-        zeros[::2] = -0.0
-    tiny = torch.full((256,), 1e-40) * torch.arange(256)  # subnormals
-    blocks += [wide, nan, inf, ninf, zeros, tiny, torch.full((256,), 1e-45), wide[:100]]
-    return torch.cat(blocks).float()
-
-
-@cuda
-@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
-def test_quantizer_is_the_rule_bit_for_bit(signed):
-    """SGD's first momentum step stores the gradient itself as the buffer (signed map); Adamax's
-    first exp_inf with eps 0 is |g| (unsigned map): the codes and scales are those of
-    lowbit.quantize_blockwise (on the CPU), exactly; NaN blocks have NaN scales."""
-    x = _crafted(signed)
-    p = torch.nn.Parameter(torch.zeros(x.numel(), device="cuda"))
-    if signed:
-        opt = fusedopt.SGD([p], lr=0.0, momentum=0.5, state_dtype="8bit", min_8bit_size=1, backend="cuda")
-        slot = "momentum_buffer"
-    else:
-        opt = fusedopt.Adamax([p], lr=0.0, eps=0.0, state_dtype="8bit", min_8bit_size=1, backend="cuda")
-        slot = "exp_inf"
-    p.grad = x.cuda()
-    opt.step()
-    codes, absmax = lowbit.quantize_blockwise(x.abs() if not signed else x, lowbit.state_map(slot))
-    got_codes, got_absmax = opt.state[p][slot].cpu(), opt.state[p][slot + lowbit.ABSMAX_SUFFIX].cpu()
-    assert torch.equal(got_codes, codes), (got_codes != codes).nonzero()[:10].flatten().tolist()
-    assert torch.equal(got_absmax.isnan(), absmax.isnan()) and absmax.isnan().any()
-    assert torch.equal(got_absmax.nan_to_num(), absmax.nan_to_num())
-    start = 0  # the exact midpoints (absmax 1) go up: codes 1..255 after the 1.0 (code 255)
-    assert got_codes[start + 1: start + 256].long().tolist() == list(range(1, 256))
-
-
-@cuda
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("scale", [1.0, 2.0 ** -17, 2.0 ** -22], ids=["normal", "small", "fp16-subnormal"])
-def test_stochastic_rounding_is_the_rule_bit_for_bit(dtype, scale):
-    """Plain SGD with power-of-two learning rates (lr * g exact, so p - lr * g is one rounding
-    in every backend) on params of two groups and odd sizes: the stored 16-bit params are the
-    reference's bit for bit over three steps (seed above 2**63; offsets by param position)."""
-    sizes = [1, 3, 257, 16384 + 300, 70000]
-    gen = torch.Generator().manual_seed(4)
-    pc = [torch.nn.Parameter((torch.randn(n, generator=gen) * scale).to("cuda", dtype)) for n in sizes]
-    pr = [torch.nn.Parameter(p.detach().clone()) for p in pc]
-
-    def make(params, backend):
-        groups = [{"params": params[:2], "lr": 2.0 ** -4 * scale}, {"params": params[2:], "lr": 2.0 ** -6 * scale}]
-        return fusedopt.SGD(groups, lr=1.0, stochastic_rounding=True, rounding_seed=2 ** 63 + 5, backend=backend)
-
-    oc, orf = make(pc, "cuda"), make(pr, "reference")
-    moved = 0
-    for step in range(3):
-        g = [torch.randn(p.shape, generator=gen).to("cuda", dtype) for p in pc]
-        for a, b, gi in zip(pc, pr, g):
-            a.grad, b.grad = gi.clone(), gi.clone()
-        before = [a.detach().clone() for a in pc]
-        oc.step()
-        orf.step()
-        for a, b, c in zip(pc, pr, before):
-            assert torch.equal(a.detach().view(torch.int16), b.detach().view(torch.int16)), (dtype, step)
-            moved += int((a.detach() != c).sum())
-    assert moved > 0
-
-
 # Direct backend calls with scales= and rounding= (docs/kernel-interface.md).
-LOWBIT_VARIANTS = [
-    ("sgd", {"momentum": 0.9}),
-    ("sgd", {"momentum": 0.9, "nesterov": True}),
-    ("adagrad", {"lr_decay": 0.01}),
-    ("adadelta", {}),
-    ("rmsprop", {}),
-    ("rmsprop", {"momentum": 0.9}),
-    ("rmsprop", {"centered": True}),
-    ("rmsprop", {"centered": True, "momentum": 0.9}),
-    ("adam", {}),
-    ("adam", {"amsgrad": True}),
-    ("yogi", {}),
-    ("radam", {}),
-    ("adamax", {}),
-    ("lion", {}),
-    ("nadam", {}),
-    ("lamb", {}),
-]
-LOWBIT_COUNTS = (3.0, 7.0, 1.0)  # per tensor in turn: SGD's first step, RAdam's both branches
-
-
-def _lowbit_state(slot, n, gen, init):
-    s = random_state(slot, n, gen, init)
-    return s if slot in ("square_avg", "grad_avg") else s * torch.exp(torch.randn(n, generator=gen))
-
-
-def _lowbit_call(algo, options, dtype=torch.float32, sizes=LOWBIT_SIZES, seed=5, quantized=True, rounding=None,
-                 counts=LOWBIT_COUNTS):
-    """One direct backend call on the GPU: two rows (the second: half the lr, weight decay,
-    maximize flipped), the step counts `counts` in turn, random states quantized by
-    lowbit.quantize_blockwise (then with `scales`), `rounding` per tensor when given."""
-    spec = algorithms.ALGORITHMS[algo]
-    group = {**spec.defaults, **options}
-    other = {**group, "lr": group["lr"] * 0.5, "weight_decay": 0.01, "maximize": not group["maximize"]}
-    gen = torch.Generator().manual_seed(seed)
-    params = [torch.randn(n, generator=gen).to("cuda", dtype) for n in sizes]
-    grads = [torch.randn(n, generator=gen).to("cuda", dtype) for n in sizes]
-    init = spec.slot_init(group)
-    states, scales = [], []
-    for slot in spec.SLOTS:
-        values = [_lowbit_state(slot, n, gen, init[slot]) for n in sizes] if slot in init else []
-        if quantized:
-            pairs = [lowbit.quantize_blockwise(v, lowbit.state_map(slot)) for v in values]
-            states.append([c.cuda() for c, _ in pairs])
-            scales.append([a.cuda() for _, a in pairs])
-        else:
-            states.append([v.cuda() for v in values])
-    call = dict(algo=algo, flags=spec.flags(group), params=params, grads=grads, states=states, master=None,
-                index=torch.tensor([[0, i % 2] for i in range(len(sizes))], dtype=torch.int64).reshape(-1, 2),
-                hyper=torch.tensor([spec.hyper_row(group), spec.hyper_row(other)], dtype=torch.float64,
-                                   device="cuda"))
-    set_counters(spec, call, [counts[i % len(counts)] for i in range(len(sizes))])
-    if quantized:
-        call["scales"] = scales
-    if rounding is not None:
-        call["rounding"] = rounding
-    return spec, call
-
-
-def _lowbit_copy(call):
-    out = clone_call(call)
-    if call.get("scales") is not None:
-        out["scales"] = [[s.clone() for s in slot] for slot in call["scales"]]
-    return out
-
-
-def _lowbit_run(backend, call, **kw):
-    out = _lowbit_copy(call)
-    backend.step(**out, **kw)
-    return out
-
-
-def _assert_lowbit_matches(got, want, what, exact=False):
-    """Params (within their dtype's tolerance, or bit for bit), master weights, states: codes
-    (_codes_close, or equal) and scales (within float32 rounding, or equal)."""
-    for i, (a, b) in enumerate(zip(got["params"], want["params"])):
-        if exact:
-            bits = (lambda t: t.view(torch.int16)) if a.element_size() == 2 else (lambda t: t)
-            assert torch.equal(bits(a), bits(b)), f"{what} param {i}"
-        else:
-            rtol, atol = TOL[a.dtype]
-            torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{what} param {i}: {m}")
-    for i, (a, b) in enumerate(zip(got["master"] or [], want["master"] or [])):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m: f"{what} master {i}: {m}")
-    if want.get("scales") is None:
-        for k, (sa, sb) in enumerate(zip(got["states"], want["states"])):
-            for i, (a, b) in enumerate(zip(sa, sb)):
-                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m: f"{what} state {k}/{i}: {m}")
-        return
-    for k, (sa, sb, ca, cb) in enumerate(zip(got["states"], want["states"], got["scales"], want["scales"])):
-        for i, (a, b) in enumerate(zip(ca, cb)):
-            torch.testing.assert_close(a, b, rtol=0 if exact else 1e-5, atol=0, equal_nan=True,
-                                       msg=lambda m: f"{what} scales of slot {k}, tensor {i}: {m}")
-        if exact:
-            assert all(torch.equal(a, b) for a, b in zip(sa, sb)), f"{what} codes of slot {k}"
-        else:
-            _codes_close(sa, sb, f"{what} slot {k}")
+def _lowbit_call(algo, options, dtype=torch.float32, sizes=LOWBIT_SIZES, **kw):
+    """lowbit_parity.lowbit_call on the GPU."""
+    return lowbit_call(algo, options, sizes, dtype, device="cuda", **kw)
 
 
 @cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
-@pytest.mark.parametrize("algo,options", LOWBIT_VARIANTS, ids=lambda v: v if isinstance(v, str) else
-                         "-".join(f"{k}={x}" for k, x in v.items()) or "default")
+@pytest.mark.parametrize("algo,options", LOWBIT_VARIANTS, ids=lowbit_variant_id)
 def test_8bit_interface_matches_reference(algo, options, dtype):
     """Every algorithm and slot variant with 8-bit states: odd sizes and an empty tensor, two
     rows, three step counts in one launch (two for LAMB); the codes were written."""
     spec, call = _lowbit_call(algo, options, dtype)
     assert sum(len(s) for s in call["scales"]), "no 8-bit slot"
-    assert _count_kernels(lambda: _lowbit_run(_cu(), call)) == (2 if spec.REDUCES else 1)
-    got = _lowbit_run(_cu(), call)
-    _assert_lowbit_matches(got, _lowbit_run(_ref(), call), f"{algo} {options} {dtype}")
+    assert _count_kernels(lambda: run_call(_cu(), call)) == (2 if spec.REDUCES else 1)
+    got = run_call(_cu(), call)
+    assert_lowbit_calls_match(got, run_call(_ref(), call), f"{algo} {options} {dtype}")
     changed = [not torch.equal(a, b) for a, b in zip(got["states"][0], call["states"][0]) if a.numel() > 256]
     assert changed and all(changed)
-
-
-def _lowbit_to(call, device):
-    out = clone_call(call, device)
-    if call.get("scales") is not None:
-        out["scales"] = [[s.to(device) for s in slot] for slot in call["scales"]]
-    return out
 
 
 @cuda
 @pytest.mark.skipif(not _ext.cpu_status()[0], reason="the compiled CPU backend is not loaded")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16-sr"])
-@pytest.mark.parametrize("algo,options", [v for v in LOWBIT_VARIANTS if v[0] != "lamb"],
-                         ids=lambda v: v if isinstance(v, str) else
-                         "-".join(f"{k}={x}" for k, x in v.items()) or "default")
+@pytest.mark.parametrize("algo,options", [v for v in LOWBIT_VARIANTS if v[0] != "lamb"], ids=lowbit_variant_id)
 def test_8bit_bitwise_equal_to_the_cpu_kernels(algo, options, dtype):
     """The CUDA and CPU kernels compute the same float32 update (test_bitwise_equal_to_the_cpu_kernels)
     and quantize it by the same rule, so their codes and scales agree to the bit too, and so do
@@ -1083,9 +802,9 @@ def test_8bit_bitwise_equal_to_the_cpu_kernels(algo, options, dtype):
     rounding = [(77 + i, (i << 40) + 1) for i in range(6)] if dtype == torch.bfloat16 else None
     spec, call = _lowbit_call(algo, options, dtype, sizes=(3, 4097, 20011, 5, 1, 65537), rounding=rounding,
                               counts=(1.0, 2.0, 3.0, 6.0, 7.0, 100.0))
-    got = _lowbit_run(_cu(), call)
-    want = _lowbit_run(backends.get_backend("cpu", torch.device("cpu")), _lowbit_to(call, "cpu"))
-    _assert_lowbit_matches(_lowbit_to(got, "cpu"), want, f"{algo} {options} {dtype} cuda vs cpu", exact=True)
+    got = run_call(_cu(), call)
+    want = run_call(backends.get_backend("cpu", torch.device("cpu")), clone_call(call, "cpu"))
+    assert_lowbit_calls_match(clone_call(got, "cpu"), want, f"{algo} {options} {dtype} cuda vs cpu", exact=True)
 
 
 @cuda
@@ -1101,15 +820,15 @@ def test_8bit_unaligned_tensors_and_many_tiles_per_item():
     def shifted(t):  # a contiguous view one element past a 16-byte boundary
         return torch.cat([torch.zeros(1, dtype=t.dtype, device=t.device), t])[1:]
 
-    odd = _lowbit_copy(call)
+    odd = clone_call(call)
     odd["params"] = [shifted(p) for p in odd["params"]]
     odd["grads"] = [shifted(g) for g in odd["grads"]]
     odd["states"] = [[shifted(c) for c in slot] for slot in odd["states"]]
     assert odd["params"][0].data_ptr() % 16 != 0 and odd["states"][0][0].data_ptr() % 16 != 0
-    want = _lowbit_run(_ref(), call)
-    _assert_lowbit_matches(_lowbit_run(_cu(), call), want, "aligned")
+    want = run_call(_ref(), call)
+    assert_lowbit_calls_match(run_call(_cu(), call), want, "aligned")
     _cu().step(**odd)
-    _assert_lowbit_matches(odd, want, "unaligned")
+    assert_lowbit_calls_match(odd, want, "unaligned")
 
     for extra in ("master", "rounding"):
         spec, call = _lowbit_call("adam", {}, torch.bfloat16, sizes=sizes,
@@ -1117,7 +836,7 @@ def test_8bit_unaligned_tensors_and_many_tiles_per_item():
         if extra == "master":
             gen = torch.Generator().manual_seed(1)
             call["master"] = [p.float() + 1e-3 * torch.randn(p.shape, generator=gen).cuda() for p in call["params"]]
-        _assert_lowbit_matches(_lowbit_run(_cu(), call), _lowbit_run(_ref(), call), f"big {extra}")
+        assert_lowbit_calls_match(run_call(_cu(), call), run_call(_ref(), call), f"big {extra}")
 
 
 @cuda
@@ -1126,7 +845,7 @@ def test_lamb_split_phases_with_8bit_states():
     changed sums as the reference's, and phase 2 writes no code and no scale."""
     spec, call = _lowbit_call("lamb", {})
     n = len(LOWBIT_SIZES)
-    got, want = _lowbit_copy(call), _lowbit_copy(call)
+    got, want = clone_call(call), clone_call(call)
     s_got = torch.full((n, 2), float("nan"), dtype=torch.float64, device="cuda")
     s_want = torch.zeros(n, 2, dtype=torch.float64, device="cuda")
     _cu().step(**got, sums=s_got, phase=1)
@@ -1138,11 +857,11 @@ def test_lamb_split_phases_with_8bit_states():
     s_want.mul_(1.5)
     _cu().step(**got, sums=s_got, phase=2)
     _ref().step(**want, sums=s_want, phase=2)
-    _assert_lowbit_matches(got, want, "lamb split 8-bit")
+    assert_lowbit_calls_match(got, want, "lamb split 8-bit")
     for before, after in ((codes, got["states"]), (scales, got["scales"])):
         assert all(torch.equal(a, b) for x, y in zip(before, after) for a, b in zip(x, y))
-    whole = _lowbit_run(_cu(), call)  # and the split step with its own sums is the whole step
-    split = _lowbit_copy(call)
+    whole = run_call(_cu(), call)  # and the split step with its own sums is the whole step
+    split = clone_call(call)
     sums = torch.zeros(n, 2, dtype=torch.float64, device="cuda")
     _cu().step(**split, sums=sums, phase=1)
     _cu().step(**split, sums=sums, phase=2)
@@ -1171,9 +890,9 @@ def test_stochastic_rounding_interface_bit_for_bit(dtype, quantized):
     rounding = [(1234 + 7 * i, (i << 40) + 3) for i in range(n)]
     rounding[1] = (2 ** 64 - 5, 2 ** 33)
     spec, call = _exact_sgd(dtype, rounding, quantized)
-    got = _lowbit_run(_cu(), call)
-    _assert_lowbit_matches(got, _lowbit_run(_ref(), call), f"sgd stochastic rounding {dtype}", exact=True)
-    nearest = _lowbit_run(_ref(), {k: v for k, v in call.items() if k != "rounding"})
+    got = run_call(_cu(), call)
+    assert_lowbit_calls_match(got, run_call(_ref(), call), f"sgd stochastic rounding {dtype}", exact=True)
+    nearest = run_call(_ref(), {k: v for k, v in call.items() if k != "rounding"})
     assert any(not torch.equal(a, b) for a, b in zip(got["params"], nearest["params"]))
     for change in ("seed", "offset", "step"):
         other = dict(call)
@@ -1181,8 +900,8 @@ def test_stochastic_rounding_interface_bit_for_bit(dtype, quantized):
             other["steps"] = call["steps"] + 1
         else:
             other["rounding"] = [(s + 1, o) if change == "seed" else (s, o + 1) for s, o in rounding]
-        moved = _lowbit_run(_cu(), other)
-        assert torch.equal(moved["params"][5], _lowbit_run(_ref(), other)["params"][5]), change
+        moved = run_call(_cu(), other)
+        assert torch.equal(moved["params"][5], run_call(_ref(), other)["params"][5]), change
         assert not torch.equal(moved["params"][5], got["params"][5]), change
 
 
@@ -1194,10 +913,10 @@ def test_8bit_grad_scale_and_overflow_step(algo):
     rounding = [(5, i << 40) for i in range(len(LOWBIT_SIZES))]
     spec, call = _lowbit_call(algo, {"momentum": 0.9} if algo == "sgd" else {}, torch.bfloat16, rounding=rounding)
     scale, zero = torch.tensor(0.25, device="cuda"), torch.tensor(0.0, device="cuda")
-    got = _lowbit_run(_cu(), call, grad_scale=scale, found_inf=zero)
-    _assert_lowbit_matches(got, _lowbit_run(_ref(), call, grad_scale=scale, found_inf=zero), f"{algo} grad_scale")
+    got = run_call(_cu(), call, grad_scale=scale, found_inf=zero)
+    assert_lowbit_calls_match(got, run_call(_ref(), call, grad_scale=scale, found_inf=zero), f"{algo} grad_scale")
     assert not torch.equal(got["params"][5], call["params"][5])
-    got = _lowbit_run(_cu(), call, grad_scale=scale, found_inf=torch.tensor(1.0, device="cuda"))
+    got = run_call(_cu(), call, grad_scale=scale, found_inf=torch.tensor(1.0, device="cuda"))
     for key in ("params", "states", "scales"):
         flat = lambda c: c[key] if key == "params" else [t for slot in c[key] for t in slot]  # noqa: E731
         assert all(torch.equal(a, b) for a, b in zip(flat(got), flat(call))), key
@@ -1209,7 +928,7 @@ def test_lowbit_device_tables_are_keyed_on_seeds_and_scales():
     another device table: each call as the reference's with its own seeds and scales."""
     n = len(LOWBIT_SIZES)
     spec, call = _exact_sgd(torch.bfloat16, [(1, i << 40) for i in range(n)], True)
-    out = _lowbit_copy(call)
+    out = clone_call(call)
     _cu().step(**out)  # cached now
     for change in ("seed", "scales"):
         with torch.no_grad():  # back to the call's values, in place: the same addresses
@@ -1220,9 +939,9 @@ def test_lowbit_device_tables_are_keyed_on_seeds_and_scales():
             out["rounding"] = [(2, o) for _, o in out["rounding"]]
         else:
             out["scales"] = [[s.clone() for s in slot] for slot in out["scales"]]
-        want = _lowbit_run(_ref(), out)
+        want = run_call(_ref(), out)
         _cu().step(**out)
-        _assert_lowbit_matches(out, want, f"new {change}", exact=True)
+        assert_lowbit_calls_match(out, want, f"new {change}", exact=True)
 
 
 @cuda

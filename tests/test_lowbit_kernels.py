@@ -1,5 +1,6 @@
-"""The fused kernels of 8-bit states and stochastic rounding (the C++ CPU backend) against the
-reference, which quantizes and rounds by fusedopt.lowbit's rules.
+"""The fused kernels of 8-bit states and stochastic rounding (the C++ CPU backend, and the CUDA
+backend where a GPU is) against the reference, which quantizes and rounds by fusedopt.lowbit's
+rules. (The Triton kernels: tests/test_triton_lowbit.py.)
 
 Codes: the kernels compute the same float32 update as the reference in almost every element;
 where an update differs by an ulp (Note [float32 atol] in parity.py: ATen's CPU sqrt is not
@@ -14,164 +15,73 @@ import pytest
 import torch
 
 import fusedopt
-from fusedopt import lowbit
-from parity import OPTIMIZERS, REPRESENTATIVE, TOL, case_id
+from parity import OPTIMIZERS, REPRESENTATIVE, TOL, case_id, cuda_skip_reason
+from lowbit_parity import (assert_lowbit_states_match, assert_quantizer_is_the_rule,
+                           assert_stochastic_rounding_is_the_rule, lowbit_pair, lowbit_step_both)
 
-SIZES = [0, 1, 3, 255, 257, 4097, 16384 + 300]  # an item boundary (16,384) crossed mid-tensor
-# At most this fraction of the codes of a step may differ from the reference's, by one.
-CODE_SLACK = 0.002
+_CUDA = cuda_skip_reason()
+# The fused backends and the device their params live on; cuda runs where a GPU is.
+BACKENDS = [pytest.param(("cpu", "cpu"), id="cpu"),
+            pytest.param(("cuda", "cuda"), id="cuda", marks=pytest.mark.skipif(bool(_CUDA), reason=_CUDA or "-"))]
+# Odd sizes, an item boundary of the CPU traversal (16,384) crossed mid-tensor, and on the GPU
+# a tensor over many thread blocks.
+SIZES = {"cpu": [0, 1, 3, 255, 257, 4097, 16384 + 300], "cuda": [0, 1, 255, 257, 4097, 70000]}
 # Every option of every algorithm (its grid, not crossed with the decay and maximize variants),
 # and each algorithm's representative configuration (with decay).
 CASES = ([(o.name, dict(core)) for o in OPTIMIZERS for core in o.grid + o.uncrossed]
          + [(name, dict(kw)) for name, kw in REPRESENTATIVE])
 
 
-def _pair(name, kw, dtype=torch.float32, sizes=SIZES, seed=0, **storage):
-    gen = torch.Generator().manual_seed(seed)
-    pc = [torch.nn.Parameter(torch.randn(n, generator=gen).to(dtype)) for n in sizes]
-    pr = [torch.nn.Parameter(p.detach().clone()) for p in pc]
-    cls = getattr(fusedopt, name)
-    return pc, pr, cls(pc, **kw, **storage, backend="cpu"), cls(pr, **kw, **storage, backend="reference")
-
-
-def _step_both(pc, pr, oc, orf, seed):
-    """One step of each from the CPU's params and states (so each step is compared on its own;
-    copied in place, so that the counters the optimizer keeps outside its state go on as well)."""
-    with torch.no_grad():
-        for a, b in zip(pr, pc):
-            a.copy_(b)
-            for key, v in oc.state[b].items():
-                orf.state[a][key].copy_(v)
-    gen = torch.Generator().manual_seed(seed)
-    for a, b in zip(pc, pr):
-        g = torch.randn(a.shape, generator=gen).to(a.dtype)
-        a.grad, b.grad = g.clone(), g.clone()
-    oc.step()
-    orf.step()
-
-
-def _compare_states(oc, orf, pc, pr, what):
-    differ = total = 0
-    for a, b in zip(pc, pr):
-        for key, v in oc.state[a].items():
-            w = orf.state[b][key]
-            if v.dtype == torch.uint8:
-                d = (v.int() - w.int()).abs()
-                assert d.numel() == 0 or int(d.max()) <= 1, (what, key)
-                differ += int((d != 0).sum())
-                total += d.numel()
-            elif key.endswith(lowbit.ABSMAX_SUFFIX):
-                torch.testing.assert_close(v, w, rtol=1e-5, atol=0, msg=f"{what} {key}")
-            else:
-                torch.testing.assert_close(v, w, rtol=1e-5, atol=1e-5, msg=f"{what} {key}")
-    assert differ <= CODE_SLACK * max(total, 1), (what, differ, total)
-    return differ, total
-
-
+@pytest.mark.parametrize("where", BACKENDS)
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_8bit_step_matches_the_reference(case):
+def test_8bit_step_matches_the_reference(where, case):
     """Every option of every algorithm, 8-bit states on every size (min_8bit_size=1): three steps,
     each from the same params and states: params within the float32 tolerance, scales within
     float32 rounding, codes equal but for a counted few that differ by one."""
-    name, kw = case
-    pc, pr, oc, orf = _pair(name, kw, state_dtype="8bit", min_8bit_size=1)
+    (backend, device), (name, kw) = where, case
+    pc, pr, oc, orf = lowbit_pair(backend, name, kw, SIZES[backend], device=device,
+                                  state_dtype="8bit", min_8bit_size=1)
     for step in range(3):
-        _step_both(pc, pr, oc, orf, seed=10 + step)
+        lowbit_step_both(pc, pr, oc, orf, seed=10 + step)
         for a, b in zip(pc, pr):
             torch.testing.assert_close(a, b, rtol=TOL[torch.float32][0], atol=TOL[torch.float32][1])
-        _compare_states(oc, orf, pc, pr, f"{case_id(case)} step {step}")
+        assert_lowbit_states_match(oc, orf, pc, pr, f"{case_id(case)} step {step}")
     assert all(oc.state[p]["step"] == 3 for p in pc if "step" in oc.state[p])
 
 
+@pytest.mark.parametrize("where", BACKENDS)
 @pytest.mark.parametrize("name", ["Adam", "SGD", "LAMB"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("extra", [{"master_weights": True}, {"stochastic_rounding": True, "rounding_seed": 7}, {}],
                          ids=["master", "sr", "rn"])
-def test_8bit_states_with_16bit_params(name, extra):
+def test_8bit_states_with_16bit_params(where, name, dtype, extra):
+    backend, device = where
     kw = {"SGD": {"lr": 0.01, "momentum": 0.9}}.get(name, {})
-    pc, pr, oc, orf = _pair(name, kw, dtype=torch.bfloat16, state_dtype="8bit", min_8bit_size=1, **extra)
+    pc, pr, oc, orf = lowbit_pair(backend, name, kw, SIZES[backend], dtype=dtype, device=device,
+                                  state_dtype="8bit", min_8bit_size=1, **extra)
     for step in range(3):
-        _step_both(pc, pr, oc, orf, seed=20 + step)
+        lowbit_step_both(pc, pr, oc, orf, seed=20 + step)
         for a, b in zip(pc, pr):
             differ = int((a.detach().view(torch.int16) != b.detach().view(torch.int16)).sum())
             assert differ <= max(2, 0.002 * a.numel()), (name, extra, differ, a.numel())
-            torch.testing.assert_close(a.float(), b.float(), rtol=TOL[torch.bfloat16][0], atol=TOL[torch.bfloat16][1])
-        _compare_states(oc, orf, pc, pr, f"{name} {extra} step {step}")
+            torch.testing.assert_close(a.float(), b.float(), rtol=TOL[dtype][0], atol=TOL[dtype][1])
+        assert_lowbit_states_match(oc, orf, pc, pr, f"{name} {dtype} {extra} step {step}")
 
 
-# -- the quantizer, bit for bit ----------------------------------------------------------------
-
-def _crafted(signed: bool) -> torch.Tensor:
-    """Blocks of 256 that probe the rule: exact midpoints (absmax 1), their float32 neighbours,
-    a negative maximum, NaN, inf, zeros (and -0.0), subnormals, six decades of magnitudes."""
-    qmap = lowbit.dynamic_map(signed)
-    mid = lowbit.midpoints(qmap)
-    one = torch.ones(1)
-    up = torch.nextafter(mid, torch.tensor(float("inf")))
-    down = torch.nextafter(mid, torch.tensor(float("-inf")))
-    blocks = [torch.cat([one, mid]), torch.cat([one, up]), torch.cat([one, down]), torch.cat([one, qmap[:-1]])]
-    if signed:
-        blocks.append(torch.cat([-one, -mid]))  # absmax from a negative element
-    gen = torch.Generator().manual_seed(3)
-    wide = torch.randn(256, generator=gen) * torch.logspace(-6, 0, 256)
-    blocks.append(wide if signed else wide.abs())
-    nan = wide.clone()
-    nan[5] = float("nan")
-    inf = wide.clone()
-    inf[7] = float("inf")
-    zeros = torch.zeros(256)
-    if signed:
-        zeros[::2] = -0.0
-    tiny = torch.full((256,), 1e-40) * torch.arange(256)  # subnormals
-    blocks += [nan, inf, zeros, tiny, wide[:100]]  # and a partial last block
-    return torch.cat(blocks)
-
-
+@pytest.mark.parametrize("where", BACKENDS)
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
-def test_quantizer_is_the_rule_bit_for_bit(signed):
-    """SGD's first momentum step stores the gradient itself as the buffer (signed map); Adamax's
-    first exp_inf with eps 0 is |g| (unsigned map): the codes and scales are lowbit's, exactly."""
-    x = _crafted(signed)
-    p = torch.nn.Parameter(torch.zeros_like(x))
-    if signed:
-        opt = fusedopt.SGD([p], lr=0.0, momentum=0.5, state_dtype="8bit", min_8bit_size=1, backend="cpu")
-        slot = "momentum_buffer"
-    else:
-        opt = fusedopt.Adamax([p], lr=0.0, eps=0.0, state_dtype="8bit", min_8bit_size=1, backend="cpu")
-        slot = "exp_inf"
-    p.grad = x.clone()
-    opt.step()
-    codes, absmax = lowbit.quantize_blockwise(x.abs() if not signed else x, lowbit.state_map(slot))
-    got_codes, got_absmax = opt.state[p][slot], opt.state[p][slot + lowbit.ABSMAX_SUFFIX]
-    assert torch.equal(got_codes, codes), (got_codes != codes).nonzero()[:10].flatten().tolist()
-    assert torch.equal(got_absmax.isnan(), absmax.isnan())
-    assert torch.equal(got_absmax.nan_to_num(), absmax.nan_to_num())
+def test_quantizer_is_the_rule_bit_for_bit(where, signed):
+    assert_quantizer_is_the_rule(where[0], signed, device=where[1])
 
 
-# -- stochastic rounding ----------------------------------------------------------------------
-
+@pytest.mark.parametrize("where", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("offset_scale", [1.0, 1e-5, 1e-9], ids=["normal", "small", "fp16-subnormal"])
-def test_stochastic_rounding_is_the_rule_bit_for_bit(dtype, offset_scale):
-    """Plain SGD (p - lr * g, the same float32 value in both) on several params of two groups
-    and odd sizes: the stored 16-bit params are the reference's bit for bit, over three steps."""
-    sizes = [1, 3, 257, 16384 + 300]
-    gen = torch.Generator().manual_seed(4)
-    pc = [torch.nn.Parameter((torch.randn(n, generator=gen) * offset_scale).to(dtype)) for n in sizes]
-    pr = [torch.nn.Parameter(p.detach().clone()) for p in pc]
-
-    def make(params, backend):
-        groups = [{"params": params[:2], "lr": 1e-3 * offset_scale}, {"params": params[2:], "lr": 3e-4 * offset_scale}]
-        return fusedopt.SGD(groups, lr=1.0, stochastic_rounding=True, rounding_seed=2 ** 63 + 5, backend=backend)
-
-    oc, orf = make(pc, "cpu"), make(pr, "reference")
-    for step in range(3):
-        g = [torch.randn(p.shape, generator=gen).to(dtype) for p in pc]
-        for a, b, gi in zip(pc, pr, g):
-            a.grad, b.grad = gi.clone(), gi.clone()
-        oc.step()
-        orf.step()
-        for a, b in zip(pc, pr):
-            assert torch.equal(a.detach().view(torch.int16), b.detach().view(torch.int16)), (dtype, step)
+@pytest.mark.parametrize("scale", [1.0, 2.0 ** -17, 2.0 ** -22, 2.0 ** -30],
+                         ids=["normal", "small", "fp16-subnormal", "below-fp16-subnormals"])
+def test_stochastic_rounding_is_the_rule_bit_for_bit(where, dtype, scale):
+    backend, device = where
+    # (the reference's Philox on 70,000 elements takes seconds on the CPU)
+    assert_stochastic_rounding_is_the_rule(backend, dtype, scale, sizes=SIZES[backend][1:], device=device)
 
 
 def test_stochastic_rounding_on_the_cpu_is_unbiased():

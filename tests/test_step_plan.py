@@ -49,9 +49,15 @@ def _assert_match(ours, theirs, what, tol=(2e-5, 2e-5)):
                                        msg=lambda m: f"{what} param {i} state {key}: {m}")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+# The interpreted Triton backend pays per tensor and per launch (seconds a case): there, the
+# algorithms with a first-step special case (SGD) and without (AdamW) only; the planning is the
+# same for every backend and the other algorithms run on the others.
+_PLAN_CASES = [(name, backend) for backend in BACKENDS for name in ("AdamW", "RAdam", "SGD", "Adagrad", "NAdam")
+               if backend != "triton" or name in ("AdamW", "SGD")]
+
+
 @pytest.mark.parametrize("scaler", [False, True], ids=["plain", "grad-scaler"])
-@pytest.mark.parametrize("name", ["AdamW", "RAdam", "SGD", "Adagrad", "NAdam"])
+@pytest.mark.parametrize("name,backend", _PLAN_CASES, ids=lambda v: v)
 def test_one_launch_per_step_across_100_groups_with_missing_grads(monkeypatch, backend, scaler, name):
     """100 param groups with different lr and weight decay, 10% of the gradients missing at
     every step (a different 10% each time, so the step counts drift apart): one launch per

@@ -32,9 +32,11 @@ triton = pytest.importorskip("triton", reason="triton is not installed")
 import triton.language as tl  # noqa: E402
 
 import fusedopt  # noqa: E402
-from fusedopt import algorithms, backends, lowbit  # noqa: E402
+from fusedopt import backends, lowbit  # noqa: E402
 from fusedopt.backends import reference  # noqa: E402
-from parity import TOL, random_state, set_counters  # noqa: E402
+from parity import clone_call  # noqa: E402
+from lowbit_parity import (LOWBIT_COUNTS, LOWBIT_VARIANTS, assert_lowbit_calls_match, lowbit_call,  # noqa: E402
+                           lowbit_variant_id)
 
 ft = pytest.importorskip("fusedopt.triton")
 from fusedopt.triton import kernels as K  # noqa: E402
@@ -47,7 +49,6 @@ runs = pytest.mark.skipif(not ft.INTERPRETED and not torch.cuda.is_available(),
 
 BLOCK = ft.block_size()  # one program's chunk (4096 in the interpreter)
 SIZES = (0, 1, 255, 257, 300, BLOCK + 1)
-STEP_COUNTS = (3.0, 7.0, 1.0)  # per tensor in turn: SGD's first step, RAdam's both branches
 CODE_MISMATCH = 0.005  # the fraction of codes that may differ (by exactly one)
 
 
@@ -180,65 +181,9 @@ def test_stochastic_rounding_is_lowbits_bit_for_bit(jitted, dtype):
 # -- direct backend calls ----------------------------------------------------------------------
 
 # (algorithm, options): every algorithm, with each flag and option that changes its slots.
-VARIANTS = [
-    ("sgd", {"momentum": 0.9}),
-    ("sgd", {"momentum": 0.9, "nesterov": True}),
-    ("adagrad", {"lr_decay": 0.01}),
-    ("adadelta", {}),
-    ("rmsprop", {}),
-    ("rmsprop", {"momentum": 0.9}),
-    ("rmsprop", {"centered": True}),
-    ("rmsprop", {"centered": True, "momentum": 0.9}),
-    ("adam", {}),
-    ("adam", {"amsgrad": True}),
-    ("yogi", {}),
-    ("radam", {}),
-    ("adamax", {}),
-    ("lion", {}),
-    ("nadam", {}),
-    ("lamb", {}),
-]
-
-
-def _state(slot, n, gen, init):
-    """A valid random float32 state spanning a few decades (RMSprop's as parity's: its centered
-    square average stays clear above grad_avg**2)."""
-    s = random_state(slot, n, gen, init)
-    if slot in ("square_avg", "grad_avg"):
-        return s
-    return s * torch.exp(torch.randn(n, generator=gen))
-
-
-def _call(algo, options, dtype=torch.float32, sizes=SIZES, seed=5, quantized=True, rounding=None,
-          counts=STEP_COUNTS):
-    """One direct ``backend.step`` call: two rows (the second: half the lr, weight decay, maximize
-    flipped), the step counts ``counts`` in turn, random states quantized with
-    ``lowbit.quantize_blockwise`` (``scales`` then given), ``rounding`` per tensor when given."""
-    spec = algorithms.ALGORITHMS[algo]
-    group = {**spec.defaults, **options}
-    other = {**group, "lr": group["lr"] * 0.5, "weight_decay": 0.01, "maximize": not group["maximize"]}
-    gen = torch.Generator().manual_seed(seed)
-    params = [torch.randn(n, generator=gen).to(dtype) for n in sizes]
-    grads = [torch.randn(n, generator=gen).to(dtype) for n in sizes]
-    init = spec.slot_init(group)
-    states, scales = [], []
-    for slot in spec.SLOTS:
-        values = [_state(slot, n, gen, init[slot]) for n in sizes] if slot in init else []
-        if quantized:
-            pairs = [lowbit.quantize_blockwise(v, lowbit.state_map(slot)) for v in values]
-            states.append([c for c, _ in pairs])
-            scales.append([a for _, a in pairs])
-        else:
-            states.append(values)
-    call = dict(algo=algo, flags=spec.flags(group), params=params, grads=grads, states=states, master=None,
-                index=torch.tensor([[0, i % 2] for i in range(len(sizes))], dtype=torch.int64).reshape(-1, 2),
-                hyper=torch.tensor([spec.hyper_row(group), spec.hyper_row(other)], dtype=torch.float64))
-    set_counters(spec, call, [counts[i % len(counts)] for i in range(len(sizes))])
-    if quantized:
-        call["scales"] = scales
-    if rounding is not None:
-        call["rounding"] = rounding
-    return spec, _to(call, DEVICE)
+def _call(algo, options, dtype=torch.float32, sizes=SIZES, **kw):
+    """parity.lowbit_call on the Triton device."""
+    return lowbit_call(algo, options, sizes, dtype, device=DEVICE, **kw)
 
 
 def _to(call, device):
@@ -252,66 +197,20 @@ def _to(call, device):
     return {k: v if k == "index" else move(v) for k, v in call.items()}
 
 
-def _copy(call):
-    out = dict(call, params=[p.clone() for p in call["params"]],
-               states=[[t.clone() for t in slot] for slot in call["states"]],
-               master=None if call["master"] is None else [m.clone() for m in call["master"]])
-    if call.get("scales") is not None:
-        out["scales"] = [[s.clone() for s in slot] for slot in call["scales"]]
-    return out
-
-
 def _run(backend, call, **kw):
     """``backend.step`` on a copy of the call; returns the copy, updated, on the CPU."""
-    out = _copy(call)
+    out = clone_call(call)
     backends.get_backend(backend, DEVICE).step(**out, **kw)
     return _to(out, "cpu")
 
 
-def _assert_codes_close(got, want, what):
-    """Equal codes, but for at most CODE_MISMATCH of them that differ by exactly one."""
-    total = diff = 0
-    for i, (a, b) in enumerate(zip(got, want)):
-        d = (a.to(torch.int32) - b.to(torch.int32)).abs()
-        if d.numel():
-            assert int(d.max()) <= 1, f"{what} codes of tensor {i} differ by {int(d.max())}"
-        total += d.numel()
-        diff += int(d.sum())
-    assert diff <= CODE_MISMATCH * total, f"{what}: {diff} of {total} codes differ"
-
-
 def _assert_matches(got, want, what, exact=False):
-    """Params (within their dtype's tolerance, or bit for bit), master weights, states: codes
-    (as _assert_codes_close, or equal) and scales (within float32 rounding, or equal)."""
-    for i, (a, b) in enumerate(zip(got["params"], want["params"])):
-        if exact:
-            assert torch.equal(a.view(torch.int16) if a.element_size() == 2 else a,
-                               b.view(torch.int16) if b.element_size() == 2 else b), f"{what} param {i}"
-        else:
-            rtol, atol = TOL[a.dtype]
-            torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{what} param {i}: {m}")
-    for i, (a, b) in enumerate(zip(got["master"] or [], want["master"] or [])):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m: f"{what} master {i}: {m}")
-    if want.get("scales") is None:
-        for k, (sa, sb) in enumerate(zip(got["states"], want["states"])):
-            for i, (a, b) in enumerate(zip(sa, sb)):
-                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5, msg=lambda m: f"{what} state {k}/{i}: {m}")
-        return
-    for k, (sa, sb, ca, cb) in enumerate(zip(got["states"], want["states"], got["scales"], want["scales"])):
-        for i, (a, b) in enumerate(zip(ca, cb)):
-            tol = 0 if exact else 1e-6
-            torch.testing.assert_close(a, b, rtol=tol, atol=0, equal_nan=True,
-                                       msg=lambda m: f"{what} scales of slot {k}, tensor {i}: {m}")
-        if exact:
-            assert all(torch.equal(a, b) for a, b in zip(sa, sb)), f"{what} codes of slot {k}"
-        else:
-            _assert_codes_close(sa, sb, f"{what} slot {k}")
+    assert_lowbit_calls_match(got, want, what, exact=exact, slack=CODE_MISMATCH)
 
 
 @runs
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
-@pytest.mark.parametrize("algo,options", VARIANTS, ids=lambda v: v if isinstance(v, str) else
-                         "-".join(f"{k}={x}" for k, x in v.items()) or "default")
+@pytest.mark.parametrize("algo,options", LOWBIT_VARIANTS, ids=lowbit_variant_id)
 def test_8bit_states_match_reference(algo, options, dtype):
     """Every algorithm and slot variant with 8-bit states: sizes 0, 1, 255, 257, 300 and one past
     a chunk in one call, two rows, three step counts: one launch (two for LAMB), the params, codes
@@ -327,7 +226,7 @@ def test_8bit_states_match_reference(algo, options, dtype):
     assert changed and all(changed)  # the codes were written
 
 
-def _exact_sgd(dtype, rounding, quantized, sizes=SIZES, counts=STEP_COUNTS):
+def _exact_sgd(dtype, rounding, quantized, sizes=SIZES, counts=LOWBIT_COUNTS):
     """SGD whose float32 update every backend computes exactly alike: lr = 2**-6, momentum 0.5,
     no dampening, no weight decay (lr * g and momentum * buf are exact products, each sum one
     rounding, fused or not)."""
@@ -394,7 +293,7 @@ def test_lamb_split_phases_with_8bit_states():
     the sums, params, codes and scales as the reference's; phase 2 writes no codes or scales."""
     spec, call = _call("lamb", {}, torch.float32)
     n = len(SIZES)
-    got, want = _copy(call), _copy(call)
+    got, want = clone_call(call), clone_call(call)
     tri, ref = backends.get_backend("triton", DEVICE), reference.Backend()
     s_got = torch.full((n, 2), -1.0, dtype=torch.float64, device=DEVICE)
     s_want = torch.zeros(n, 2, dtype=torch.float64, device=DEVICE)
@@ -438,7 +337,7 @@ def test_tables_cached_and_keyed_on_seeds():
     rounding = [(1, 0), (1, 1 << 40)]
     spec, call = _exact_sgd(torch.bfloat16, rounding, True, sizes=(300, 5))
     tri = backends.get_backend("triton", DEVICE)
-    out = _copy(call)
+    out = clone_call(call)
     tri.step(**out)
     builds = ft.table_cache().builds
     tri.step(**out)
@@ -451,20 +350,20 @@ def test_tables_cached_and_keyed_on_seeds():
 def test_rejections():
     tri = backends.get_backend("triton", DEVICE)
     spec, call = _call("adam", {}, sizes=(300, 5))
-    bad = _copy(call)
+    bad = clone_call(call)
     bad["scales"][0][1] = torch.zeros(2, device=DEVICE)  # 5 elements: one block
     with pytest.raises(ValueError, match="scales"):
         tri.step(**bad)
-    bad = _copy(call)
+    bad = clone_call(call)
     bad["scales"] = bad["scales"][:1]
     with pytest.raises(ValueError, match="scales"):
         tri.step(**bad)
-    bad = _copy(call)
+    bad = clone_call(call)
     bad["states"][1] = [t.float() for t in bad["states"][1]]
     with pytest.raises(TypeError, match="uint8"):
         tri.step(**bad)
     with pytest.raises(ValueError, match="rounding"):
-        tri.step(**dict(_copy(call), rounding=[(1, 0)]))
+        tri.step(**dict(clone_call(call), rounding=[(1, 0)]))
 
 
 # -- the compiled kernel, without a GPU --------------------------------------------------------
