@@ -22,7 +22,12 @@ class Lookahead(Optimizer):
         \phi \leftarrow \phi + \alpha(\theta - \phi),\qquad \theta \leftarrow \phi
 
     The slow weights (state key ``slow_param``) are a copy of each parameter taken at its first
-    step, float32 for 16-bit parameters. Where the inner optimizer keeps float32 master weights
+    step, float32 for 16-bit parameters, whatever the inner optimizer's ``state_dtype``: they
+    are weights, not statistics of gradients, and the fast weights restart from them every
+    ``k`` steps, so an 8-bit copy would put its quantization error into the weights themselves:
+    up to 0.7% of the block's largest weight (half the dynamic map's top spacing), an error that
+    does not shrink with the learning rate, so late in training, when a step moves a weight by
+    far less, it would swamp the steps (as rounding to nearest in bf16 does). Where the inner optimizer keeps float32 master weights
     (``master_weights=True``), they are the fast weights: the slow step reads and writes them,
     and the 16-bit parameter receives the rounded result. The slow update is one fused multi-tensor launch per
     (device, dtype) group. ``param_groups`` is the inner optimizer's own list, so LR schedulers

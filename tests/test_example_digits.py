@@ -1,18 +1,14 @@
 """The digits example, short: it learns, and fusedopt's loss curve is torch.optim's for the same seed."""
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-
 import pytest
 import torch
 
 import fusedopt
+from example_scripts import example_module, one_thread
 
 pytest.importorskip("sklearn")
 
-SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "train_digits.py")
 # float32 tolerance for a few dozen steps of a small CNN: the fused kernels may round differently
 # from torch's for-loop (FMA, evaluation order) and training amplifies that a little.
 RTOL, ATOL = 1e-4, 1e-5
@@ -20,23 +16,15 @@ RTOL, ATOL = 1e-4, 1e-5
 
 @pytest.fixture(scope="module")
 def td():
-    spec = importlib.util.spec_from_file_location("train_digits", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_digits"] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop("train_digits", None)
+    with example_module("train_digits") as module:
+        yield module
 
 
 @pytest.fixture(scope="module", autouse=True)
 def deterministic():
     """One thread and deterministic kernels, so two runs differ only by their optimizers."""
-    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(det)
-    torch.set_num_threads(threads)
+    with one_thread(deterministic=True):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +115,30 @@ def test_main_writes_figures_and_summary(td, tmp_path):
     assert "Adam vs RAdam" in (tmp_path / "lr_sweep.md").read_text()
     assert set(out["results"]["Adam"]) == {"fusedopt", "torch.optim"}
     assert set(out["results"]["Yogi"]) == {"fusedopt"}
+
+
+def test_storage_mode_writes_table_and_uses_8bit_and_bf16(td, tmp_path):
+    out = td.main(["--storage", "--epochs", "1", "--n-train", "64", "--only", "Adam", "Lookahead(RAdam)",
+                   "--no-progress", "--out", str(tmp_path)])
+    for name in ("storage.png", "storage.md", "storage.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    text = (tmp_path / "storage.md").read_text()
+    assert "| Adam |" in text and "| Lookahead(RAdam) |" in text and 'backend="auto"' in text
+    for name in ("Adam", "Lookahead(RAdam)"):
+        runs = out["storage"][name]
+        assert list(runs) == list(td.VARIANTS)
+        # conv2 (4,608) and fc1 (32,768) have >= 4096 elements: exp_avg and exp_avg_sq of each are 8-bit
+        h8 = runs["8bit"][0]
+        assert (h8.eight_bit_slots, h8.eight_bit_params, h8.eight_bit_elements) == (4, 2, 4608 + 32768)
+        assert runs["float32"][0].eight_bit_slots == 0 and runs["bf16+SR"][0].eight_bit_slots == 0
+        assert runs["bf16+SR"][0].param_dtype == runs["bf16 RN"][0].param_dtype == "bfloat16"
+        assert runs["bf16+SR"][0].step_loss != runs["bf16 RN"][0].step_loss  # the rounding differs
+
+
+def test_storage_float32_variant_is_the_plain_training(td, small):
+    """The dtype argument changes nothing for float32: the storage baseline is the default run's."""
+    spec = td.OPTIMIZERS["Adam"]
+    plain = td.train(lambda p: spec.fused(p, backend="auto"), small, epochs=1, seed=0, progress=False)
+    base = td.train(lambda p: spec.fused(p, backend="auto", **td.storage_options(td.VARIANTS["float32"], 0)),
+                    small, epochs=1, seed=0, dtype=torch.float32, progress=False)
+    assert plain.step_loss == base.step_loss and plain.test_loss == base.test_loss
