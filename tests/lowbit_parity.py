@@ -142,6 +142,17 @@ def lowbit_call(algo, options, sizes, dtype=torch.float32, seed=5, quantized=Tru
     return spec, call
 
 
+def exact_sgd_call(dtype, rounding, quantized, sizes, device="cpu", counts=LOWBIT_COUNTS):
+    """A direct SGD call whose float32 update every backend computes exactly alike: lr 2**-6
+    (2**-7 in the second row), momentum 0.5, no dampening, no weight decay (every product exact,
+    each sum one rounding, fused or not), so that stochastic rounding and quantization can be
+    compared bit for bit."""
+    spec, call = lowbit_call("sgd", {"momentum": 0.5, "lr": 2.0 ** -6}, sizes, dtype, quantized=quantized,
+                             rounding=rounding, counts=counts, device=device)
+    call["hyper"][:, spec.HYPER.index("weight_decay")] = 0.0
+    return spec, call
+
+
 def assert_lowbit_calls_match(got, want, what, exact=False, slack=CODE_SLACK):
     """Two direct calls' results: params (within their dtype's tolerance, or bit for bit), master
     weights, states: codes (:func:`assert_codes_close`, or equal) and scales (within float32

@@ -319,3 +319,28 @@ def cuda_skip_reason() -> str:
         return "no CUDA device (torch.cuda.is_available() is False)"
     ok, why = backends.availability("cuda", torch.device("cuda"))
     return "" if ok else f"the cuda backend is not available: {why}"
+
+
+def compile_for_sm90(script: str, tmp_path) -> str:
+    """Run ``script`` (Triton ahead-of-time compilation for an H100, no GPU needed) in a fresh
+    interpreter with the compiled, not interpreted, Triton and this fusedopt; its stdout. Skips
+    where Triton has no ``compile`` or no NVIDIA backend."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+    triton = pytest.importorskip("triton")
+    if not hasattr(triton, "compile"):
+        pytest.skip("triton.compile unavailable")
+    if not os.path.isdir(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia")):
+        pytest.skip("this triton has no NVIDIA backend")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fusedopt.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout

@@ -32,7 +32,7 @@ from parity import (CASES, MIXED_PRECISION, MIXED_PRECISION_IDS, MIXED_ROWS, ODD
                     assert_calls_match, assert_same_state, case_id, clone_call, exact_scalars_call,
                     cuda_skip_reason, interface_problem, make_problem, mutable, random_state, run_call,
                     run_parity, run_split_call, set_rows)
-from lowbit_parity import LOWBIT_VARIANTS, assert_lowbit_calls_match, lowbit_call, lowbit_variant_id
+from lowbit_parity import LOWBIT_VARIANTS, assert_lowbit_calls_match, exact_sgd_call, lowbit_call, lowbit_variant_id
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 NAMES = [name for name, _ in REPRESENTATIVE]
@@ -871,12 +871,7 @@ def test_lamb_split_phases_with_8bit_states():
 
 
 def _exact_sgd(dtype, rounding, quantized, sizes=LOWBIT_SIZES):
-    """SGD whose float32 update every backend computes alike: lr 2**-6 (2**-7 in the second row),
-    momentum 0.5, no dampening, no weight decay: every product exact, each sum one rounding."""
-    spec, call = _lowbit_call("sgd", {"momentum": 0.5, "lr": 2.0 ** -6}, dtype, sizes=sizes, quantized=quantized,
-                              rounding=rounding)
-    call["hyper"][:, spec.HYPER.index("weight_decay")] = 0.0
-    return spec, call
+    return exact_sgd_call(dtype, rounding, quantized, sizes, device="cuda")
 
 
 @cuda

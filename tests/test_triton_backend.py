@@ -22,8 +22,8 @@ pytest.importorskip("triton", reason="triton is not installed")
 import fusedopt  # noqa: E402
 from fusedopt import algorithms, backends  # noqa: E402
 from parity import (CASES, MIXED_PRECISION, MIXED_PRECISION_IDS, ODD_SIZES, REPRESENTATIVE, TOL,  # noqa: E402
-                    assert_same_state, case_id, interface_problem, make_problem, run_parity, run_steps,
-                    set_counters)
+                    assert_same_state, case_id, compile_for_sm90, interface_problem, make_problem, run_parity,
+                    run_steps, set_counters)
 
 
 def _import_kernels():
@@ -715,21 +715,9 @@ for v in variants:
 '''
 
 
-@pytest.mark.skipif(not hasattr(__import__("triton"), "compile"), reason="triton.compile unavailable")
 def test_kernel_compiles_for_sm90_with_vector_accesses(tmp_path):
     """Every algorithm's kernel compiles for an H100 (sm_90) here, without a GPU, with 16-byte
     vector loads and stores on full chunks, IEEE float32 division and square root, and the
     per-tensor scalars in float64."""
-    import subprocess
-    nvidia = os.path.join(os.path.dirname(__import__("triton").__file__), "backends", "nvidia")
-    if not os.path.isdir(nvidia):
-        pytest.skip("this triton has no NVIDIA backend")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(fusedopt.__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=600, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert sum(line.startswith("ok ") for line in out.stdout.splitlines()) == 16, out.stdout
+    out = compile_for_sm90(_AOT_SCRIPT, tmp_path)
+    assert sum(line.startswith("ok ") for line in out.splitlines()) == 16, out

@@ -21,7 +21,6 @@ then runs on the GPU too).
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -31,12 +30,11 @@ import torch  # noqa: E402
 triton = pytest.importorskip("triton", reason="triton is not installed")
 import triton.language as tl  # noqa: E402
 
-import fusedopt  # noqa: E402
 from fusedopt import backends, lowbit  # noqa: E402
 from fusedopt.backends import reference  # noqa: E402
-from parity import clone_call  # noqa: E402
-from lowbit_parity import (LOWBIT_COUNTS, LOWBIT_VARIANTS, assert_lowbit_calls_match, lowbit_call,  # noqa: E402
-                           lowbit_variant_id)
+from parity import clone_call, compile_for_sm90  # noqa: E402
+from lowbit_parity import (LOWBIT_COUNTS, LOWBIT_VARIANTS, assert_lowbit_calls_match, exact_sgd_call,  # noqa: E402
+                           lowbit_call, lowbit_variant_id)
 
 ft = pytest.importorskip("fusedopt.triton")
 from fusedopt.triton import kernels as K  # noqa: E402
@@ -227,13 +225,7 @@ def test_8bit_states_match_reference(algo, options, dtype):
 
 
 def _exact_sgd(dtype, rounding, quantized, sizes=SIZES, counts=LOWBIT_COUNTS):
-    """SGD whose float32 update every backend computes exactly alike: lr = 2**-6, momentum 0.5,
-    no dampening, no weight decay (lr * g and momentum * buf are exact products, each sum one
-    rounding, fused or not)."""
-    spec, call = _call("sgd", {"momentum": 0.5, "lr": 2.0 ** -6}, dtype, sizes=sizes, quantized=quantized,
-                       rounding=rounding, counts=counts)
-    call["hyper"][:, spec.HYPER.index("weight_decay")] = 0.0
-    return spec, call
+    return exact_sgd_call(dtype, rounding, quantized, sizes, device=DEVICE, counts=counts)
 
 
 @runs
@@ -412,22 +404,10 @@ for v in variants:
 '''
 
 
-@pytest.mark.skipif(not hasattr(triton, "compile"), reason="triton.compile unavailable")
 def test_8bit_and_stochastic_rounding_compile_for_sm90(tmp_path):
     """Adam and SGD with 8-bit states and/or stochastic rounding compile for an H100 (sm_90) here,
     without a GPU: 16-byte vector accesses on full chunks, IEEE division, the dequantizing
     multiply as ``mul.rn.f32`` (not contracted into an fma with the update), Philox's
     ``mul.hi.u32``."""
-    import subprocess
-    nvidia = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia")
-    if not os.path.isdir(nvidia):
-        pytest.skip("this triton has no NVIDIA backend")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(fusedopt.__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=600, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert sum(line.startswith("ok ") for line in out.stdout.splitlines()) == 3, out.stdout
+    out = compile_for_sm90(_AOT_SCRIPT, tmp_path)
+    assert sum(line.startswith("ok ") for line in out.splitlines()) == 3, out
