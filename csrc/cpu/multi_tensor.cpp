@@ -1,10 +1,10 @@
-// The non-template parts of the CPU traversal: instruction-set detection, the per-call (row, t)
-// keys of the plans, and the CPU kernels of fusedopt::state_table and fusedopt::lookahead.
+// The non-template parts of the CPU traversal: instruction-set detection, the values of the 8-bit
+// maps, the per-call (row, t) keys of the plans, and the CPU kernels of fusedopt::state_table and
+// fusedopt::lookahead.
 #include "multi_tensor.h"
 
 #include "fusedopt/algos/lookahead.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,36 +36,18 @@ Isa cpu_isa() {
 
 namespace lowbit {
 
-Quantizer::Quantizer(bool is_signed) {
-  dynamic_map(is_signed, value);
-  for (int k = 0; k < 255; ++k) mid[k] = (value[k] + value[k + 1]) * 0.5f;
-  for (int k = 255; k < 256 + kMaxInCell; ++k) mid[k] = INFINITY;
-  auto count = [&](float y) {  // #{k : y >= mid[k]}, the rule
-    int c = 0;
-    while (c < 255 && y >= mid[c]) ++c;
-    return c;
-  };
-  zero_code = static_cast<uint8_t>(count(0.0f));
-  // Each cell's smallest and largest y (the lowest cell reaches down to 0, the highest up to inf).
-  const uint32_t step = 1u << (23 - kCellBits);
-  for (int32_t c = 0; c < kCellsPerSign; ++c) {
-    const uint32_t lo = c == 0 ? 0u : (static_cast<uint32_t>(c) + (kMinExp << kCellBits)) * step;
-    const uint32_t hi = c == kCellsPerSign - 1 ? 0x7f800000u
-                                               : (static_cast<uint32_t>(c) + 1 + (kMinExp << kCellBits)) * step - 1;
-    for (int sign = 0; sign < 2; ++sign) {
-      const float ymin = sign ? -fo_u2f(hi) : fo_u2f(lo);
-      const float ymax = sign ? -fo_u2f(lo) : fo_u2f(hi);
-      const int c0 = count(ymin);
-      STD_TORCH_CHECK(count(ymax) - c0 <= kMaxInCell, "fusedopt: an 8-bit quantizer cell holds more than ",
-                      kMaxInCell, " midpoints (a bug in lowbit.h)");
-      first[c + sign * kCellsPerSign] = c0;
+const float* map_values(bool is_signed) {
+  struct Maps {
+    float v[2][256];
+    Maps() {
+      for (int c = 0; c < 256; ++c) {
+        v[0][c] = DynamicMap<false>::value(c);
+        v[1][c] = DynamicMap<true>::value(c);
+      }
     }
-  }
-}
-
-const Quantizer& quantizer(bool is_signed) {
-  static const Quantizer maps[2] = {Quantizer(false), Quantizer(true)};
-  return maps[is_signed ? 1 : 0];
+  };
+  static const Maps maps;
+  return maps.v[is_signed ? 1 : 0];
 }
 
 }  // namespace lowbit

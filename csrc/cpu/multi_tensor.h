@@ -97,9 +97,11 @@ FUSEDOPT_INLINE void for_elements(int64_t n, const Element& element, float* lane
 
 // One block of an 8-bit state, quantized (fusedopt/lowbit.py): its scale is the largest |x| (the
 // maximum of the bit patterns of |x|, in which NaN is above inf: a NaN propagates), and each
-// code the quantizer's code of x / scale (0 / 0 is not taken: a zero block stores the code of 0).
+// code the map's code of x / scale (0 / 0 is not taken: a zero block stores the code of 0).
+template <bool SIGNED>
 FUSEDOPT_INLINE void quantize_block(const float* __restrict t, int64_t n, uint8_t* __restrict codes,
-                                    float* __restrict scale, const lowbit::Quantizer& q) {
+                                    float* __restrict scale) {
+  using Map = lowbit::DynamicMap<SIGNED>;
   uint32_t m = 0;
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t a = fo_f2u(t[i]) & 0x7fffffffu;
@@ -108,10 +110,10 @@ FUSEDOPT_INLINE void quantize_block(const float* __restrict t, int64_t n, uint8_
   const float absmax = fo_u2f(m);
   *scale = absmax;
   if (absmax == 0.0f) {
-    for (int64_t i = 0; i < n; ++i) codes[i] = q.zero_code;
+    for (int64_t i = 0; i < n; ++i) codes[i] = Map::kZeroCode;
     return;
   }
-  for (int64_t i = 0; i < n; ++i) codes[i] = q.code(t[i] / absmax);
+  for (int64_t i = 0; i < n; ++i) codes[i] = Map::code(t[i] / absmax);
 }
 
 // The inner loop of one work item: load, upcast, preamble, update, round, store.
@@ -124,10 +126,11 @@ FUSEDOPT_INLINE void quantize_block(const float* __restrict t, int64_t n, uint8_
 //
 // Note [low-bit items]: with 8-bit states (SD kUInt8) an item is walked block by block (an item
 // starts on a block: kChunk is a multiple of lowbit::kQuantBlock): each element's states are
-// dequantized (map[code] * the block's scale, one multiply) into float32, updated, kept in a
-// block buffer, and the block is quantized when its elements are done. With ROUND each param
-// element i of the item is stored as lowbit::stochastic_round of its float32 value, with the bits
-// of random_bits(seed, the tensor's step count, offset + its index in the tensor).
+// dequantized (map[code] * the block's scale, one multiply; lowbit::map_values) into float32,
+// updated, kept in a block buffer, and the block is quantized when its elements are done
+// (lowbit::DynamicMap::code, no table). With ROUND each param element i of the item is stored as
+// lowbit::stochastic_round of its float32 value, with the bits of random_bits(seed, the tensor's
+// step count, offset + its index in the tensor).
 template <class M, class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED, bool ROUND>
 FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre_, void* p_,
                                  const void* g_, float* master_, void* s0_, void* s1_, void* s2_,
@@ -170,12 +173,12 @@ FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre
   float lane0[kLanes] = {}, lane1[kLanes] = {};
   if constexpr (SD == DType::kUInt8) {
     constexpr int64_t kB = lowbit::kQuantBlock;
-    const lowbit::Quantizer& q0 = lowbit::quantizer(A::kSignedSlots & 1);
-    const lowbit::Quantizer& q1 = lowbit::quantizer(A::kSignedSlots & 2);
-    const lowbit::Quantizer& q2 = lowbit::quantizer(A::kSignedSlots & 4);
-    const float* __restrict map0 = q0.value;
-    const float* __restrict map1 = q1.value;
-    const float* __restrict map2 = q2.value;
+    constexpr bool kSigned0 = (A::kSignedSlots & 1) != 0;
+    constexpr bool kSigned1 = (A::kSignedSlots & 2) != 0;
+    constexpr bool kSigned2 = (A::kSignedSlots & 4) != 0;
+    const float* __restrict map0 = lowbit::map_values(kSigned0);
+    const float* __restrict map1 = lowbit::map_values(kSigned1);
+    const float* __restrict map2 = lowbit::map_values(kSigned2);
     alignas(64) float t0[kB], t1[kB], t2[kB];
     for (int64_t b = 0; b < n; b += kB) {
       const int64_t len = std::min(kB, n - b);
@@ -197,9 +200,9 @@ FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre
       };
       for_elements<A::kReduces>(len, element, lane0, lane1);
       if constexpr (kWrites) {
-        if (kSlots & kSlot0) quantize_block(t0, len, s0 + b, ex.scale[0] + blk, q0);
-        if (kSlots & kSlot1) quantize_block(t1, len, s1 + b, ex.scale[1] + blk, q1);
-        if (kSlots & kSlot2) quantize_block(t2, len, s2 + b, ex.scale[2] + blk, q2);
+        if (kSlots & kSlot0) quantize_block<kSigned0>(t0, len, s0 + b, ex.scale[0] + blk);
+        if (kSlots & kSlot1) quantize_block<kSigned1>(t1, len, s1 + b, ex.scale[1] + blk);
+        if (kSlots & kSlot2) quantize_block<kSigned2>(t2, len, s2 + b, ex.scale[2] + blk);
       }
     }
   } else {
@@ -255,9 +258,10 @@ using RangeFn = void (*)(const typename A::Args&, const Preamble&, void*, const 
                          void*, void*, int64_t, double*, const ItemExtras&);
 
 // Note [low-bit clones]: the 8-bit and stochastic-rounding loops are compiled for the baseline
-// and x86-64-v3 only (an AVX-512 machine runs the v3 clone): they are bound by table reads and
-// integer work more than by vector width, and each clone of them costs as much build time as
-// all the float ones of an algorithm.
+// and x86-64-v3 only (an AVX-512 machine runs the v3 clone): each clone of them costs as much
+// build time as all the float ones of an algorithm. Their time is arithmetic (the 8-bit map's,
+// Note [arithmetic map] in lowbit.h, and Philox's multiplies), which wider vectors would speed
+// up; an AVX-512 clone is not built and has not been measured.
 template <class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED, bool ROUND>
 RangeFn<A> pick_isa() {
 #if FUSEDOPT_X86_CLONES
