@@ -1,6 +1,5 @@
-// The non-template parts of the CPU traversal: instruction-set detection, the values of the 8-bit
-// maps, the per-call (row, t) keys of the plans, and the CPU kernels of fusedopt::state_table and
-// fusedopt::lookahead.
+// The non-template parts of the CPU traversal: instruction-set detection, the per-call (row, t)
+// keys of the plans, and the CPU kernels of fusedopt::state_table and fusedopt::lookahead.
 #include "multi_tensor.h"
 
 #include "fusedopt/algos/lookahead.h"
@@ -31,28 +30,6 @@ Isa cpu_isa() {
   }();
   return isa;
 }
-
-}  // namespace cpu
-
-namespace lowbit {
-
-const float* map_values(bool is_signed) {
-  struct Maps {
-    float v[2][256];
-    Maps() {
-      for (int c = 0; c < 256; ++c) {
-        v[0][c] = DynamicMap<false>::value(c);
-        v[1][c] = DynamicMap<true>::value(c);
-      }
-    }
-  };
-  static const Maps maps;
-  return maps.v[is_signed ? 1 : 0];
-}
-
-}  // namespace lowbit
-
-namespace cpu {
 
 const char* isa_name() {
   switch (cpu_isa()) {

@@ -126,9 +126,11 @@ FUSEDOPT_INLINE void quantize_block(const float* __restrict t, int64_t n, uint8_
 //
 // Note [low-bit items]: with 8-bit states (SD kUInt8) an item is walked block by block (an item
 // starts on a block: kChunk is a multiple of lowbit::kQuantBlock): each element's states are
-// dequantized (map[code] * the block's scale, one multiply; lowbit::map_values) into float32,
-// updated, kept in a block buffer, and the block is quantized when its elements are done
-// (lowbit::DynamicMap::code, no table). With ROUND each param element i of the item is stored as
+// dequantized (map[code] * the block's scale, one multiply) into float32, updated, kept in a
+// block buffer, and the block is quantized when its elements are done. Both the map's value and
+// the code are arithmetic, lowbit::DynamicMap: a table read map[code] is a gather, which GCC 12
+// does not vectorise here (no gathers in its generic tuning), and the whole element loop, the
+// algorithm's update included, would run scalar. With ROUND each param element i of the item is stored as
 // lowbit::stochastic_round of its float32 value, with the bits of random_bits(seed, the tensor's
 // step count, offset + its index in the tensor).
 template <class M, class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED, bool ROUND>
@@ -176,9 +178,9 @@ FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre
     constexpr bool kSigned0 = (A::kSignedSlots & 1) != 0;
     constexpr bool kSigned1 = (A::kSignedSlots & 2) != 0;
     constexpr bool kSigned2 = (A::kSignedSlots & 4) != 0;
-    const float* __restrict map0 = lowbit::map_values(kSigned0);
-    const float* __restrict map1 = lowbit::map_values(kSigned1);
-    const float* __restrict map2 = lowbit::map_values(kSigned2);
+    using Map0 = lowbit::DynamicMap<kSigned0>;
+    using Map1 = lowbit::DynamicMap<kSigned1>;
+    using Map2 = lowbit::DynamicMap<kSigned2>;
     alignas(64) float t0[kB], t1[kB], t2[kB];
     for (int64_t b = 0; b < n; b += kB) {
       const int64_t len = std::min(kB, n - b);
@@ -190,9 +192,9 @@ FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre
       const uint8_t* __restrict q1c = s1 + b;
       const uint8_t* __restrict q2c = s2 + b;
       auto element = [&](int64_t k, float& acc0, float& acc1) __attribute__((always_inline)) {
-        float x = (kSlots & kSlot0) ? map0[q0c[k]] * c0 : 0.0f;
-        float y = (kSlots & kSlot1) ? map1[q1c[k]] * c1 : 0.0f;
-        float z = (kSlots & kSlot2) ? map2[q2c[k]] * c2 : 0.0f;
+        float x = (kSlots & kSlot0) ? Map0::value(q0c[k]) * c0 : 0.0f;
+        float y = (kSlots & kSlot1) ? Map1::value(q1c[k]) * c1 : 0.0f;
+        float z = (kSlots & kSlot2) ? Map2::value(q2c[k]) * c2 : 0.0f;
         update(b + k, x, y, z, acc0, acc1);
         t0[k] = x;
         t1[k] = y;

@@ -28,10 +28,11 @@ constexpr int kQuantBlock = 256;  // elements per absmax (lowbit.BLOCK)
 
 // --- the maps ---------------------------------------------------------------------------------
 
-// The dynamic map of 8-bit states as arithmetic, for the CPU kernels: its values from the code,
-// and the quantizer's code of a value with no table read, so that its loop vectorises without
-// gathers (Note [arithmetic map]). SIGNED: the signed map (momentum-like states), else the
-// unsigned one (second moments).
+// The dynamic map of 8-bit states as arithmetic, for the CPU kernels: its value of a code and the
+// quantizer's code of a value, with no table read, so that the loops vectorise (GCC 12 builds a
+// table read from scalar loads, or leaves the loop scalar: Note [low-bit items] in
+// csrc/cpu/multi_tensor.h; Note [arithmetic map]). SIGNED: the signed map (momentum-like
+// states), else the unsigned one (second moments).
 //
 // Note [arithmetic map]: the map's values of decimal level k (0..6) are
 // (2n + 9(2j + 1)) / (20 n 10^k), j = 0..n-1, n = 2^(K-k), K = 6 (signed, per sign) or 7
@@ -82,7 +83,7 @@ struct DynamicMap {
     return pick(t <= kZeroT, 0.0f, pick(t >= kTop, 1.0f, v));
   }
 
-  // qmap[code]: the dequantizing map.
+  // qmap[code], the dequantizing map: one division (Note [arithmetic map]) and the selects of 10^k.
   static FUSEDOPT_INLINE float value(int32_t code) {
     if constexpr (SIGNED) {
       const int32_t d = code - 127;
@@ -151,12 +152,6 @@ struct DynamicMap {
     if constexpr (k > 0) level<k - 1>(a, n, d);
   }
 };
-
-// The 256 values of the signed or the unsigned map (DynamicMap::value), computed once: the
-// dequantizing read of the CPU loops. On the AVX2 machine (benchmarks/results) a read of this
-// table, which GCC builds from scalar loads, costs less per element than the arithmetic (one
-// division and the selects of 10^k: about 0.4 against 0.7 ns), unlike the quantizer's.
-const float* map_values(bool is_signed);
 
 // --- Philox4x32-10 and stochastic rounding ---------------------------------------------------
 
