@@ -4,7 +4,6 @@
 
 #include "fusedopt/algos/lookahead.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,46 +30,6 @@ Isa cpu_isa() {
   }();
   return isa;
 }
-
-}  // namespace cpu
-
-namespace lowbit {
-
-Quantizer::Quantizer(bool is_signed) {
-  dynamic_map(is_signed, value);
-  for (int k = 0; k < 255; ++k) mid[k] = (value[k] + value[k + 1]) * 0.5f;
-  for (int k = 255; k < 256 + kMaxInCell; ++k) mid[k] = INFINITY;
-  auto count = [&](float y) {  // #{k : y >= mid[k]}, the rule
-    int c = 0;
-    while (c < 255 && y >= mid[c]) ++c;
-    return c;
-  };
-  zero_code = static_cast<uint8_t>(count(0.0f));
-  // Each cell's smallest and largest y (the lowest cell reaches down to 0, the highest up to inf).
-  const uint32_t step = 1u << (23 - kCellBits);
-  for (int32_t c = 0; c < kCellsPerSign; ++c) {
-    const uint32_t lo = c == 0 ? 0u : (static_cast<uint32_t>(c) + (kMinExp << kCellBits)) * step;
-    const uint32_t hi = c == kCellsPerSign - 1 ? 0x7f800000u
-                                               : (static_cast<uint32_t>(c) + 1 + (kMinExp << kCellBits)) * step - 1;
-    for (int sign = 0; sign < 2; ++sign) {
-      const float ymin = sign ? -fo_u2f(hi) : fo_u2f(lo);
-      const float ymax = sign ? -fo_u2f(lo) : fo_u2f(hi);
-      const int c0 = count(ymin);
-      STD_TORCH_CHECK(count(ymax) - c0 <= kMaxInCell, "fusedopt: an 8-bit quantizer cell holds more than ",
-                      kMaxInCell, " midpoints (a bug in lowbit.h)");
-      first[c + sign * kCellsPerSign] = c0;
-    }
-  }
-}
-
-const Quantizer& quantizer(bool is_signed) {
-  static const Quantizer maps[2] = {Quantizer(false), Quantizer(true)};
-  return maps[is_signed ? 1 : 0];
-}
-
-}  // namespace lowbit
-
-namespace cpu {
 
 const char* isa_name() {
   switch (cpu_isa()) {

@@ -97,9 +97,11 @@ FUSEDOPT_INLINE void for_elements(int64_t n, const Element& element, float* lane
 
 // One block of an 8-bit state, quantized (fusedopt/lowbit.py): its scale is the largest |x| (the
 // maximum of the bit patterns of |x|, in which NaN is above inf: a NaN propagates), and each
-// code the quantizer's code of x / scale (0 / 0 is not taken: a zero block stores the code of 0).
+// code the map's code of x / scale (0 / 0 is not taken: a zero block stores the code of 0).
+template <bool SIGNED>
 FUSEDOPT_INLINE void quantize_block(const float* __restrict t, int64_t n, uint8_t* __restrict codes,
-                                    float* __restrict scale, const lowbit::Quantizer& q) {
+                                    float* __restrict scale) {
+  using Map = lowbit::DynamicMap<SIGNED>;
   uint32_t m = 0;
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t a = fo_f2u(t[i]) & 0x7fffffffu;
@@ -108,10 +110,10 @@ FUSEDOPT_INLINE void quantize_block(const float* __restrict t, int64_t n, uint8_
   const float absmax = fo_u2f(m);
   *scale = absmax;
   if (absmax == 0.0f) {
-    for (int64_t i = 0; i < n; ++i) codes[i] = q.zero_code;
+    for (int64_t i = 0; i < n; ++i) codes[i] = Map::kZeroCode;
     return;
   }
-  for (int64_t i = 0; i < n; ++i) codes[i] = q.code(t[i] / absmax);
+  for (int64_t i = 0; i < n; ++i) codes[i] = Map::code(t[i] / absmax);
 }
 
 // The inner loop of one work item: load, upcast, preamble, update, round, store.
@@ -125,9 +127,12 @@ FUSEDOPT_INLINE void quantize_block(const float* __restrict t, int64_t n, uint8_
 // Note [low-bit items]: with 8-bit states (SD kUInt8) an item is walked block by block (an item
 // starts on a block: kChunk is a multiple of lowbit::kQuantBlock): each element's states are
 // dequantized (map[code] * the block's scale, one multiply) into float32, updated, kept in a
-// block buffer, and the block is quantized when its elements are done. With ROUND each param
-// element i of the item is stored as lowbit::stochastic_round of its float32 value, with the bits
-// of random_bits(seed, the tensor's step count, offset + its index in the tensor).
+// block buffer, and the block is quantized when its elements are done. Both the map's value and
+// the code are arithmetic, lowbit::DynamicMap: a table read map[code] is a gather, which GCC 12
+// does not vectorise here (no gathers in its generic tuning), and the whole element loop, the
+// algorithm's update included, would run scalar. With ROUND each param element i of the item is stored as
+// lowbit::stochastic_round of its float32 value, with the bits of random_bits(seed, the tensor's
+// step count, offset + its index in the tensor).
 template <class M, class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED, bool ROUND>
 FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre_, void* p_,
                                  const void* g_, float* master_, void* s0_, void* s1_, void* s2_,
@@ -170,12 +175,12 @@ FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre
   float lane0[kLanes] = {}, lane1[kLanes] = {};
   if constexpr (SD == DType::kUInt8) {
     constexpr int64_t kB = lowbit::kQuantBlock;
-    const lowbit::Quantizer& q0 = lowbit::quantizer(A::kSignedSlots & 1);
-    const lowbit::Quantizer& q1 = lowbit::quantizer(A::kSignedSlots & 2);
-    const lowbit::Quantizer& q2 = lowbit::quantizer(A::kSignedSlots & 4);
-    const float* __restrict map0 = q0.value;
-    const float* __restrict map1 = q1.value;
-    const float* __restrict map2 = q2.value;
+    constexpr bool kSigned0 = (A::kSignedSlots & 1) != 0;
+    constexpr bool kSigned1 = (A::kSignedSlots & 2) != 0;
+    constexpr bool kSigned2 = (A::kSignedSlots & 4) != 0;
+    using Map0 = lowbit::DynamicMap<kSigned0>;
+    using Map1 = lowbit::DynamicMap<kSigned1>;
+    using Map2 = lowbit::DynamicMap<kSigned2>;
     alignas(64) float t0[kB], t1[kB], t2[kB];
     for (int64_t b = 0; b < n; b += kB) {
       const int64_t len = std::min(kB, n - b);
@@ -187,9 +192,9 @@ FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre
       const uint8_t* __restrict q1c = s1 + b;
       const uint8_t* __restrict q2c = s2 + b;
       auto element = [&](int64_t k, float& acc0, float& acc1) __attribute__((always_inline)) {
-        float x = (kSlots & kSlot0) ? map0[q0c[k]] * c0 : 0.0f;
-        float y = (kSlots & kSlot1) ? map1[q1c[k]] * c1 : 0.0f;
-        float z = (kSlots & kSlot2) ? map2[q2c[k]] * c2 : 0.0f;
+        float x = (kSlots & kSlot0) ? Map0::value(q0c[k]) * c0 : 0.0f;
+        float y = (kSlots & kSlot1) ? Map1::value(q1c[k]) * c1 : 0.0f;
+        float z = (kSlots & kSlot2) ? Map2::value(q2c[k]) * c2 : 0.0f;
         update(b + k, x, y, z, acc0, acc1);
         t0[k] = x;
         t1[k] = y;
@@ -197,9 +202,9 @@ FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre
       };
       for_elements<A::kReduces>(len, element, lane0, lane1);
       if constexpr (kWrites) {
-        if (kSlots & kSlot0) quantize_block(t0, len, s0 + b, ex.scale[0] + blk, q0);
-        if (kSlots & kSlot1) quantize_block(t1, len, s1 + b, ex.scale[1] + blk, q1);
-        if (kSlots & kSlot2) quantize_block(t2, len, s2 + b, ex.scale[2] + blk, q2);
+        if (kSlots & kSlot0) quantize_block<kSigned0>(t0, len, s0 + b, ex.scale[0] + blk);
+        if (kSlots & kSlot1) quantize_block<kSigned1>(t1, len, s1 + b, ex.scale[1] + blk);
+        if (kSlots & kSlot2) quantize_block<kSigned2>(t2, len, s2 + b, ex.scale[2] + blk);
       }
     }
   } else {
@@ -255,9 +260,10 @@ using RangeFn = void (*)(const typename A::Args&, const Preamble&, void*, const 
                          void*, void*, int64_t, double*, const ItemExtras&);
 
 // Note [low-bit clones]: the 8-bit and stochastic-rounding loops are compiled for the baseline
-// and x86-64-v3 only (an AVX-512 machine runs the v3 clone): they are bound by table reads and
-// integer work more than by vector width, and each clone of them costs as much build time as
-// all the float ones of an algorithm.
+// and x86-64-v3 only (an AVX-512 machine runs the v3 clone): each clone of them costs as much
+// build time as all the float ones of an algorithm. Their time is arithmetic (the 8-bit map's,
+// Note [arithmetic map] in lowbit.h, and Philox's multiplies), which wider vectors would speed
+// up; an AVX-512 clone is not built and has not been measured.
 template <class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED, bool ROUND>
 RangeFn<A> pick_isa() {
 #if FUSEDOPT_X86_CLONES

@@ -9,14 +9,14 @@
 //     element from Philox4x32-10 (Salmon et al., SC 2011) keyed by the seed, its counter the
 //     element's index and the tensor's step count.
 //
-// The maps are built here from their definition (one float64 division of two integers, rounded
-// once to float32), as fusedopt/lowbit.py builds them; tests/test_lowbit_kernels.py checks that
-// the two agree on all 512 values.
+// The CPU kernels compute the 8-bit map's values and codes from their definition, with no table
+// (DynamicMap, Note [arithmetic map]); the CUDA kernels embed the 512 values (csrc/cuda/lowbit.cuh).
+// tests/test_lowbit_kernels.py checks the codes and the dequantized states of the CPU kernels
+// against fusedopt/lowbit.py bit for bit, among them the codes of every map value, every midpoint
+// and their float32 neighbours.
 #pragma once
 
 #include <stdint.h>
-
-#include <algorithm>
 
 #include "fusedopt/dtype.h"
 #include "fusedopt/macros.h"
@@ -28,64 +28,130 @@ constexpr int kQuantBlock = 256;  // elements per absmax (lowbit.BLOCK)
 
 // --- the maps ---------------------------------------------------------------------------------
 
-// The 256 values of the dynamic map, ascending (signed: 127 negatives, 0, 127 positives, 1.0;
-// unsigned: 0, 254 positives, 1.0): the value of decimal level k (0..6) and index j among its n
-// values is (2n + 9(2j + 1)) / (20 n 10^k), n = 64 >> k (signed, per sign) or 128 >> k.
-inline void dynamic_map(bool is_signed, float out[256]) {
-  double values[256];
-  int count = 0;
-  values[count++] = 0.0;
-  values[count++] = 1.0;
-  int64_t pow10 = 1;
-  for (int k = 0; k < 7; ++k, pow10 *= 10) {
-    const int64_t n = (is_signed ? 64 : 128) >> k;
-    const double den = static_cast<double>(20 * n * pow10);  // exact: below 2^53
-    for (int64_t j = 0; j < n; ++j) {
-      const double v = static_cast<double>(2 * n + 9 * (2 * j + 1)) / den;
-      values[count++] = v;
-      if (is_signed) values[count++] = -v;
+// The dynamic map of 8-bit states as arithmetic, for the CPU kernels: its value of a code and the
+// quantizer's code of a value, with no table read, so that the loops vectorise (GCC 12 builds a
+// table read from scalar loads, or leaves the loop scalar: Note [low-bit items] in
+// csrc/cpu/multi_tensor.h; Note [arithmetic map]). SIGNED: the signed map (momentum-like
+// states), else the unsigned one (second moments).
+//
+// Note [arithmetic map]: the map's values of decimal level k (0..6) are
+// (2n + 9(2j + 1)) / (20 n 10^k), j = 0..n-1, n = 2^(K-k), K = 6 (signed, per sign) or 7
+// (unsigned). Number the magnitudes of one sign by t: t = kZeroT is 0, t = kTop is 1.0, and in
+// between n + j is value j of the level of n values, so that the level of t is the top bit of t
+// (n = 2^m <= t < 2^(m+1), k = K - m, j = t - n) and the numerator is 18t - 16n + 9. Numerator
+// (at most 2551) and denominator (2^(K+2) 5^(k+1)) are integers exact in float32, so ONE float32
+// division gives the correctly rounded value of the rational, which is the map's value
+// (lowbit.py rounds the same rational once; tests check that the rounding is single). The
+// signed map is qmap[127 + t] for t >= 0 and -qmap[127 + t] = qmap[127 - t]: code 127 is 0,
+// 255 is 1.0 (t = 128) and there is no -1.0; the unsigned map is qmap[t - 1].
+//
+// The quantizer's rule, code(y) = #{k : y >= mid[k]} with mid[k] = (qmap[k] + qmap[k + 1]) * 0.5f,
+// is counted on magnitudes: P(a), the number of midpoints M of the magnitudes (0, the positives,
+// 1.0) with M <= a, is the position of the nearest magnitude, and the code is P(y) for the
+// unsigned map (0 for y < 0), 127 + P(y) for the signed map and y >= 0. The signed map's
+// negative midpoints are the positive ones negated (float32 rounding is symmetric), so y < 0 is
+// at or above all of them but the -M with M < |y|, i.e. M <= |y| - 1 ulp: its code is
+// 127 - min(P(|y| - 1 ulp), 127). P(a) is found from an estimate e, which is P(a) or one below:
+// e = floor(a 10^k n / 0.9 + 8n/9 - 0.5) for the level k of a (found by six comparisons with
+// 10^-k / 10, which lies between a level's values and the next one's; level 6 reaches down to
+// 0), the position of the nearest value in real arithmetic less a half, so that the float32
+// errors of the estimate (about 1e-5 positions) and the rounding of the midpoints (half an ulp)
+// only choose between e and e + 1. The one comparison of a with the midpoint of the values at e
+// and e + 1, computed as the rule does from the two values, decides. Those values are in the
+// level of a or next to it (e from n - 1 to 2n - 1, e + 1 at most 2n), so they share the
+// denominator d = 100 n 10^k (an integer exact in float32), and their numerators over d are
+// integers below 2^24 as well: two divisions, no 10^k to select beyond the level's constants.
+// NaN is code 0 (it fails every comparison). This was checked against the rule on every float32
+// bit pattern, both maps, as compiled for the baseline and for x86-64-v3 (minutes of CPU, so not
+// a test); tests/test_lowbit_kernels.py checks the midpoints, their neighbours and the values.
+template <bool SIGNED>
+struct DynamicMap {
+  static constexpr int K = SIGNED ? 6 : 7;             // log2 of the size of level 0
+  static constexpr int32_t kZeroT = SIGNED ? 0 : 1;    // the position of 0
+  static constexpr int32_t kTop = SIGNED ? 128 : 256;  // the position of 1.0
+  static constexpr uint8_t kZeroCode = SIGNED ? 127 : 0;  // the code of y = 0 (absmax 0)
+
+  // The magnitude at position t in [kZeroT, kTop].
+  static FUSEDOPT_INLINE float magnitude(int32_t t) {
+    const float tf = static_cast<float>(t);
+    const uint32_t bits = fo_f2u(tf);
+    const float n = fo_u2f(bits & 0xff800000u);  // the top bit of t
+    const int32_t k = K + 127 - static_cast<int32_t>(bits >> 23);
+    // 10^k from the bits of k (for t = kTop, k = -1 and this is a finite number not used)
+    const float p10 = pick(k & 1, 10.0f, 1.0f) * pick(k & 2, 100.0f, 1.0f) * pick(k & 4, 10000.0f, 1.0f);
+    const float v = (18.0f * tf - 16.0f * n + 9.0f) / (20.0f * n * p10);
+    return pick(t <= kZeroT, 0.0f, pick(t >= kTop, 1.0f, v));
+  }
+
+  // qmap[code], the dequantizing map: one division (Note [arithmetic map]) and the selects of 10^k.
+  static FUSEDOPT_INLINE float value(int32_t code) {
+    if constexpr (SIGNED) {
+      const int32_t d = code - 127;
+      const float v = magnitude(d < 0 ? -d : d);
+      return fo_u2f(fo_f2u(v) | (static_cast<uint32_t>(d) & 0x80000000u));  // the sign of d
+    } else {
+      return magnitude(code + 1);
     }
   }
-  std::sort(values, values + 256);
-  for (int i = 0; i < 256; ++i) out[i] = static_cast<float>(values[i]);
-}
 
-// The CPU quantizer of one map: code(y) = #{k : y >= mid[k]} through a table of cells of y, so
-// that a code costs three table reads and no search. A cell is the values of y that share their
-// sign, float32 exponent and top kCellBits mantissa bits (exponents below kMinExp share the
-// lowest cell, exponents above 0 the highest: y is in [-1, 1]); `first[cell]` counts the
-// midpoints <= the cell's smallest y, and no cell holds more than kMaxInCell midpoints above
-// that (checked when the table is built), so the code is first + the comparisons of y with the
-// next kMaxInCell midpoints. NaN is code 0.
-struct Quantizer {
-  static constexpr int kCellBits = 6;
-  static constexpr int kMaxInCell = 2;
-  static constexpr uint32_t kMinExp = 104;  // 2^-23: below every nonzero midpoint's magnitude
-  static constexpr int32_t kCellsPerSign = static_cast<int32_t>(((127 - kMinExp) << kCellBits) + 1);
+  // The code of y, the rule: no branch, no table (selects), so that the CPU loops vectorise.
+  static FUSEDOPT_INLINE uint8_t code(float y) {
+    const uint32_t u = fo_f2u(y) & 0x7fffffffu;
+    // a = |y|, less 1 ulp for y < 0 with the signed map: there P counts the M < |y|
+    const float a = fo_u2f(SIGNED ? u - static_cast<uint32_t>(y < 0.0f) : u);
+    // The level of a (k: 10^-k / 10 <= a, or k = 6): its size n and the common denominator
+    // d = 100 n 10^k of the values at positions n - 1 .. 2n.
+    float n = kSize[6], d = kDen[6];
+    level<5>(a, n, d);
+    // The estimate: floor(position of the nearest value in real arithmetic - 1/2), at most
+    // kTop - 1 (so that e + 1 is 1.0 at most; NaN: kTop - 1 too).
+    const float e0 = a * (d * (1.0f / 90.0f)) + (n * (8.0f / 9.0f) - 0.5f);
+    const int32_t e = static_cast<int32_t>(pick(e0 < kTop - 1, e0, kTop - 1));  // e0 >= 0: floor
+    const float ef = static_cast<float>(e);
+    // The numerators over d of the values at e (n - 1 .. 2n - 1) and e + 1 (n .. 2n): below the
+    // level (10n - 9, or 0), in it (5 (18t - 16n + 9)), above it (25 (4n + 9), or d: 1.0).
+    const float in0 = 90.0f * ef - (80.0f * n - 45.0f);
+    float num0 = pick(ef < n, 10.0f * n - 9.0f, in0);
+    num0 = pick(e == kZeroT, 0.0f, num0);
+    float num1 = pick(ef + 1.0f == n + n, 100.0f * n + 225.0f, in0 + 90.0f);
+    num1 = pick(e == kTop - 1, d, num1);
+    const float mid = (num0 / d + num1 / d) * 0.5f;  // the rule's midpoint of the two values
+    const int32_t p = e + static_cast<int32_t>(a >= mid) - kZeroT;  // P
+    if constexpr (SIGNED) {
+      const int32_t neg = -static_cast<int32_t>(y < 0.0f);
+      const int32_t c = 127 + ((p ^ neg) - neg);  // 127 - p for y < 0 (p <= 128)
+      return static_cast<uint8_t>((c > 0 ? c : 0) & -static_cast<int32_t>(y == y));  // NaN: code 0
+    } else {
+      return static_cast<uint8_t>(p & -static_cast<int32_t>(y >= 0.0f));  // below 0 and NaN: code 0
+    }
+  }
 
-  float value[256];
-  float mid[256 + kMaxInCell];  // the 255 midpoints, then +inf
-  int32_t first[2 * kCellsPerSign];
-  uint8_t zero_code;  // the code of y = 0 (a block whose absmax is 0)
-
-  explicit Quantizer(bool is_signed);
-
-  // The code of y: no branch (selects and two gathers), so that the CPU loops vectorise.
-  FUSEDOPT_INLINE uint8_t code(float y) const {
-    const uint32_t u = fo_f2u(y);
-    int32_t c = static_cast<int32_t>((u & 0x7fffffffu) >> (23 - kCellBits)) - static_cast<int32_t>(kMinExp << kCellBits);
-    c = c < 0 ? 0 : c;
-    c = c > kCellsPerSign - 1 ? kCellsPerSign - 1 : c;
-    const int32_t c0 = first[c + static_cast<int32_t>(u >> 31) * kCellsPerSign];
-    static_assert(kMaxInCell == 2, "code() compares y with two midpoints");
-    const int32_t up = static_cast<int32_t>(y >= mid[c0]) + static_cast<int32_t>(y >= mid[c0 + 1]);
-    const int32_t is_number = -static_cast<int32_t>(y == y);  // NaN: code 0
-    return static_cast<uint8_t>((c0 + up) & is_number);
+ private:
+  // c ? a : b as masks: GCC does not if-convert float selects whose operands it could sink into
+  // a branch (they may trap as far as it knows), and the loops would not vectorise.
+  static FUSEDOPT_INLINE float pick(bool c, float a, float b) {
+    const uint32_t m = 0u - static_cast<uint32_t>(c);
+    return fo_u2f((fo_f2u(a) & m) | (fo_f2u(b) & ~m));
+  }
+  static constexpr float size(int k) { return static_cast<float>(1 << (K - k)); }
+  static constexpr float pow10(int k) { return k == 0 ? 1.0f : 10.0f * pow10(k - 1); }
+  // Level k (0..6) holds a >= kBound[k] (k < 6), down to the next bound, and its size and
+  // common denominator (exact: 2^(K+2+k) 5^(k+2), below 2^24 times a power of two).
+  static constexpr float kBound[6] = {0.1f, 0.01f, 0.001f, 1e-4f, 1e-5f, 1e-6f};
+  static constexpr float kSize[7] = {size(0), size(1), size(2), size(3), size(4), size(5), size(6)};
+  static constexpr float kDen[7] = {100.0f * size(0) * pow10(0), 100.0f * size(1) * pow10(1),
+                                    100.0f * size(2) * pow10(2), 100.0f * size(3) * pow10(3),
+                                    100.0f * size(4) * pow10(4), 100.0f * size(5) * pow10(5),
+                                    100.0f * size(6) * pow10(6)};
+  // n and d of the level of a: levels k..0 replace those of the levels below
+  template <int k>
+  static FUSEDOPT_INLINE void level(float a, float& n, float& d) {
+    const bool in = a >= kBound[k];
+    n = pick(in, kSize[k], n);
+    d = pick(in, kDen[k], d);
+    if constexpr (k > 0) level<k - 1>(a, n, d);
   }
 };
-
-// The two quantizers, built once.
-const Quantizer& quantizer(bool is_signed);
 
 // --- Philox4x32-10 and stochastic rounding ---------------------------------------------------
 
