@@ -366,7 +366,7 @@ def storage_counts(optimizer: torch.optim.Optimizer) -> tuple[int, int, int]:
         numel.update({key: p.numel() for key, p in zip(saved["params"], group["params"])})
     slots = params = elements = 0
     for key, st in sd["state"].items():
-        n = sum(1 for name in st if isinstance(name, str) and name.endswith("_absmax"))
+        n = sum(1 for name in st if isinstance(name, str) and name.endswith(fusedopt.lowbit.ABSMAX_SUFFIX))
         if n:
             slots, params, elements = slots + n, params + 1, elements + numel[key]
     return slots, params, elements
