@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from . import lowbit
+from . import _distributed, lowbit
 from ._plan import eight_bit, state_dtype_of
 
 _SCALE = lowbit.ABSMAX_SUFFIX
@@ -135,21 +135,34 @@ def _entry(opt, sid, p: torch.Tensor, group: dict, value: dict) -> dict:
                                  f"{tuple(v.shape)}, the parameter has {tuple(p.shape)}")
             absmax = value.get(key + _SCALE)
             if absmax is not None:  # saved as 8-bit codes and scales
-                blocks = -(-p.numel() // lowbit.BLOCK)
-                if v.dtype != torch.uint8 or absmax.dtype != torch.float32 or absmax.shape != (blocks,):
-                    raise ValueError(f"state_dict: 8-bit state {key!r} of parameter {sid} must be uint8 codes "
-                                     f"with {blocks} float32 scales; got {v.dtype} codes and {absmax.dtype} "
-                                     f"{tuple(absmax.shape)} scales")
+                _check_8bit(sid, key, v, absmax, p)
                 if quantized and key in slots:
                     entry[key] = v.to(device=p.device, copy=True)
-                    entry[key + _SCALE] = absmax.to(device=p.device, copy=True)
+                    absmax = absmax.to(device=p.device, copy=True)
+                    entry[key + _SCALE] = absmax if _distributed.is_dtensor(p) else absmax.view(lowbit.scale_shape(p.shape))
                     continue
-                v = lowbit.dequantize_blockwise(v.to(p.device), absmax.to(p.device), lowbit.state_map(key, p.device))
+                v = _distributed.dequantize_state(v.to(p.device), absmax.to(p.device), lowbit.state_map(key, p.device),
+                                                  lowbit.BLOCK)
             if key == "master_param":
                 entry[key] = v.to(device=p.device, dtype=torch.float32, copy=True)
             elif quantized and key in slots:
-                entry[key], entry[key + _SCALE] = lowbit.quantize_blockwise(
-                    v.to(device=p.device, dtype=torch.float32), lowbit.state_map(key, p.device))
+                entry[key], entry[key + _SCALE] = _distributed.quantize_state(
+                    v.to(device=p.device, dtype=torch.float32), lowbit.state_map(key, p.device), lowbit.BLOCK)
             else:
                 entry[key] = v.to(device=p.device, dtype=sdt, copy=True)
     return entry
+
+
+def _check_8bit(sid, key: str, codes: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor) -> None:
+    """Saved 8-bit codes and scales that fit ``p``: uint8 codes, float32 scales in
+    ``lowbit.scale_shape`` or flat (as saved before scales had that shape); DTensors for a
+    DTensor param (Note [8-bit DTensor states])."""
+    shapes = {lowbit.scale_shape(p.shape), lowbit.scale_shape((p.numel(),))}
+    if codes.dtype != torch.uint8 or absmax.dtype != torch.float32 or tuple(absmax.shape) not in shapes:
+        raise ValueError(f"state_dict: 8-bit state {key!r} of parameter {sid} must be uint8 codes with float32 "
+                         f"scales of shape {' or '.join(str(s) for s in sorted(shapes))}; got {codes.dtype} codes "
+                         f"and {absmax.dtype} {tuple(absmax.shape)} scales")
+    if _distributed.is_dtensor(p) != (_distributed.is_dtensor(codes) and _distributed.is_dtensor(absmax)):
+        raise ValueError(f"state_dict: 8-bit state {key!r} of parameter {sid}: codes and scales must be DTensors "
+                         "exactly when the parameter is one (set_optimizer_state_dict of "
+                         "torch.distributed.checkpoint.state_dict distributes a full state dict)")

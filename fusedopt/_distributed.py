@@ -11,6 +11,7 @@
 - Per-tensor norms of a reducing algorithm (LAMB's trust ratio): its step is split in its two
   traversals, and the per-tensor sums of squares of the local shards are all-reduced in between
   (Note [split steps] in csrc/include/fusedopt/tensor_info.h), one all-reduce per step.
+- 8-bit states (Note [8-bit DTensor states]) and stochastic rounding of sharded params.
 
 Nothing here imports ``torch.distributed`` unless DTensors exist: if the DTensor module has
 not been imported, no tensor can be a DTensor.
@@ -86,6 +87,77 @@ def _shard_dims(tensors: list[torch.Tensor]):
         elif tuple(dims) != reduce_dims:
             return False
     return mesh, reduce_dims or (), sharded
+
+
+# Note [8-bit DTensor states]: the scales of an 8-bit state whose param's rows (its elements
+# per index of dim 0) are whole blocks are kept as [rows, blocks per row] (lowbit.scale_shape),
+# the same blocks as the flat [blocks]. A DTensor param whose placements shard dim 0 only (FSDP2,
+# HSDP) and whose rows are whole blocks keeps codes and scales as DTensors with the param's
+# mesh and placements: every shard holds whole rows, so the blocks of its flattened local
+# tensor, where the kernels quantize, are the blocks of those rows, the same on every rank and
+# at every world size, and distributed checkpointing reshards codes and scales together,
+# exactly, into any sharding or none. A DTensor param sharded otherwise (on another dim, tensor
+# parallel) or with rows that are not whole blocks keeps float32 states, as params under
+# min_8bit_size do.
+def blocks_fit(p: torch.Tensor, block: int) -> bool:
+    """Whether ``p``'s 8-bit states can be quantized shard by shard (Note [8-bit DTensor
+    states]); always for a plain tensor."""
+    if not is_dtensor(p):
+        return True
+    from torch.distributed.tensor import Replicate, Shard
+
+    from .lowbit import scale_shape
+
+    return len(scale_shape(p.shape, block)) == 2 and all(
+        isinstance(q, Replicate) or (isinstance(q, Shard) and q.dim == 0) for q in p.placements)
+
+
+def quantize_state(x: torch.Tensor, qmap: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lowbit.quantize_blockwise`` of a float state, the scales in ``lowbit.scale_shape``; of
+    its local shard for a DTensor (whose layout passes :func:`blocks_fit`), the codes and scales
+    then DTensors laid out like it."""
+    from . import lowbit
+
+    codes, absmax = lowbit.quantize_blockwise(local(x), qmap, block)
+    shape = lowbit.scale_shape(x.shape, block)
+    if not is_dtensor(x):
+        return codes, absmax.view(shape)
+    return _like(x, codes, x.shape), _like(x, absmax.view(codes.shape[0], shape[1]), shape)
+
+
+def dequantize_state(codes: torch.Tensor, absmax: torch.Tensor, qmap: torch.Tensor, block: int) -> torch.Tensor:
+    """``lowbit.dequantize_blockwise`` of codes and scales of either shape; of the local shards
+    for DTensors (a float32 DTensor like ``codes``)."""
+    from . import lowbit
+
+    x = lowbit.dequantize_blockwise(local(codes), local(absmax).reshape(-1), qmap, block)
+    return _like(codes, x, codes.shape) if is_dtensor(codes) else x
+
+
+def _like(p, local_tensor: torch.Tensor, shape) -> torch.Tensor:
+    """``local_tensor`` as this rank's shard of a DTensor of global ``shape`` with ``p``'s mesh
+    and placements (contiguous)."""
+    from torch.distributed.tensor import DTensor
+
+    shape = torch.Size(shape)
+    stride = tuple(math.prod(shape[i + 1:]) for i in range(len(shape)))
+    return DTensor.from_local(local_tensor, p.device_mesh, p.placements, run_check=False, shape=shape,
+                              stride=stride)
+
+
+def shard_offset(p: torch.Tensor) -> int:
+    """Where this rank's shard of ``p`` starts in ``p`` flattened, for a DTensor sharded on dim 0
+    only (its shard is then a run of whole rows); 0 otherwise. Stochastic rounding adds it to
+    the element index, so a sharded param draws the bits the whole param would."""
+    if not is_dtensor(p) or p.dim() == 0:
+        return 0
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    if not all(type(q) is Replicate or (type(q) is Shard and q.dim == 0) for q in p.placements):
+        return 0
+    _, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+    return offset[0] * (p.numel() // p.shape[0]) if p.shape[0] else 0
 
 
 @dataclass

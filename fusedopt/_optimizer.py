@@ -40,14 +40,17 @@ class FusedOptimizer(Optimizer):
     - ``state_dtype=None``: dtype of the moments; float32 for 16-bit params by default,
       ``torch.bfloat16`` halves their memory, ``"8bit"`` quarters it: block-wise quantized
       states (``fusedopt.lowbit``: uint8 codes of the param's shape in ``state[name]`` and one
-      float32 scale per 256 elements in ``state[name + "_absmax"]``) for params of at least
-      ``min_8bit_size=4096`` elements; smaller ones keep float32 states. 8-bit states run on
-      the reference backend for now (``backend="auto"`` or ``"reference"``).
+      float32 scale per 256 elements in ``state[name + "_absmax"]``, shaped
+      ``fusedopt.lowbit.scale_shape``) for params of at least ``min_8bit_size=4096`` elements;
+      smaller ones keep float32 states, and so do DTensor params not sharded by whole rows of
+      whole blocks (Note [8-bit DTensor states] in ``fusedopt/_distributed.py``). Fused on the
+      cpu, triton and cuda backends.
     - ``stochastic_rounding=False``: store the float32 result of 16-bit params (without master
       weights) rounded up or down with probabilities proportional to the distance, so small
       updates are not lost to round-to-nearest (``fusedopt.lowbit.stochastic_round``, a Philox
       stream keyed by ``rounding_seed``, the step count and the element); ``rounding_seed=None``
-      draws one from torch's default generator. Reference backend for now.
+      draws one from torch's default generator. The same bits on every backend, and under FSDP2
+      the bits the unsharded param would draw.
     - ``max_grad_norm=None``: clip the global gradient norm to this value; the clip coefficient
       is folded into the update, so gradients are read once for the norm and once for the step.
     - ``accumulation_steps=1``: gradients summed over k micro-batches are scaled by ``1/k``
@@ -151,7 +154,7 @@ class FusedOptimizer(Optimizer):
     def _init_states(self, items) -> set[int]:
         """Create the missing state of every (param, group) of ``items`` (``fusedopt._states``);
         the ids of the params one of whose slots was created."""
-        return init_states(type(self).__name__, self.algorithm, self.state, items)
+        return init_states(self.algorithm, self.state, items)
 
     def _arena(self, device: torch.device) -> StepArena:
         arena = self._arenas.get(device)

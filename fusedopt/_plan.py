@@ -16,7 +16,7 @@ import torch
 
 from . import _distributed, backends
 from ._steps import StepArena
-from .lowbit import ABSMAX_SUFFIX
+from .lowbit import ABSMAX_SUFFIX, BLOCK
 from .algorithms import Algorithm
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -31,10 +31,12 @@ def state_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
 # elements keeps each state slot as uint8 codes of its shape (state[name]) and one float32 scale
 # per block of 256 (state[name + "_absmax"]), fusedopt.lowbit's block-wise dynamic quantization;
 # the step dequantizes, updates in float32 and quantizes again. Such params form launches of their
-# own (state dtype uint8), with the scales beside the states; smaller params keep float32 states.
+# own (state dtype uint8), with the scales beside the states; smaller params keep float32 states,
+# and so do DTensor params whose shards do not hold whole blocks (Note [8-bit DTensor states]).
 def eight_bit(group: dict, p: torch.Tensor) -> bool:
     """Whether ``p``'s states are 8-bit in ``group`` (Note [8-bit states])."""
-    return group.get("state_dtype") == "8bit" and p.numel() >= group.get("min_8bit_size", 4096)
+    return (group.get("state_dtype") == "8bit" and p.numel() >= group.get("min_8bit_size", 4096)
+            and _distributed.blocks_fit(p, BLOCK))
 
 
 def state_dtype_of(group: dict, p: torch.Tensor) -> torch.dtype:
@@ -169,10 +171,16 @@ def build(algo: Algorithm, groups: list[dict], with_grads: list[list[torch.Tenso
             scalar_cells=(torch.cat([index[:, 0] + i for i in range(1, 1 + len(algo.SCALAR_STATES))])
                           .to(device, non_blocking=True) if algo.SCALAR_STATES else None),
             dtensor=args[0] is not params,
-            scales=[watched[s + ABSMAX_SUFFIX] if s in active else [] for s in algo.SLOTS] if scale_keys else None,
+            scales=[_flat_scales(watched[s + ABSMAX_SUFFIX]) if s in active else [] for s in algo.SLOTS] if scale_keys else None,
             rounding=rounding,
             sums=_distributed.sum_reduction(params, device, algo.name) if algo.REDUCES else None))
     return plan
+
+
+def _flat_scales(scales: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The kernels take each state's scales as one flat run of blocks: views of scales kept as
+    [rows, blocks per row], and of a DTensor's local shard (Note [8-bit DTensor states])."""
+    return [t.view(-1) for t in _distributed.local_list(scales)]
 
 
 def _positions(groups: list[dict]) -> dict[int, int]:
@@ -181,8 +189,10 @@ def _positions(groups: list[dict]) -> dict[int, int]:
 
 
 def _rounding(groups, members, position) -> list[tuple[int, int]]:
-    """Each member's (rounding_seed of its group, element offset), Note [stochastic rounding]."""
-    return [(int(groups[gi]["rounding_seed"]), position[id(p)] << 40) for gi, _, p, _ in members]
+    """Each member's (rounding_seed of its group, element offset), Note [stochastic rounding]; a
+    shard of a DTensor param starts at its place in the whole param."""
+    return [(int(groups[gi]["rounding_seed"]), (position[id(p)] << 40) + _distributed.shard_offset(p))
+            for gi, _, p, _ in members]
 
 
 class HyperTables:

@@ -51,10 +51,9 @@ def check_storage_options(filled: dict, group: dict) -> None:
 # them, e.g. scattered after a large model was freed in the same process: measured on 10,000
 # x 1K AdamW, 19-30 ms per step after a large run against 18-20 ms with contiguous states.
 # Params that are not contiguous, and DTensors, get their own tensors as before.
-def init_states(owner: str, algorithm: Algorithm, state, items) -> set[int]:
+def init_states(algorithm: Algorithm, state, items) -> set[int]:
     """Create the missing state of every (param, group) of ``items`` in ``state`` (the
-    optimizer's, named ``owner`` in errors); the ids of the params one of whose slots was
-    created."""
+    optimizer's); the ids of the params one of whose slots was created."""
     fresh: set[int] = set()
     pooled: dict[tuple, list] = {}
     for p, group in items:
@@ -65,12 +64,9 @@ def init_states(owner: str, algorithm: Algorithm, state, items) -> set[int]:
             if st.get(slot) is None:
                 fresh.add(id(p))
                 if quantized:  # Note [8-bit states]
-                    if _distributed.is_dtensor(p):
-                        raise RuntimeError(f"{owner}: state_dtype='8bit' on DTensor (FSDP2) params is not "
-                                           "supported yet")
-                    st[slot], st[slot + lowbit.ABSMAX_SUFFIX] = lowbit.quantize_blockwise(
-                        torch.full(p.shape, fill, dtype=torch.float32, device=p.device),
-                        lowbit.state_map(slot, p.device))
+                    st[slot], st[slot + lowbit.ABSMAX_SUFFIX] = _distributed.quantize_state(
+                        torch.full_like(p, fill, dtype=torch.float32, memory_format=torch.contiguous_format),
+                        lowbit.state_map(slot, p.device), lowbit.BLOCK)
                 elif p.is_contiguous() and not _distributed.is_dtensor(p):
                     pooled.setdefault((p.device, sdt, slot), []).append((st, p, fill))
                 else:

@@ -16,7 +16,9 @@ A state tensor with at least ``MIN_ELEMENTS`` (4096) elements is stored as
 
 - ``codes``: uint8, the state's shape, and
 - ``absmax``: float32, one per block of ``BLOCK`` (256) consecutive elements in flattened
-  (row-major) order; ``ceil(n / 256)`` of them, the last block possibly partial.
+  (row-major) order; ``ceil(n / 256)`` of them, the last block possibly partial. (An optimizer
+  keeps them in ``scale_shape``: ``[rows, blocks per row]`` when rows are whole blocks, so that
+  a param sharded by rows holds the scales of its own rows.)
 
 Signed states (``SIGNED_STATES``: momentum_buffer, exp_avg, grad_avg) use
 ``dynamic_map(True)``, non-negative ones (``UNSIGNED_STATES``: exp_avg_sq, max_exp_avg_sq, sum,
@@ -200,13 +202,14 @@ special case anyway, since adding to a NaN pattern can carry into inf or into th
 """
 from __future__ import annotations
 
+import math
 import operator
 from functools import lru_cache
 
 import torch
 
 __all__ = ["BLOCK", "MIN_ELEMENTS", "SIGNED_STATES", "UNSIGNED_STATES", "ABSMAX_SUFFIX", "uses_8bit", "state_map",
-           "dynamic_map", "midpoints", "quantize_blockwise", "dequantize_blockwise", "dequantize_state_dict",
+           "dynamic_map", "midpoints", "scale_shape", "quantize_blockwise", "dequantize_blockwise", "dequantize_state_dict",
            "philox4x32", "random_bits", "stochastic_round"]
 
 BLOCK = 256
@@ -291,6 +294,19 @@ def midpoints(qmap: torch.Tensor) -> torch.Tensor:
     """The 255 float32 decision thresholds ``(qmap[k] + qmap[k + 1]) * 0.5`` (rounded add, exact halving)."""
     _check_map(qmap)
     return (qmap[:-1] + qmap[1:]) * 0.5
+
+
+def scale_shape(shape, block: int = BLOCK) -> tuple[int, ...]:
+    """The shape an optimizer keeps the scales of an 8-bit state of ``shape`` in: ``[rows,
+    blocks per row]`` when its rows (the elements per index of dim 0) are whole blocks, else
+    ``[blocks]``. The same scales in the same order either way; the 2-D form lets a param
+    sharded by rows (FSDP2) hold the scales of its rows, and keeps a checkpoint's shapes the same
+    however its params were sharded."""
+    shape = tuple(shape)
+    row = math.prod(shape[1:])
+    if len(shape) >= 2 and row % block == 0:
+        return (shape[0], row // block)
+    return (_num_blocks(math.prod(shape), block),)
 
 
 def _num_blocks(n: int, block: int) -> int:
@@ -493,14 +509,17 @@ def stochastic_round(x: torch.Tensor, dtype: torch.dtype, seed: int, step: int,
 def dequantize_state_dict(state_dict: dict) -> dict:
     """A copy of an optimizer state dict whose 8-bit states (uint8 codes with their
     ``<name>_absmax`` scales) are float32 tensors, the scales dropped: what torch.optim (or a
-    fusedopt optimizer without 8-bit states) loads. Everything else is shared, not copied."""
+    fusedopt optimizer without 8-bit states) loads. Everything else is shared, not copied.
+    The states of DTensor params (a sharded state dict, FSDP2) become float32 DTensors."""
+    from ._distributed import dequantize_state
+
     out = dict(state_dict)
     state = {}
     for key, entry in state_dict["state"].items():
         entry = dict(entry)
         for name in [k for k in entry if k + ABSMAX_SUFFIX in entry]:
             codes, absmax = entry[name], entry.pop(name + ABSMAX_SUFFIX)
-            entry[name] = dequantize_blockwise(codes, absmax, state_map(name, codes.device))
+            entry[name] = dequantize_state(codes, absmax, state_map(name, codes.device), BLOCK)
         state[key] = entry
     out["state"] = state
     out["param_groups"] = [{k: v for k, v in g.items() if k not in ("state_dtype", "min_8bit_size")}

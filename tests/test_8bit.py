@@ -58,6 +58,39 @@ def test_states_are_codes_and_scales_and_small_params_keep_float32(name):
         assert small[s].dtype == torch.float32 and s + "_absmax" not in small
 
 
+def test_scales_of_whole_block_rows_are_kept_per_row_and_load_from_either_shape():
+    """A param whose rows are whole blocks keeps its scales as [rows, blocks per row] (a sharded
+    param holds its rows' scales, Note [8-bit DTensor states]): the same blocks, codes and
+    scales as the same values flattened; a flat-scaled state dict loads into it, and one of a
+    param of the same size with another shape is refused."""
+    gen = torch.Generator().manual_seed(12)
+    w0, v0 = torch.randn(7, 512, generator=gen), torch.randn(512, 7, generator=gen)
+    rows = torch.nn.Parameter(w0.clone())    # rows of 2 blocks
+    odd = torch.nn.Parameter(v0.clone())     # rows of 7 elements: flat blocks
+    flat = torch.nn.Parameter(w0.reshape(-1).clone())
+    grads = _grads([rows, odd], 2, seed=12)
+    opt = fusedopt.Adam([rows, odd], state_dtype="8bit", min_8bit_size=256)
+    _run(opt, [rows, odd], grads)
+    flat_opt = fusedopt.Adam([flat], state_dtype="8bit", min_8bit_size=256)
+    _run(flat_opt, [flat], [[g[0].reshape(-1)] for g in grads])
+    for s in ("exp_avg", "exp_avg_sq"):
+        assert lowbit.scale_shape(rows.shape) == (7, 2) and opt.state[rows][s + "_absmax"].shape == (7, 2)
+        assert lowbit.scale_shape(odd.shape) == (14,) and opt.state[odd][s + "_absmax"].shape == (14,)
+        assert torch.equal(opt.state[rows][s].reshape(-1), flat_opt.state[flat][s])
+        assert torch.equal(opt.state[rows][s + "_absmax"].reshape(-1), flat_opt.state[flat][s + "_absmax"])
+    sd = copy.deepcopy(opt.state_dict())
+    sd["state"][0]["exp_avg_absmax"] = sd["state"][0]["exp_avg_absmax"].reshape(-1)
+    again = fusedopt.Adam([torch.nn.Parameter(w0.clone()), torch.nn.Parameter(v0.clone())], state_dtype="8bit",
+                          min_8bit_size=256)
+    again.load_state_dict(sd)
+    got = again.state[again.param_groups[0]["params"][0]]["exp_avg_absmax"]
+    assert got.shape == (7, 2) and torch.equal(got, opt.state[rows]["exp_avg_absmax"])
+    other = fusedopt.Adam([torch.nn.Parameter(torch.zeros(14, 256)), torch.nn.Parameter(v0.clone())],
+                          state_dtype="8bit", min_8bit_size=256)
+    with pytest.raises(ValueError, match="the parameter has"):
+        other.load_state_dict(opt.state_dict())
+
+
 def test_adamw_8bit_state_bytes_per_parameter():
     """The issue's target: AdamW at most 2.1 bytes of state per parameter (uint8 codes of both
     moments, 2 x 4 / 256 bytes of scales; the step count is 4 bytes per tensor)."""

@@ -4,7 +4,9 @@ One spawn of two processes over gloo on 127.0.0.1 runs every check: each algorit
 small MLP for 20 steps under FSDP2, DDP and ZeroRedundancyOptimizer and must match
 single-process training on the same global batch; gradient clipping gives torch's global norm
 with one all-reduce; a torch.distributed.checkpoint round trip into fresh modules continues
-identically. Failures are collected per case in the workers and reported together; collectives
+identically. 8-bit states and stochastic rounding under FSDP2 give bit for bit what one process
+gives on the same gradients, and their checkpoints reshard exactly: one process -> two ranks ->
+one process. Failures are collected per case in the workers and reported together; collectives
 and the whole spawn have timeouts, so a hang fails instead of blocking.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from parity import REPRESENTATIVE
+from parity import REPRESENTATIVE, case_id
 
 WORLD = 2
 STEPS = 20
@@ -81,9 +83,22 @@ def _train(model, opt, batches, rank=None, clip=None):
         opt.zero_grad(set_to_none=True)
 
 
-def _fsdp(seed: int):
+def _wide(seed: int, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A model for 8-bit states (``LOWBIT``): weights whose rows are whole 256-element blocks, one
+    sharded 7/6 rows, one with a single row (one rank holds none of it), and params that keep
+    float32 states under FSDP2 (rows of 13 elements, a 512-element bias; 8-bit in one process)."""
+    gen = torch.Generator().manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 13), torch.nn.Tanh(), torch.nn.Linear(13, 512),
+                                torch.nn.Tanh(), torch.nn.Linear(512, 1))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+    return model.to(dtype)
+
+
+def _fsdp(seed: int, build=_mlp, *args):
     from torch.distributed.fsdp import fully_shard
-    model = _mlp(seed)
+    model = build(seed, *args)
     for layer in model:
         if isinstance(layer, torch.nn.Linear):
             fully_shard(layer)
@@ -258,6 +273,133 @@ def _check_clip(rank, batches):
     assert float(ref_norm) > 0.05, "the clipping tests need a gradient norm above max_norm"
 
 
+# -- 8-bit states and stochastic rounding (Note [8-bit DTensor states]) ---------------------
+LOWBIT = {"state_dtype": "8bit", "min_8bit_size": 256}
+LOWBIT_STEPS = 4
+# (algorithm, options, param dtype): every algorithm with 8-bit states; stochastic rounding of
+# bf16 params with 8-bit states and without states
+LOWBIT_CASES = ([(name, {**kw, **LOWBIT}, torch.float32) for name, kw in REPRESENTATIVE]
+                + [("AdamW", {"stochastic_rounding": True, "rounding_seed": 5, **LOWBIT}, torch.bfloat16),
+                   ("SGD", {"lr": 0.05, "stochastic_rounding": True, "rounding_seed": 3}, torch.bfloat16)])
+# LAMB all-reduces its per-tensor sums of squares between ranks: another summation order than
+# one process's, so its trust ratios differ in the last bits (its codes have stayed equal)
+LOWBIT_TOL = {"LAMB": (1e-5, 1e-6)}
+# The chain: CHAIN_STEPS[0] steps in one process, saved with torch.distributed.checkpoint, loaded
+# by two ranks under FSDP2, CHAIN_STEPS[1] more steps, saved, loaded by one process again: the
+# states of CHAIN_STEPS[0] + CHAIN_STEPS[1] steps in one process, bit for bit.
+CHAIN = ("AdamW", {"weight_decay": 0.01, **LOWBIT})
+CHAIN_STEPS = (3, 2)
+
+
+def _rows_whole(p) -> bool:
+    """Whether ``p``'s rows are whole 256-element blocks: 8-bit states under FSDP2 too."""
+    return p.dim() >= 2 and (p.numel() // p.shape[0]) % 256 == 0
+
+
+def _lowbit_groups(params) -> list[dict]:
+    """One group per param, in order (stochastic rounding keys each param's bits by its place),
+    with float32 states for those whose rows are not whole blocks: in one process, the states
+    FSDP2 gives the same params in one group."""
+    return [{"params": [p]} if _rows_whole(p) else {"params": [p], "state_dtype": None} for p in params]
+
+
+def _give_grads(model, step: int) -> None:
+    """The same gradients in every process (a sharded param gets its shard of them)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+    gen = torch.Generator().manual_seed(1000 + step)
+    for p in model.parameters():
+        g = (torch.randn(p.shape, generator=gen) * 0.1).to(p.dtype)
+        p.grad = distribute_tensor(g, p.device_mesh, p.placements) if isinstance(p, DTensor) else g
+
+
+def _steps(model, opt, steps) -> None:
+    for s in steps:
+        _give_grads(model, s)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def _check_fsdp_lowbit(rank, name, kw, dtype, backend):
+    """FSDP2 with 8-bit states / stochastic rounding: what one process computes from the same
+    gradients, bit for bit, the params whose rows are not whole blocks with float32 states;
+    the states are DTensors; a step dispatches no DTensor op."""
+    import fusedopt
+    cls = getattr(fusedopt, name)
+    ref = _wide(0, dtype)
+    ref_opt = cls(_lowbit_groups(ref.parameters()), **kw, backend=backend)
+    _steps(ref, ref_opt, range(LOWBIT_STEPS))
+    model = _fsdp(0, _wide, dtype)
+    opt = cls(model.parameters(), **kw, backend=backend)
+    _steps(model, opt, range(1))
+    _give_grads(model, 1)
+    with _DTensorOps() as mode:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    assert not mode.ops, f"step() dispatched DTensor ops: {sorted(set(mode.ops))}"
+    _steps(model, opt, range(2, LOWBIT_STEPS))
+    what = f"FSDP2 {name}{kw} {dtype}"
+    rtol, atol = LOWBIT_TOL.get(name, (0, 0))
+    _assert_params(model, ref, what, rtol, atol)
+    _assert_states(opt, model, ref_opt, ref, what, (rtol, atol))
+    for p in model.parameters():
+        for key, v in opt.state[p].items():
+            if key not in opt.algorithm.COUNTERS:
+                assert type(v) is type(p), f"{what}: state {key!r} is a {type(v).__name__}, not a DTensor"
+                want = torch.uint8 if kw.get("state_dtype") == "8bit" and _rows_whole(p) and key in opt.algorithm.SLOTS \
+                    else torch.float32
+                assert v.dtype == want, f"{what}: state {key!r} of a {tuple(p.shape)} param is {v.dtype}, not {want}"
+
+
+def _full_states(opt, model) -> dict:
+    """Every param and state tensor of ``opt`` as a whole tensor, by parameter name (a collective)."""
+    return {n: {"(param)": _full(p.detach()).clone(), **{k: _full(v).clone() for k, v in opt.state[p].items()}}
+            for n, p in model.named_parameters()}
+
+
+def _assert_full_states(got: dict, want: dict, what: str) -> None:
+    assert got.keys() == want.keys(), f"{what}: params {sorted(got)} != {sorted(want)}"
+    for n in got:
+        assert got[n].keys() == want[n].keys(), f"{what}: {n}: state keys {sorted(got[n])} != {sorted(want[n])}"
+        for k in got[n]:
+            torch.testing.assert_close(got[n][k], want[n][k], rtol=0, atol=0, msg=lambda m: f"{what}: {n} {k!r}: {m}")
+
+
+def _chain_model(build_sharded: bool):
+    import fusedopt
+    name, kw = CHAIN
+    model = _fsdp(7, _wide) if build_sharded else _wide(7)
+    return model, getattr(fusedopt, name)(_lowbit_groups(model.parameters()), **kw, backend=_backend())
+
+
+def _chain_load(model, opt, folder) -> None:
+    """Load the chain's checkpoint in ``folder`` into ``model`` and ``opt``."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
+    sd = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+    dcp.load(sd, checkpoint_id=folder)
+    set_model_state_dict(model, sd["model"])
+    set_optimizer_state_dict(model, opt, sd["optim"])
+
+
+def _chain_save(model, opt, folder) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)},
+             checkpoint_id=folder)
+
+
+def _check_chain(rank, folder):
+    """The middle of the chain: one process's 8-bit checkpoint loaded by two ranks under FSDP2
+    (exactly its states, resharded), CHAIN_STEPS[1] more steps, saved for the parent."""
+    model, opt = _chain_model(build_sharded=True)
+    _chain_load(model, opt, os.path.join(folder, "chain-1"))
+    _assert_full_states(_full_states(opt, model), torch.load(os.path.join(folder, "chain-1.pt")),
+                        "one process -> FSDP2")
+    _steps(model, opt, range(CHAIN_STEPS[0], sum(CHAIN_STEPS)))
+    _chain_save(model, opt, os.path.join(folder, "chain-2"))
+
+
 def _worker(rank: int, port: int, folder: str, backend: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -286,6 +428,9 @@ def _worker(rank: int, port: int, folder: str, backend: str) -> None:
         case("fsdp2-SGD-max_grad_norm", _check_fsdp, rank, "SGD", {"lr": 0.05, "momentum": 0.9}, backend,
              batches, 0.05)
         case("clip_grad_norm_", _check_clip, rank, batches)
+        for name, kw, dtype in LOWBIT_CASES:
+            case(f"fsdp2-lowbit-{case_id((name, kw))}-{dtype}", _check_fsdp_lowbit, rank, name, kw, dtype, backend)
+        case("chain-8bit", _check_chain, rank, folder)
     finally:
         with open(os.path.join(folder, f"result-{rank}.json"), "w") as f:
             json.dump({"failures": failures, "timings": timings}, f)
@@ -307,9 +452,18 @@ def _backend() -> str:
 
 
 def test_distributed(tmp_path):
-    """FSDP2, DDP and ZeRO training, clipping and checkpoints, every algorithm, two processes."""
+    """FSDP2, DDP and ZeRO training, clipping and checkpoints, every algorithm, two processes;
+    8-bit states and stochastic rounding under FSDP2, and 8-bit checkpoints resharded from one
+    process to two ranks and back."""
     folder = str(tmp_path)
     backend = _backend()
+    # the chain's first link (see CHAIN): one process, no process group
+    model, opt = _chain_model(build_sharded=False)
+    _steps(model, opt, range(CHAIN_STEPS[0]))
+    _chain_save(model, opt, os.path.join(folder, "chain-1"))
+    torch.save(_full_states(opt, model), os.path.join(folder, "chain-1.pt"))
+    _steps(model, opt, range(CHAIN_STEPS[0], sum(CHAIN_STEPS)))
+    want = _full_states(opt, model)
     ctx = mp.start_processes(_worker, args=(_free_port(), folder, backend), nprocs=WORLD, join=False,
                              start_method="spawn")
     deadline = time.monotonic() + SPAWN_TIMEOUT_S
@@ -329,3 +483,7 @@ def test_distributed(tmp_path):
     print(f"backend {backend}; seconds per case (rank 0):", results[0]["timings"])
     failures = [msg for r in results for msg in r["failures"]]
     assert not failures, f"{len(failures)} distributed checks failed (backend {backend}):\n\n" + "\n".join(failures)
+    # the chain's last link: the two ranks' checkpoint loaded by one process
+    model, opt = _chain_model(build_sharded=False)
+    _chain_load(model, opt, os.path.join(folder, "chain-2"))
+    _assert_full_states(_full_states(opt, model), want, "FSDP2 -> one process")
