@@ -431,6 +431,9 @@ def _worker(rank: int, port: int, folder: str, backend: str) -> None:
         for name, kw, dtype in LOWBIT_CASES:
             case(f"fsdp2-lowbit-{case_id((name, kw))}-{dtype}", _check_fsdp_lowbit, rank, name, kw, dtype, backend)
         case("chain-8bit", _check_chain, rank, folder)
+        # DDP leaves the optimizer alone: 8-bit states (of the 13 x 9 weight) as in one process
+        case("ddp-AdamW-8bit", _check_ddp, rank, "AdamW", {"state_dtype": "8bit", "min_8bit_size": 100}, backend,
+             batches)
     finally:
         with open(os.path.join(folder, f"result-{rank}.json"), "w") as f:
             json.dump({"failures": failures, "timings": timings}, f)

@@ -50,6 +50,21 @@ def test_8bit_step_matches_the_reference(where, case):
 
 
 @pytest.mark.parametrize("where", BACKENDS)
+@pytest.mark.parametrize("case", [("AdamW", {}), ("SGD", {"lr": 0.01, "momentum": 0.9}), ("LAMB", {})], ids=case_id)
+def test_8bit_with_clipping_and_accumulation(where, case):
+    """The clip coefficient and 1/k of gradient accumulation fold into the gradient scale of an
+    8-bit step as of a float32 one (clipping active: the gradient norm is ~100, max 0.5)."""
+    (backend, device), (name, kw) = where, case
+    pc, pr, oc, orf = lowbit_pair(backend, name, {**kw, "max_grad_norm": 0.5, "accumulation_steps": 2},
+                                  SIZES[backend], device=device, state_dtype="8bit", min_8bit_size=1)
+    for step in range(3):
+        lowbit_step_both(pc, pr, oc, orf, seed=20 + step)
+        for a, b in zip(pc, pr):
+            torch.testing.assert_close(a, b, rtol=TOL[torch.float32][0], atol=TOL[torch.float32][1])
+        assert_lowbit_states_match(oc, orf, pc, pr, f"{case_id(case)} clipped step {step}")
+
+
+@pytest.mark.parametrize("where", BACKENDS)
 @pytest.mark.parametrize("name", ["Adam", "SGD", "LAMB"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("extra", [{"master_weights": True}, {"stochastic_rounding": True, "rounding_seed": 7}, {}],
