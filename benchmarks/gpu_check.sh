@@ -9,7 +9,8 @@
 #                 with the CUDA extension; fail unless the cuda backend is available.
 #   tests         tests-cuda, then tests-triton
 #   tests-cuda    pytest tests/test_cuda_backend.py tests/test_lowbit_kernels.py tests/test_features.py -> pytest-cuda.log
-#   tests-triton  pytest tests/test_triton_backend.py tests/test_triton_lowbit.py, compiled kernels -> pytest-triton.log
+#   tests-triton  pytest tests/test_triton_backend.py tests/test_triton_lowbit.py tests/test_lowbit_calls.py,
+#                 compiled Triton kernels (test_lowbit_calls.py: cpu, triton and cuda) -> pytest-triton.log
 #   memcheck      benchmarks/memcheck_step.py under compute-sanitizer memcheck -> memcheck.log,
 #                 and with --sync-debug (no sanitizer) -> memcheck-sync-debug.log
 #   bench         fusedopt-bench --device cuda, default set, mode fp32     -> <gpu>-<date>-fp32.*
@@ -23,7 +24,7 @@
 # not run for lack of time). Full logs are in OUT_DIR; the console gets summaries only.
 set -uo pipefail
 
-usage() { sed -n '4,23p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '4,24p' "$0" | sed 's/^# \{0,1\}//'; }
 
 if [[ $# -lt 1 ]]; then usage; exit 2; fi
 if [[ $1 == -h || $1 == --help ]]; then usage; exit 0; fi
@@ -238,7 +239,9 @@ stage_tests_triton() {
     need_gpu tests/triton || return
     check_imports_installed || return
     # The compiled kernels on the GPU: TRITON_INTERPRET=0 overrides conftest.py's setdefault.
-    pytest_step tests/triton 540 pytest-triton.log TRITON_INTERPRET=0 -- test_triton_backend.py test_triton_lowbit.py
+    # test_lowbit_calls.py runs here, not in tests-cuda: its triton cases compiled, its cuda ones too.
+    pytest_step tests/triton 540 pytest-triton.log TRITON_INTERPRET=0 -- test_triton_backend.py test_triton_lowbit.py \
+        test_lowbit_calls.py
 }
 
 # -- memcheck -----------------------------------------------------------------------------------

@@ -312,6 +312,16 @@ def assert_calls_match(got, want, what=""):
         torch.testing.assert_close(a, b.to(a.device), rtol=rtol, atol=atol, msg=lambda m: f"{what} tensor {i}: {m}")
 
 
+def count_cuda_kernels(fn) -> int:
+    """Launches of fusedopt's CUDA kernels while running fn()."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if "step_kernel" in e.name)  # Lookahead's too: one traversal
+
+
 def cuda_skip_reason() -> str:
     """Why the cuda backend cannot run here ("" when it can)."""
     from fusedopt import backends

@@ -30,8 +30,8 @@ import fusedopt
 from fusedopt import _ext, algorithms, backends, lowbit
 from parity import (CASES, MIXED_PRECISION, MIXED_PRECISION_IDS, MIXED_ROWS, ODD_SIZES, REPRESENTATIVE, TOL,
                     assert_calls_match, assert_same_state, case_id, clone_call, exact_scalars_call,
-                    cuda_skip_reason, interface_problem, make_problem, mutable, random_state, run_call,
-                    run_parity, run_split_call, set_rows)
+                    count_cuda_kernels, cuda_skip_reason, interface_problem, make_problem, mutable, random_state,
+                    run_call, run_parity, run_split_call, set_rows)
 from lowbit_parity import LOWBIT_VARIANTS, assert_lowbit_calls_match, exact_sgd_call, lowbit_call, lowbit_variant_id
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -146,16 +146,6 @@ def _ref():
     return backends.get_backend("reference", torch.device("cuda"))
 
 
-def _count_kernels(fn) -> int:
-    """Launches of fusedopt's CUDA kernels while running fn()."""
-    from torch.profiler import ProfilerActivity, profile
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if "step_kernel" in e.name)  # Lookahead's too: one traversal
-
-
 # The preamble's per-row variety: every weight-decay mode and maximize, side by side in one call.
 
 
@@ -252,7 +242,7 @@ def test_one_launch_per_step():
                 p.grad = g
             opt.step()
 
-    assert _count_kernels(steps) == len(grads)
+    assert count_cuda_kernels(steps) == len(grads)
 
 
 @cuda
@@ -273,7 +263,7 @@ def test_param_groups_share_one_launch_per_step():
             for p, g in zip(ps, step_grads):
                 p.grad = g.clone()
             if backend == "cuda":
-                launches.append(_count_kernels(opt.step))
+                launches.append(count_cuda_kernels(opt.step))
             else:
                 opt.step()
         assert backend == "reference" or launches == [1] * len(grads)
@@ -340,7 +330,7 @@ def test_interface_matches_reference(name, dtype, state_dtype, master):
     """Odd sizes over four rows (every weight-decay mode, maximize) and step counts 3, 7, 1 in
     one launch: SGD's first step beside later ones, RAdam's two branches side by side."""
     spec, call = _call(name, dtype, n=ODD_SIZES, state_dtype=state_dtype, master=master)
-    assert _count_kernels(lambda: run_call(_cu(), call)) == 1
+    assert count_cuda_kernels(lambda: run_call(_cu(), call)) == 1
     assert_calls_match(run_call(_cu(), call), run_call(_ref(), call), f"{name} {dtype}")
 
 
@@ -526,7 +516,7 @@ def test_lookahead(pdtype, sdtype, with_master):
     slow = [torch.randn(n, generator=gen).to("cuda", sdtype) for n in sizes]
     p1, s1, m1 = [p.clone() for p in ps], [s.clone() for s in slow], [m.clone() for m in master]
     p2, s2, m2 = [p.clone() for p in ps], [s.clone() for s in slow], [m.clone() for m in master]
-    assert _count_kernels(lambda: _cu().lookahead(p1, s1, 0.5, m1 if with_master else None)) == 1
+    assert count_cuda_kernels(lambda: _cu().lookahead(p1, s1, 0.5, m1 if with_master else None)) == 1
     _ref().lookahead(p2, s2, 0.5, m2 if with_master else None)
     rtol, atol = TOL[pdtype]
     for a, b in zip(p1 + s1 + m1, p2 + s2 + m2):
@@ -744,10 +734,10 @@ def test_split_lamb_step_is_the_whole_step(backend):
 # -- 8-bit states and stochastic rounding (fusedopt/lowbit.py; csrc/cuda/lowbit.cuh) -----------
 # The kernels quantize with the rules of lowbit.py: each 8-bit block of 256 is one warp's, its
 # absmax a warp reduction; stochastic rounding draws each element's bits from Philox by
-# (seed, step count, offset + index). Against the reference on the GPU: params within the
-# float32 tolerance, scales within float32 rounding, codes equal but for a counted few that
-# differ by one (an update one ulp off may cross a midpoint); bit for bit where every float32
-# operation is exact (the quantizer through SGD's first momentum step, SGD with power-of-two lr).
+# (seed, step count, offset + index). Every algorithm against the reference, SR bit for bit,
+# LAMB's split phases and overflow steps: tests/test_lowbit_calls.py (all fused backends). Here
+# what only CUDA has: its map constants, bitwise agreement with the CPU kernels, unaligned
+# tensors and many tiles per item, device tables keyed on seeds and scales, no synchronisation.
 
 LOWBIT_SIZES = [0, 1, 255, 257, 4097, 70000]
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -774,21 +764,6 @@ def test_kernel_maps_are_lowbits_maps():
 def _lowbit_call(algo, options, dtype=torch.float32, sizes=LOWBIT_SIZES, **kw):
     """lowbit_parity.lowbit_call on the GPU."""
     return lowbit_call(algo, options, sizes, dtype, device="cuda", **kw)
-
-
-@cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
-@pytest.mark.parametrize("algo,options", LOWBIT_VARIANTS, ids=lowbit_variant_id)
-def test_8bit_interface_matches_reference(algo, options, dtype):
-    """Every algorithm and slot variant with 8-bit states: odd sizes and an empty tensor, two
-    rows, three step counts in one launch (two for LAMB); the codes were written."""
-    spec, call = _lowbit_call(algo, options, dtype)
-    assert sum(len(s) for s in call["scales"]), "no 8-bit slot"
-    assert _count_kernels(lambda: run_call(_cu(), call)) == (2 if spec.REDUCES else 1)
-    got = run_call(_cu(), call)
-    assert_lowbit_calls_match(got, run_call(_ref(), call), f"{algo} {options} {dtype}")
-    changed = [not torch.equal(a, b) for a, b in zip(got["states"][0], call["states"][0]) if a.numel() > 256]
-    assert changed and all(changed)
 
 
 @cuda
@@ -839,82 +814,8 @@ def test_8bit_unaligned_tensors_and_many_tiles_per_item():
         assert_lowbit_calls_match(run_call(_cu(), call), run_call(_ref(), call), f"big {extra}")
 
 
-@cuda
-def test_lamb_split_phases_with_8bit_states():
-    """A split LAMB step with 8-bit states: phase 1's sums as the reference's, phase 2 from
-    changed sums as the reference's, and phase 2 writes no code and no scale."""
-    spec, call = _lowbit_call("lamb", {})
-    n = len(LOWBIT_SIZES)
-    got, want = clone_call(call), clone_call(call)
-    s_got = torch.full((n, 2), float("nan"), dtype=torch.float64, device="cuda")
-    s_want = torch.zeros(n, 2, dtype=torch.float64, device="cuda")
-    _cu().step(**got, sums=s_got, phase=1)
-    _ref().step(**want, sums=s_want, phase=1)
-    torch.testing.assert_close(s_got, s_want, rtol=1e-6, atol=0)
-    codes = [[t.clone() for t in slot] for slot in got["states"]]
-    scales = [[t.clone() for t in slot] for slot in got["scales"]]
-    s_got.mul_(1.5)
-    s_want.mul_(1.5)
-    _cu().step(**got, sums=s_got, phase=2)
-    _ref().step(**want, sums=s_want, phase=2)
-    assert_lowbit_calls_match(got, want, "lamb split 8-bit")
-    for before, after in ((codes, got["states"]), (scales, got["scales"])):
-        assert all(torch.equal(a, b) for x, y in zip(before, after) for a, b in zip(x, y))
-    whole = run_call(_cu(), call)  # and the split step with its own sums is the whole step
-    split = clone_call(call)
-    sums = torch.zeros(n, 2, dtype=torch.float64, device="cuda")
-    _cu().step(**split, sums=sums, phase=1)
-    _cu().step(**split, sums=sums, phase=2)
-    for key in ("params", "states", "scales"):
-        flat = lambda c: c[key] if key == "params" else [t for slot in c[key] for t in slot]  # noqa: E731
-        assert all(torch.equal(a, b) for a, b in zip(flat(split), flat(whole))), key
-
-
 def _exact_sgd(dtype, rounding, quantized, sizes=LOWBIT_SIZES):
     return exact_sgd_call(dtype, rounding, quantized, sizes, device="cuda")
-
-
-@cuda
-@pytest.mark.parametrize("quantized", [False, True], ids=["f32-states", "8bit-states"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
-def test_stochastic_rounding_interface_bit_for_bit(dtype, quantized):
-    """Each tensor with its own seed (64-bit) and offset and its own step count: the params (and
-    codes and scales) equal the reference's bit for bit; the bits depend on the seed, the offset
-    and the step count; a new seed with the same tensors (another cached table) is taken."""
-    n = len(LOWBIT_SIZES)
-    rounding = [(1234 + 7 * i, (i << 40) + 3) for i in range(n)]
-    rounding[1] = (2 ** 64 - 5, 2 ** 33)
-    spec, call = _exact_sgd(dtype, rounding, quantized)
-    got = run_call(_cu(), call)
-    assert_lowbit_calls_match(got, run_call(_ref(), call), f"sgd stochastic rounding {dtype}", exact=True)
-    nearest = run_call(_ref(), {k: v for k, v in call.items() if k != "rounding"})
-    assert any(not torch.equal(a, b) for a, b in zip(got["params"], nearest["params"]))
-    for change in ("seed", "offset", "step"):
-        other = dict(call)
-        if change == "step":
-            other["steps"] = call["steps"] + 1
-        else:
-            other["rounding"] = [(s + 1, o) if change == "seed" else (s, o + 1) for s, o in rounding]
-        moved = run_call(_cu(), other)
-        assert torch.equal(moved["params"][5], run_call(_ref(), other)["params"][5]), change
-        assert not torch.equal(moved["params"][5], got["params"][5]), change
-
-
-@cuda
-@pytest.mark.parametrize("algo", ["adam", "sgd"])
-def test_8bit_grad_scale_and_overflow_step(algo):
-    """grad_scale with 8-bit states and stochastic rounding: as the reference; an overflow step
-    (found_inf = 1) writes nothing: params, codes and scales unchanged."""
-    rounding = [(5, i << 40) for i in range(len(LOWBIT_SIZES))]
-    spec, call = _lowbit_call(algo, {"momentum": 0.9} if algo == "sgd" else {}, torch.bfloat16, rounding=rounding)
-    scale, zero = torch.tensor(0.25, device="cuda"), torch.tensor(0.0, device="cuda")
-    got = run_call(_cu(), call, grad_scale=scale, found_inf=zero)
-    assert_lowbit_calls_match(got, run_call(_ref(), call, grad_scale=scale, found_inf=zero), f"{algo} grad_scale")
-    assert not torch.equal(got["params"][5], call["params"][5])
-    got = run_call(_cu(), call, grad_scale=scale, found_inf=torch.tensor(1.0, device="cuda"))
-    for key in ("params", "states", "scales"):
-        flat = lambda c: c[key] if key == "params" else [t for slot in c[key] for t in slot]  # noqa: E731
-        assert all(torch.equal(a, b) for a, b in zip(flat(got), flat(call))), key
 
 
 @cuda
@@ -950,7 +851,7 @@ def test_8bit_optimizer_one_launch_and_no_synchronisation():
         p.grad = torch.randn_like(p)
     opt.step()
     assert opt.state[ps[1]]["exp_avg"].dtype == torch.uint8
-    assert _count_kernels(opt.step) == 1
+    assert count_cuda_kernels(opt.step) == 1
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:

@@ -1,17 +1,11 @@
-"""The Triton backend's 8-bit states and stochastic rounding against the reference (the rules are
-``fusedopt/lowbit.py``'s): dequantize -> the float32 update -> quantize, and the stochastic
-rounding of 16-bit params, fused in the one traversal.
+"""What only the Triton backend has of 8-bit states and stochastic rounding (the rules are
+``fusedopt/lowbit.py``'s; the direct calls every fused backend shares, every algorithm against
+the reference, are tests/test_lowbit_calls.py's):
 
 - the quantizer, dequantizer and stochastic rounding of the kernels, alone, bit for bit against
   ``lowbit`` (small jitted kernels calling them): NaN, inf, zero and subnormal blocks, exact
   midpoints, partial blocks; special values, large seeds, steps and offsets;
-- every algorithm and slot variant with 8-bit states, float32 and bfloat16 params, odd sizes and
-  an empty tensor, two param groups and three step counts in one call; params within the
-  float32 tolerance, scales within float32 rounding, codes equal but for a few that differ by
-  one (a float32 update one ulp off may cross a midpoint);
-- bit-for-bit steps where the float32 update is exact (SGD with power-of-two lr and momentum):
-  codes, scales and the stochastically rounded bfloat16/float16 params;
-- LAMB's split phases, grad_scale, an overflow step (nothing written);
+- the cached launch tables, keyed on the seeds; bad scales, states and rounding refused;
 - the 8-bit and stochastic-rounding variants compile for sm_90 without a GPU.
 
 Run in Triton's interpreter on CPU tensors (``TRITON_INTERPRET=1``, set here and by conftest.py),
@@ -31,10 +25,8 @@ triton = pytest.importorskip("triton", reason="triton is not installed")
 import triton.language as tl  # noqa: E402
 
 from fusedopt import backends, lowbit  # noqa: E402
-from fusedopt.backends import reference  # noqa: E402
 from parity import clone_call, compile_for_sm90  # noqa: E402
-from lowbit_parity import (LOWBIT_COUNTS, LOWBIT_VARIANTS, assert_lowbit_calls_match, exact_sgd_call,  # noqa: E402
-                           lowbit_call, lowbit_variant_id)
+from lowbit_parity import exact_sgd_call, lowbit_call  # noqa: E402
 
 ft = pytest.importorskip("fusedopt.triton")
 from fusedopt.triton import kernels as K  # noqa: E402
@@ -47,7 +39,6 @@ runs = pytest.mark.skipif(not ft.INTERPRETED and not torch.cuda.is_available(),
 
 BLOCK = ft.block_size()  # one program's chunk (4096 in the interpreter)
 SIZES = (0, 1, 255, 257, 300, BLOCK + 1)
-CODE_MISMATCH = 0.005  # the fraction of codes that may differ (by exactly one)
 
 
 def _int64(v):
@@ -178,156 +169,16 @@ def test_stochastic_rounding_is_lowbits_bit_for_bit(jitted, dtype):
 
 # -- direct backend calls ----------------------------------------------------------------------
 
-# (algorithm, options): every algorithm, with each flag and option that changes its slots.
 def _call(algo, options, dtype=torch.float32, sizes=SIZES, **kw):
-    """parity.lowbit_call on the Triton device."""
+    """lowbit_parity.lowbit_call on the Triton device."""
     return lowbit_call(algo, options, sizes, dtype, device=DEVICE, **kw)
-
-
-def _to(call, device):
-    """The call with its tensors on ``device`` (``index`` stays on the CPU)."""
-    def move(v):
-        if isinstance(v, torch.Tensor):
-            return v.to(device)
-        if isinstance(v, list):
-            return [move(t) for t in v]
-        return v
-    return {k: v if k == "index" else move(v) for k, v in call.items()}
-
-
-def _run(backend, call, **kw):
-    """``backend.step`` on a copy of the call; returns the copy, updated, on the CPU."""
-    out = clone_call(call)
-    backends.get_backend(backend, DEVICE).step(**out, **kw)
-    return _to(out, "cpu")
-
-
-def _assert_matches(got, want, what, exact=False):
-    assert_lowbit_calls_match(got, want, what, exact=exact, slack=CODE_MISMATCH)
-
-
-@runs
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
-@pytest.mark.parametrize("algo,options", LOWBIT_VARIANTS, ids=lowbit_variant_id)
-def test_8bit_states_match_reference(algo, options, dtype):
-    """Every algorithm and slot variant with 8-bit states: sizes 0, 1, 255, 257, 300 and one past
-    a chunk in one call, two rows, three step counts: one launch (two for LAMB), the params, codes
-    and scales as the reference's."""
-    spec, call = _call(algo, options, dtype)
-    assert sum(len(s) for s in call["scales"]), "no 8-bit slot"
-    before = ft.launch_count()
-    got = _run("triton", call)
-    assert ft.launch_count() - before == (2 if spec.REDUCES else 1)
-    _assert_matches(got, _run("reference", call), f"{algo} {options} {dtype}")
-    before = _to(call, "cpu")["states"][0]
-    changed = [not torch.equal(a, b) for a, b in zip(got["states"][0], before) if a.numel() > 256]
-    assert changed and all(changed)  # the codes were written
-
-
-def _exact_sgd(dtype, rounding, quantized, sizes=SIZES, counts=LOWBIT_COUNTS):
-    return exact_sgd_call(dtype, rounding, quantized, sizes, device=DEVICE, counts=counts)
-
-
-@runs
-@pytest.mark.parametrize("quantized", [False, True], ids=["f32-states", "8bit-states"])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
-def test_stochastic_rounding_bit_for_bit(dtype, quantized):
-    """Stochastic rounding of bfloat16/float16 params, alone and with 8-bit states: where the
-    float32 update is exact, the stored params (and codes and scales) equal the reference's bit
-    for bit; each tensor with its own seed and offset (64-bit values), its own step count."""
-    n = len(SIZES)
-    rounding = [(1234 + 7 * i, (i << 40) + 3) for i in range(n)]
-    rounding[1] = (2 ** 64 - 5, 2 ** 33)
-    spec, call = _exact_sgd(dtype, rounding, quantized)
-    got = _run("triton", call)
-    want = _run("reference", call)
-    _assert_matches(got, want, f"sgd stochastic rounding {dtype}", exact=True)
-    nearest = _run("reference", {k: v for k, v in call.items() if k != "rounding"})
-    assert any(not torch.equal(a, b) for a, b in zip(got["params"], nearest["params"]))  # it did not round to nearest
-    # the bits depend on the seed, the step count and the offset
-    for change in ("seed", "offset", "step") if not quantized else ():
-        other = dict(call)
-        if change == "step":
-            other["steps"] = call["steps"] + 1
-        else:
-            other["rounding"] = [(s + 1, o) if change == "seed" else (s, o + 1) for s, o in rounding]
-        assert not torch.equal(_run("triton", other)["params"][5], got["params"][5]), change
-
-
-@runs
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
-@pytest.mark.parametrize("algo", ["adam", "lamb"])
-def test_stochastic_rounding_with_8bit_states(algo, dtype):
-    """Adam and LAMB (which stores the param in both traversals, with the same bits), 16-bit
-    params stochastically rounded, 8-bit states: as the reference."""
-    rounding = [(99 + i, i << 40) for i in range(len(SIZES))]
-    spec, call = _call(algo, {}, dtype, rounding=rounding)
-    got = _run("triton", call)
-    want = _run("reference", call)
-    _assert_matches(got, want, f"{algo} 8-bit stochastic rounding {dtype}")
-    # the params are one of the two 16-bit neighbours of the float32 step; most as the reference's
-    same = sum(int((a.view(torch.int16) == b.view(torch.int16)).sum()) for a, b in zip(got["params"],
-                                                                                        want["params"]))
-    assert same >= 0.99 * sum(SIZES)
-
-
-@runs
-def test_master_weights_with_8bit_states():
-    spec, call = _call("adam", {"amsgrad": True}, torch.bfloat16)
-    gen = torch.Generator().manual_seed(1)
-    call["master"] = [p.float() + 1e-3 * torch.randn(p.shape, generator=gen).to(DEVICE) for p in call["params"]]
-    _assert_matches(_run("triton", call), _run("reference", call), "adam master 8-bit")
-
-
-@runs
-def test_lamb_split_phases_with_8bit_states():
-    """A split LAMB step (phase 1, the sums combined by the caller, phase 2) with 8-bit states:
-    the sums, params, codes and scales as the reference's; phase 2 writes no codes or scales."""
-    spec, call = _call("lamb", {}, torch.float32)
-    n = len(SIZES)
-    got, want = clone_call(call), clone_call(call)
-    tri, ref = backends.get_backend("triton", DEVICE), reference.Backend()
-    s_got = torch.full((n, 2), -1.0, dtype=torch.float64, device=DEVICE)
-    s_want = torch.zeros(n, 2, dtype=torch.float64, device=DEVICE)
-    tri.step(**got, sums=s_got, phase=1)
-    ref.step(**want, sums=s_want, phase=1)
-    torch.testing.assert_close(s_got, s_want, rtol=1e-6, atol=0)
-    codes = [[t.clone() for t in slot] for slot in got["states"]]
-    scales = [[t.clone() for t in slot] for slot in got["scales"]]
-    s_got.mul_(1.5)
-    s_want.mul_(1.5)
-    tri.step(**got, sums=s_got, phase=2)
-    ref.step(**want, sums=s_want, phase=2)
-    _assert_matches(got, want, "lamb split 8-bit")
-    for before, after in ((codes, got["states"]), (scales, got["scales"])):
-        assert all(torch.equal(a, b) for x, y in zip(before, after) for a, b in zip(x, y))
-
-
-@runs
-@pytest.mark.parametrize("algo", ["adam", "sgd"])
-def test_grad_scale_and_overflow_step(algo):
-    """grad_scale with 8-bit states and stochastic rounding: as the reference; an overflow step
-    (found_inf = 1) writes nothing: params, codes and scales unchanged."""
-    rounding = [(5, i << 40) for i in range(len(SIZES))]
-    spec, call = _call(algo, {"momentum": 0.9} if algo == "sgd" else {}, torch.bfloat16, rounding=rounding)
-    call["grad_scale"] = torch.tensor(0.25, device=DEVICE)
-    call["found_inf"] = torch.tensor(0.0, device=DEVICE)
-    got = _run("triton", call)
-    _assert_matches(got, _run("reference", call), f"{algo} grad_scale")
-    before = _to(call, "cpu")
-    assert not torch.equal(got["params"][5], before["params"][5])
-    call["found_inf"] = torch.tensor(1.0, device=DEVICE)
-    got = _run("triton", call)
-    for key in ("params", "states", "scales"):
-        flat = lambda c: c[key] if key == "params" else [t for slot in c[key] for t in slot]  # noqa: E731
-        assert all(torch.equal(a, b) for a, b in zip(flat(got), flat(before))), key
 
 
 @runs
 def test_tables_cached_and_keyed_on_seeds():
     """A steady call builds no new table; a new seed (a table value, not an address) does."""
     rounding = [(1, 0), (1, 1 << 40)]
-    spec, call = _exact_sgd(torch.bfloat16, rounding, True, sizes=(300, 5))
+    spec, call = exact_sgd_call(torch.bfloat16, rounding, True, (300, 5), device=DEVICE)
     tri = backends.get_backend("triton", DEVICE)
     out = clone_call(call)
     tri.step(**out)
