@@ -50,15 +50,23 @@ def _free_port() -> int:
 
 
 # -- the worker (runs in each spawned process) --------------------------------------------
-def _mlp(seed: int) -> torch.nn.Module:
-    # odd widths: FSDP2 shards unevenly and a bias shard is empty on one rank
+def _tanh_mlp(seed: int, widths: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """Linear layers of ``widths`` with tanh between them, N(0, 0.25) weights drawn from ``seed``."""
     gen = torch.Generator().manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(6, 13), torch.nn.Tanh(), torch.nn.Linear(13, 9),
-                                torch.nn.Tanh(), torch.nn.Linear(9, 1))
+    layers = []
+    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+        layers += [torch.nn.Tanh()] if i else []
+        layers.append(torch.nn.Linear(a, b))
+    model = torch.nn.Sequential(*layers)
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    return model
+    return model.to(dtype)
+
+
+def _mlp(seed: int) -> torch.nn.Module:
+    # odd widths: FSDP2 shards unevenly and a bias shard is empty on one rank
+    return _tanh_mlp(seed, (6, 13, 9, 1))
 
 
 def _batches():
@@ -87,13 +95,7 @@ def _wide(seed: int, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     """A model for 8-bit states (``LOWBIT``): weights whose rows are whole 256-element blocks, one
     sharded 7/6 rows, one with a single row (one rank holds none of it), and params that keep
     float32 states under FSDP2 (rows of 13 elements, a 512-element bias; 8-bit in one process)."""
-    gen = torch.Generator().manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(256, 13), torch.nn.Tanh(), torch.nn.Linear(13, 512),
-                                torch.nn.Tanh(), torch.nn.Linear(512, 1))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
-    return model.to(dtype)
+    return _tanh_mlp(seed, (256, 13, 512, 1), dtype)
 
 
 def _fsdp(seed: int, build=_mlp, *args):
