@@ -130,7 +130,7 @@ def dequantize_state(codes: torch.Tensor, absmax: torch.Tensor, qmap: torch.Tens
     for DTensors (a float32 DTensor like ``codes``)."""
     from . import lowbit
 
-    x = lowbit.dequantize_blockwise(local(codes), local(absmax).reshape(-1), qmap, block)
+    x = lowbit.dequantize_blockwise(local(codes), local(absmax), qmap, block)
     return _like(codes, x, codes.shape) if is_dtensor(codes) else x
 
 

@@ -361,13 +361,15 @@ def quantize_blockwise(x: torch.Tensor, qmap: torch.Tensor,
 
 def dequantize_blockwise(codes: torch.Tensor, absmax: torch.Tensor, qmap: torch.Tensor,
                          block: int = BLOCK) -> torch.Tensor:
-    """``qmap[code] * absmax[i // block]`` as one float32 multiply per element; ``codes``' shape."""
+    """``qmap[code] * absmax[i // block]`` as one float32 multiply per element; ``codes``' shape.
+    ``absmax`` holds the blocks' scales in order, flat or in :func:`scale_shape`."""
     _check_map(qmap)
     block = _check_block(block)
     if codes.dtype != torch.uint8:
         raise TypeError(f"codes must be uint8, got {codes.dtype}")
-    if absmax.dtype != torch.float32 or absmax.dim() != 1:
-        raise TypeError(f"absmax must be a 1-D float32 tensor, got {absmax.dtype} {tuple(absmax.shape)}")
+    if absmax.dtype != torch.float32:
+        raise TypeError(f"absmax must be a float32 tensor, got {absmax.dtype} {tuple(absmax.shape)}")
+    absmax = absmax.reshape(-1)
     flat = codes.reshape(-1).long()
     n = flat.numel()
     if absmax.numel() != _num_blocks(n, block):

@@ -342,6 +342,24 @@ def test_other_block_size():
     assert dequantize_blockwise(codes, absmax, q, block=64).shape == (100,)
 
 
+def test_scale_shape_and_per_row_scales():
+    """Rows of whole blocks keep their scales per row: the same scales in the same order, which
+    dequantize as the flat ones do; other shapes keep them flat."""
+    assert lowbit.scale_shape((7, 512)) == (7, 2) and lowbit.scale_shape((3, 2, 128)) == (3, 1)
+    assert lowbit.scale_shape((512, 7)) == (14,) and lowbit.scale_shape((4096,)) == (16,)
+    assert lowbit.scale_shape((0, 256)) == (0, 1) and lowbit.scale_shape(()) == (1,)
+    assert lowbit.scale_shape((5, 100), block=50) == (5, 2)
+    x = torch.randn(7, 512, generator=torch.Generator().manual_seed(3))
+    q = dynamic_map(True)
+    codes, absmax = quantize_blockwise(x, q)
+    assert absmax.shape == (14,)
+    rows = absmax.view(lowbit.scale_shape(x.shape))
+    assert torch.equal(rows, x.abs().view(7, 2, 256).amax(dim=2))
+    assert torch.equal(dequantize_blockwise(codes, rows, q), dequantize_blockwise(codes, absmax, q))
+    with pytest.raises(ValueError, match="absmax"):
+        dequantize_blockwise(codes, rows[:, :1], q)
+
+
 def test_zero_block():
     for signed, zero_code in ((True, 127), (False, 0)):
         q = dynamic_map(signed)
