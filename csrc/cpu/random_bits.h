@@ -10,8 +10,8 @@
 // even and odd products into eight lanes with shuffles every round (8.1 ns per element on one
 // core of the 2-core AVX2 EPYC, alone or inside the update loop). Holding each word of an element
 // in the low half of a 64-bit lane, four elements to a vector, one vpmuludq is one 32x32 -> 64
-// bit product with nothing to re-pack, and one shift its high word: 2.6 ns per element, and the
-// bf16 AdamW loop with stochastic rounding goes from 8.2 to 3.9 ns per element (measurements:
+// bit product with nothing to re-pack, and one shift its high word: 2.5 ns per element, and a
+// bf16 Adam loop with stochastic rounding goes from 8.3 to 3.8 ns per element (measurements:
 // benchmarks/results/cpu-sr-philox-2026-12-03.md). GCC does not find that form in portable code
 // (with 64-bit words and the multipliers as constants it builds the multiply from shifts and
 // adds; with them passed in at run time, from three vpmuludq: 5.9 ns), hence the intrinsics,
