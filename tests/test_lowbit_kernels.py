@@ -15,9 +15,10 @@ import pytest
 import torch
 
 import fusedopt
-from parity import OPTIMIZERS, REPRESENTATIVE, TOL, case_id, cuda_skip_reason
-from lowbit_parity import (assert_lowbit_states_match, assert_quantizer_is_the_rule,
-                           assert_stochastic_rounding_is_the_rule, lowbit_pair, lowbit_step_both)
+from fusedopt.backends import get_backend
+from parity import OPTIMIZERS, REPRESENTATIVE, TOL, case_id, cuda_skip_reason, run_call
+from lowbit_parity import (assert_lowbit_calls_match, assert_lowbit_states_match, assert_quantizer_is_the_rule,
+                           assert_stochastic_rounding_is_the_rule, exact_sgd_call, lowbit_pair, lowbit_step_both)
 
 _CUDA = cuda_skip_reason()
 # The fused backends and the device their params live on; cuda runs where a GPU is.
@@ -97,6 +98,22 @@ def test_stochastic_rounding_is_the_rule_bit_for_bit(where, dtype, scale):
     backend, device = where
     # (the reference's Philox on 70,000 elements takes seconds on the CPU)
     assert_stochastic_rounding_is_the_rule(backend, dtype, scale, sizes=SIZES[backend][1:], device=device)
+
+
+@pytest.mark.parametrize("quantized", [False, True], ids=["float32-states", "8bit-states"])
+def test_cpu_random_bits_by_run_cross_the_counters_high_word(quantized):
+    """The CPU kernels compute the bits of a block of elements at a time, eight at once with AVX2
+    and the rest one by one (Note [random bits by run] in csrc/cpu/random_bits.h): params whose
+    element indices cross 2**32 (the counter's high word) inside a run of eight, a block and an
+    item, of sizes that leave every remainder, are rounded with the reference's bits."""
+    sizes = (1, 7, 8, 9, 255, 257, 4097, 16384 + 300)
+    below = (0, 3, 5, 100, 200, 300, 2000, 10007)  # offset 2**32 - below: most sizes cross 2**32
+    rounding = [(2 ** 63 + 5 + 7 * i, (1 << 32) - b) for i, b in enumerate(below)]
+    for dtype in (torch.bfloat16, torch.float16):
+        _, call = exact_sgd_call(dtype, rounding, quantized, sizes)
+        got = run_call(get_backend("cpu", torch.device("cpu")), call)
+        want = run_call(get_backend("reference", torch.device("cpu")), call)
+        assert_lowbit_calls_match(got, want, f"{dtype} by run", exact=True)
 
 
 def test_stochastic_rounding_on_the_cpu_is_unbiased():

@@ -31,20 +31,9 @@
 #include "fusedopt/dtype.h"
 #include "fusedopt/lowbit.h"
 #include "fusedopt/tensor_info.h"
+#include "isa.h"  // Note [instruction sets]
+#include "random_bits.h"
 #include "step.h"
-
-// Note [instruction sets]: every inner loop is compiled three times: for the
-// x86-64 baseline (SSE2), x86-64-v3 (AVX2, FMA, F16C) and x86-64-v4 (AVX-512),
-// and picked at run time (cpu_isa()). The math is always inlined into these
-// functions, so it takes their instruction set; it never uses -march=native.
-// FUSEDOPT_CPU_ISA=baseline|avx2|avx512 caps the choice (for tests and timing).
-#if defined(__x86_64__) && defined(__GNUC__)
-#define FUSEDOPT_X86_CLONES 1
-#define FUSEDOPT_TARGET_V3 __attribute__((target("arch=x86-64-v3")))
-#define FUSEDOPT_TARGET_V4 __attribute__((target("arch=x86-64-v4")))
-#else
-#define FUSEDOPT_X86_CLONES 0
-#endif
 
 namespace fusedopt {
 namespace cpu {
@@ -116,6 +105,35 @@ FUSEDOPT_INLINE void quantize_block(const float* __restrict t, int64_t n, uint8_
   for (int64_t i = 0; i < n; ++i) codes[i] = Map::code(t[i] / absmax);
 }
 
+// out[k] = lowbit::random_bits(seed, step, index + k) for k < n, as the clone of instruction set I
+// computes them (Note [random bits by run]).
+template <Isa I>
+FUSEDOPT_INLINE void clone_random_bits(uint64_t seed, uint64_t step, uint64_t index, uint32_t* __restrict out,
+                                       int64_t n) {
+#if FUSEDOPT_X86_CLONES
+  if constexpr (I != Isa::kBaseline) {
+    random_bits_run_avx2(seed, step, index, out, n);
+  } else {
+    random_bits_run(seed, step, index, out, n);
+  }
+#else
+  random_bits_run(seed, step, index, out, n);
+#endif
+}
+
+// block(b, len, bits) for the blocks [b, b + len) of lowbit::kQuantBlock elements of an item of n
+// elements, with ROUND bits[k] the random bits of its element b + k (Note [random bits by run]).
+template <Isa I, bool ROUND, class Block>
+FUSEDOPT_INLINE void for_blocks(int64_t n, const ItemExtras& ex, const Block& block) {
+  constexpr int64_t kB = lowbit::kQuantBlock;
+  alignas(64) uint32_t bits[ROUND ? kB : 1];
+  for (int64_t b = 0; b < n; b += kB) {
+    const int64_t len = std::min(kB, n - b);
+    if constexpr (ROUND) clone_random_bits<I>(ex.seed, ex.step, ex.index + static_cast<uint64_t>(b), bits, len);
+    block(b, len, static_cast<const uint32_t*>(bits));
+  }
+}
+
 // The inner loop of one work item: load, upcast, preamble, update, round, store.
 // With MASTER the float32 master weight is the parameter the update reads and
 // writes; the 16-bit param receives its rounding in the same pass, to nearest or, with ROUND,
@@ -132,8 +150,10 @@ FUSEDOPT_INLINE void quantize_block(const float* __restrict t, int64_t n, uint8_
 // does not vectorise here (no gathers in its generic tuning), and the whole element loop, the
 // algorithm's update included, would run scalar. With ROUND each param element i of the item is stored as
 // lowbit::stochastic_round of its float32 value, with the bits of random_bits(seed, the tensor's
-// step count, offset + its index in the tensor).
-template <class M, class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED, bool ROUND>
+// step count, offset + its index in the tensor), computed for a block of kQuantBlock elements
+// before the block's element loop (Note [random bits by run]), so that an item of float states is
+// walked block by block too. M: the clone's fused multiply-add; I: its instruction set.
+template <class M, Isa I, class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED, bool ROUND>
 FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre_, void* p_,
                                  const void* g_, float* master_, void* s0_, void* s1_, void* s2_,
                                  int64_t n, double* sums, const ItemExtras& ex_) {
@@ -152,8 +172,10 @@ FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre
   ST* __restrict s2 = static_cast<ST*>(s2_);
   constexpr int kSlots = A::slots(V);
   constexpr bool kWrites = !(A::kReduces && (V & A::kTensorBit));
-  // The update of element i from its states x, y, z (in, and out when kWrites).
-  auto update = [&](int64_t i, float& x, float& y, float& z, float& acc0, float& acc1) __attribute__((always_inline)) {
+  // The update of element i from its states x, y, z (in, and out when kWrites); with ROUND, r is
+  // its random bits.
+  auto update = [&](int64_t i, uint32_t r, float& x, float& y, float& z, float& acc0,
+                    float& acc1) __attribute__((always_inline)) {
     float pv = MASTER ? master[i] : load_as_float<PD>(p[i]);
     float gv = 0.0f;
     if constexpr (A::kReadsGrad) {
@@ -167,8 +189,9 @@ FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre
     }
     if (MASTER) master[i] = pv;
     if constexpr (ROUND) {
-      p[i] = lowbit::stochastic_round<PD>(pv, lowbit::random_bits(ex.seed, ex.step, ex.index + static_cast<uint64_t>(i)));
+      p[i] = lowbit::stochastic_round<PD>(pv, r);
     } else {
+      (void)r;
       p[i] = store_from_float<PD>(pv);
     }
   };
@@ -182,8 +205,7 @@ FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre
     using Map1 = lowbit::DynamicMap<kSigned1>;
     using Map2 = lowbit::DynamicMap<kSigned2>;
     alignas(64) float t0[kB], t1[kB], t2[kB];
-    for (int64_t b = 0; b < n; b += kB) {
-      const int64_t len = std::min(kB, n - b);
+    for_blocks<I, ROUND>(n, ex, [&](int64_t b, int64_t len, const uint32_t* __restrict bits) __attribute__((always_inline)) {
       const int64_t blk = b / kB;
       const float c0 = (kSlots & kSlot0) ? ex.scale[0][blk] : 0.0f;
       const float c1 = (kSlots & kSlot1) ? ex.scale[1][blk] : 0.0f;
@@ -195,7 +217,7 @@ FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre
         float x = (kSlots & kSlot0) ? Map0::value(q0c[k]) * c0 : 0.0f;
         float y = (kSlots & kSlot1) ? Map1::value(q1c[k]) * c1 : 0.0f;
         float z = (kSlots & kSlot2) ? Map2::value(q2c[k]) * c2 : 0.0f;
-        update(b + k, x, y, z, acc0, acc1);
+        update(b + k, ROUND ? bits[k] : 0u, x, y, z, acc0, acc1);
         t0[k] = x;
         t1[k] = y;
         t2[k] = z;
@@ -206,20 +228,32 @@ FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre
         if (kSlots & kSlot1) quantize_block<kSigned1>(t1, len, s1 + b, ex.scale[1] + blk);
         if (kSlots & kSlot2) quantize_block<kSigned2>(t2, len, s2 + b, ex.scale[2] + blk);
       }
-    }
+    });
   } else {
-    auto element = [&](int64_t i, float& acc0, float& acc1) __attribute__((always_inline)) {
+    auto element = [&](int64_t i, uint32_t r, float& acc0, float& acc1) __attribute__((always_inline)) {
       float x = (kSlots & kSlot0) ? load_as_float<SD>(s0[i]) : 0.0f;
       float y = (kSlots & kSlot1) ? load_as_float<SD>(s1[i]) : 0.0f;
       float z = (kSlots & kSlot2) ? load_as_float<SD>(s2[i]) : 0.0f;
-      update(i, x, y, z, acc0, acc1);
+      update(i, r, x, y, z, acc0, acc1);
       if constexpr (kWrites) {
         if (kSlots & kSlot0) s0[i] = store_from_float<SD>(x);
         if (kSlots & kSlot1) s1[i] = store_from_float<SD>(y);
         if (kSlots & kSlot2) s2[i] = store_from_float<SD>(z);
       }
     };
-    for_elements<A::kReduces>(n, element, lane0, lane1);
+    if constexpr (ROUND) {
+      // by blocks, as an item of 8-bit states: a block starts on a multiple of kLanes, so each
+      // element keeps its lane (Note [lane sums])
+      for_blocks<I, true>(n, ex, [&](int64_t b, int64_t len, const uint32_t* __restrict bits) __attribute__((always_inline)) {
+        auto at = [&](int64_t k, float& acc0, float& acc1) __attribute__((always_inline)) {
+          element(b + k, bits[k], acc0, acc1);
+        };
+        for_elements<A::kReduces>(len, at, lane0, lane1);
+      });
+    } else {
+      auto at = [&](int64_t i, float& acc0, float& acc1) __attribute__((always_inline)) { element(i, 0u, acc0, acc1); };
+      for_elements<A::kReduces>(n, at, lane0, lane1);
+    }
   }
   if (A::kReduces && sums != nullptr) {
     for (int64_t k = 0; k < kLanes; ++k) {
@@ -238,20 +272,20 @@ FUSEDOPT_INLINE void update_loop(const typename A::Args& a_, const Preamble& pre
 template <class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED, bool ROUND>
 __attribute__((noinline)) void update_range_baseline(FUSEDOPT_RANGE_PARAMS) {
 #if FUSEDOPT_X86_CLONES
-  update_loop<SoftFma, FUSEDOPT_LOOP_TARGS>(FUSEDOPT_RANGE_ARGS);
+  update_loop<SoftFma, Isa::kBaseline, FUSEDOPT_LOOP_TARGS>(FUSEDOPT_RANGE_ARGS);
 #else
-  update_loop<HwFma, FUSEDOPT_LOOP_TARGS>(FUSEDOPT_RANGE_ARGS);
+  update_loop<HwFma, Isa::kBaseline, FUSEDOPT_LOOP_TARGS>(FUSEDOPT_RANGE_ARGS);
 #endif
 }
 
 #if FUSEDOPT_X86_CLONES
 template <class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED, bool ROUND>
 FUSEDOPT_TARGET_V3 __attribute__((noinline)) void update_range_v3(FUSEDOPT_RANGE_PARAMS) {
-  update_loop<HwFma, FUSEDOPT_LOOP_TARGS>(FUSEDOPT_RANGE_ARGS);
+  update_loop<HwFma, Isa::kAvx2, FUSEDOPT_LOOP_TARGS>(FUSEDOPT_RANGE_ARGS);
 }
 template <class A, int V, DType PD, DType SD, bool MASTER, bool COUPLED, bool ROUND>
 FUSEDOPT_TARGET_V4 __attribute__((noinline)) void update_range_v4(FUSEDOPT_RANGE_PARAMS) {
-  update_loop<HwFma, FUSEDOPT_LOOP_TARGS>(FUSEDOPT_RANGE_ARGS);
+  update_loop<HwFma, Isa::kAvx512, FUSEDOPT_LOOP_TARGS>(FUSEDOPT_RANGE_ARGS);
 }
 #endif
 

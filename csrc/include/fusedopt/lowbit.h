@@ -155,23 +155,29 @@ struct DynamicMap {
 
 // --- Philox4x32-10 and stochastic rounding ---------------------------------------------------
 
+// Philox4x32-10's constants: the round multipliers and the key's increments (Weyl sequence).
+constexpr int kPhiloxRounds = 10;
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u, kPhiloxM1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9u, kPhiloxW1 = 0xBB67AE85u;
+
 // Lane 0 of Philox4x32-10 with key (seed lo, seed hi) and counter (index lo, index hi, step lo,
-// step hi): lowbit.random_bits.
+// step hi): lowbit.random_bits. The one definition in C++: the CPU kernels' vector version
+// (csrc/cpu/random_bits.h) is tested against it bit for bit.
 FUSEDOPT_HD FUSEDOPT_INLINE uint32_t random_bits(uint64_t seed, uint64_t step, uint64_t index) {
   uint32_t c0 = static_cast<uint32_t>(index), c1 = static_cast<uint32_t>(index >> 32);
   uint32_t c2 = static_cast<uint32_t>(step), c3 = static_cast<uint32_t>(step >> 32);
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int r = 0; r < 10; ++r) {
-    const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0;
-    const uint64_t p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2;
+  for (int r = 0; r < kPhiloxRounds; ++r) {
+    const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0;
+    const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2;
     const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ k0;
     const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ k1;
     c1 = static_cast<uint32_t>(p1);
     c3 = static_cast<uint32_t>(p0);
     c0 = n0;
     c2 = n2;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
   }
   return c0;
 }
