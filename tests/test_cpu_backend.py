@@ -357,6 +357,51 @@ def test_errors_write_nothing(what, name, edit, message):
         assert torch.equal(a, b)
 
 
+# A call of at least this many tensors checks them on every thread first (Note [parallel checks]
+# in csrc/include/fusedopt/tensor_info.h).
+PARALLEL_CHECKS = 2048
+
+
+def _spoil(what, args, k):
+    """Spoil tensor k's param or grad of a step op's arguments as `what` says."""
+    if what == "grad-shape":
+        args[1][k] = args[1][k][:-1].clone()
+    elif what == "grad-dtype":
+        args[1][k] = args[1][k].double()
+    elif what == "param-dtype":
+        args[0][k] = args[0][k].double()
+    elif what == "param-numel":
+        args[0][k], args[1][k] = torch.zeros(args[0][k].numel() + 1), torch.zeros(args[0][k].numel() + 1)
+    elif what == "layout":
+        args[0][k], args[1][k] = args[0][k].reshape(2, 3).t(), args[1][k].reshape(2, 3).t()
+
+
+@pytest.mark.parametrize("k", [0, 1500, 2999])
+@pytest.mark.parametrize("what,message", [
+    ("grad-shape", "grad {k} does not have its param's shape"),
+    ("grad-dtype", "grad {k} must be a tensor of the param's dtype"),
+    ("param-dtype", "param {k} is float64 but the state table is for float32"),
+    ("param-numel", "param {k} has 7 elements but its states in the state table have 6"),
+    ("layout", "param {k}, its grad and states must be contiguous or share one dense layout"),
+])
+def test_errors_in_a_call_of_thousands_of_tensors_name_the_first_and_write_nothing(what, message, k):
+    """Above PARALLEL_CHECKS tensors the checks run on every thread before anything is written;
+    a refusal still names its tensor (the first refused, here one in each thread's share) and
+    leaves every tensor as it was; a second refused tensor later does not hide the first."""
+    spec, call = _call("Adam", torch.float32, n=(6,) * 3000)
+    assert len(call["params"]) > PARALLEL_CHECKS
+    args = _op_args(call)
+    args[0], args[1] = list(args[0]), list(args[1])
+    _spoil(what, args, k)
+    if k < 2999:
+        _spoil("grad-shape", args, 2999)
+    before = [t.clone() for t in mutable(call)]
+    with pytest.raises(RuntimeError, match=message.format(k=k)):
+        getattr(torch.ops.fusedopt, spec.name)(*args)
+    for a, b in zip(mutable(call), before):
+        assert torch.equal(a, b)
+
+
 def _bad_tables():
     """(id, edit, message): `edit` spoils one argument of state_table for a three-tensor Adam call
     (args: params, s0, s1, s2, master)."""

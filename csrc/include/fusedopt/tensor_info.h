@@ -10,12 +10,14 @@
 #include <stdint.h>
 
 #include <algorithm>
+#include <atomic>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 
 #include "fusedopt/dtype.h"
@@ -467,10 +469,22 @@ inline void release_table(const torch::stable::Tensor& t) {
   }
 }
 
+// Note [parallel checks]: the checks of a step's params and grads run once per tensor per step,
+// and for the thousands of small tensors of a model each is a few shim calls that wait on cache
+// misses: the tensors' metadata (TensorImpl, storage) is as scattered in memory as the tensors
+// were allocated. The misses of one tensor depend on each other but not on another tensor's, so
+// a call of at least kParallelChecks tensors checks them on the CPU threads of the update
+// (idle until then), each its share of the tensors. That pass only asks whether every tensor
+// passes: on a refusal (or an error of a shim call inside it) the checks run again in order on
+// the calling thread, which fails with the message of the first tensor refused, as a call below
+// that size does at once. Nothing is written either way until every check passed.
+constexpr size_t kParallelChecks = 2048;
+
 // Every param and grad of a step checked against the state table before anything is written:
 // the counts, the params' dtype and device, each param's element count and layout (contiguous
 // with its grad and states, or of the layout its states were checked against, with its grad
-// sharing it), each grad dense and of its param's shape, dtype and device.
+// sharing it), each grad dense and of its param's shape, dtype and device (Note [parallel
+// checks]).
 inline CheckedCall check_tensors(const std::string& name, const TensorList& params, const TensorList& grads,
                                  const int64_t* rows, int required) {
   const size_t n = grads.size();
@@ -485,7 +499,6 @@ inline CheckedCall check_tensors(const std::string& name, const TensorList& para
   out.master = rows[table::kHasMaster] != 0;
   out.round = rows[table::kRounds] != 0;
   const bool quantized = out.sd == DType::kUInt8;
-  const std::string where = device_name(device_type, out.device_index);
   auto on_device = [&](const Info& i) {
     return i.device_type == device_type && i.device_index == out.device_index;
   };
@@ -493,31 +506,50 @@ inline CheckedCall check_tensors(const std::string& name, const TensorList& para
     return owned ? reinterpret_cast<AtenTensorHandle>(static_cast<uintptr_t>(rows[(t + 1) * table::kCols + table::kParam]))
                  : params[t].get();
   };
-  for (size_t t = 0; t < n; ++t) {
-    auto which = [t] { return std::to_string(t); };  // for messages only: no string per tensor
+  // Tensor t checked, and its addresses in out.tensors[t]: true, or false when a check refuses it
+  // and `report` is false; with `report`, a refusal fails the call with its message.
+  auto check = [&](size_t t, bool report) -> bool {
+    // message() is built only when reporting: no string per tensor
+    auto refuse = [&](const auto& message) {
+      if (report) fail(name + ": " + message());
+      return false;
+    };
+    auto which = [t] { return std::to_string(t); };
     const int64_t* row = rows + (t + 1) * table::kCols;
     AtenTensorHandle ph = param_handle(t);
     AtenTensorHandle gh = grads[t].get();
     bool sparse = false;
     if (!grad_matches(ph, gh, &sparse))
-      fail(name + ": grad " + which() +
-           (sparse ? " is sparse; fusedopt needs dense gradients" : " does not have its param's shape"));
+      return refuse([&] {
+        return "grad " + which() +
+               (sparse ? " is sparse; fusedopt needs dense gradients" : " does not have its param's shape");
+      });
     Info pi = info(ph);
     if (pi.dtype != pdtype)
-      fail(name + ": param " + which() + " is " + dtype_name(pi.dtype) + " but the state table is for " +
-           dtype_name(pdtype) + " params");
-    if (!on_device(pi)) fail(name + ": param " + which() + " is not on the state table's device (" + where + ")");
+      return refuse([&] {
+        return "param " + which() + " is " + dtype_name(pi.dtype) + " but the state table is for " +
+               dtype_name(pdtype) + " params";
+      });
+    if (!on_device(pi))
+      return refuse([&] {
+        return "param " + which() + " is not on the state table's device (" +
+               device_name(device_type, out.device_index) + ")";
+      });
     if (pi.numel != row[table::kNumel])
-      fail(name + ": param " + which() + " has " + std::to_string(pi.numel) + " elements but its states in the " +
-           "state table have " + std::to_string(row[table::kNumel]));
+      return refuse([&] {
+        return "param " + which() + " has " + std::to_string(pi.numel) + " elements but its states in the " +
+               "state table have " + std::to_string(row[table::kNumel]);
+      });
     Info gi = info(gh);
     if (gi.dtype != pdtype || gi.numel != pi.numel || !on_device(gi))
-      fail(name + ": grad " + which() + " must be a tensor of the param's dtype and shape on its device");
+      return refuse([&] { return "grad " + which() + " must be a tensor of the param's dtype and shape on its device"; });
     const bool contiguous = pi.contiguous && gi.contiguous && row[table::kContiguous] != 0;
     if (!contiguous && pi.numel > 1 &&
         (quantized || !(layout_signature(ph) == row[table::kLayout] && same_dense_layout(ph, gh))))
-      fail(name + ": param " + which() + ", its grad and states must be contiguous or share one dense layout" +
-           (quantized ? " (contiguous, with 8-bit states)" : ""));
+      return refuse([&] {
+        return "param " + which() + ", its grad and states must be contiguous or share one dense layout" +
+               (quantized ? " (contiguous, with 8-bit states)" : "");
+      });
     CheckedTensor& d = out.tensors[t];
     d.p = pi.data;
     d.g = gi.data;
@@ -530,7 +562,22 @@ inline CheckedCall check_tensors(const std::string& name, const TensorList& para
     d.seed = static_cast<uint64_t>(row[table::kSeed]);
     d.offset = static_cast<uint64_t>(row[table::kOffset]);
     d.aligned16 = row[table::kAligned] != 0 && aligned16(pi.data) && aligned16(gi.data);
+    return true;
+  };
+  if (n >= kParallelChecks) {
+    std::atomic<bool> passed{true};
+    torch::stable::parallel_for(0, static_cast<int64_t>(n), static_cast<int64_t>(kParallelChecks / 2),
+                                [&](int64_t begin, int64_t end) {
+                                  try {
+                                    for (int64_t t = begin; t < end && passed.load(std::memory_order_relaxed); ++t)
+                                      if (!check(static_cast<size_t>(t), false)) passed = false;
+                                  } catch (...) {
+                                    passed = false;  // reported by the checks in order below
+                                  }
+                                });
+    if (passed) return out;
   }
+  for (size_t t = 0; t < n; ++t) check(t, true);
   return out;
 }
 
