@@ -15,7 +15,7 @@ import torch
 from torch.optim import Optimizer
 
 from . import _checkpoint, _distributed, backends
-from ._checkpoint import State
+from ._checkpoint import ParamState, State
 from ._plan import HyperTables, Plan, build, layout
 from ._states import check_storage_options, draw_seed, init_states
 from ._prologue import prologue
@@ -165,9 +165,9 @@ class FusedOptimizer(Optimizer):
     # Note [step plans]: what a step needs beyond the gradients (the states, the grouping into
     # launches with their backends, the step-counter slots, the address tables the backends
     # cache) is found once and reused while the same params of the same groups have gradients,
-    # the options that shape launches are unchanged and no state entry was replaced. A rebuilt
-    # plan checks every gradient in Python before any launch, so a bad one changes nothing; a
-    # reused plan leaves the checks to the compiled backends' ops (which check every tensor
+    # the options that shape launches are unchanged and no state entry was replaced (Note [state
+    # versions] in _checkpoint.py). A rebuilt plan checks every gradient in Python before any
+    # launch, so a bad one changes nothing; a reused plan leaves the checks to the compiled backends' ops (which check every tensor
     # before writing) and checks in Python only for the others. So in the steady state a bad
     # gradient of a later launch is refused after earlier launches of that step have run.
     def _current_plan(self, groups, with_grads, flat) -> Plan:
@@ -184,8 +184,13 @@ class FusedOptimizer(Optimizer):
             self._check_grad(p)
         fresh = self._init_states([(p, g) for g, ps in zip(groups, with_grads) for p in ps])
         states = [[self.state[p] for p in ps] for ps in with_grads]
-        self._plan = build(algo, groups, with_grads, states, fresh, self._arena, self.state.version, layouts)
-        return self._plan
+        plan = build(algo, groups, with_grads, states, fresh, self._arena, self.state.version, layouts)
+        tracks = self.state.tracks  # Note [state versions]
+        for b in plan.buckets:
+            b.watch = not all(map(tracks, b.states))
+        plan.version = self.state.version  # after the plan's own writes (its step counters)
+        self._plan = plan
+        return plan
 
     # -- the step ----------------------------------------------------------------------
     @torch.no_grad()
@@ -299,6 +304,12 @@ class FusedOptimizer(Optimizer):
         return zero
 
     # -- checkpoints -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's state dict, its entries plain dicts (Note [state versions])."""
+        state_dict = super().state_dict()
+        state_dict["state"] = {k: dict(v) if isinstance(v, ParamState) else v for k, v in state_dict["state"].items()}
+        return state_dict
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state dict saved by this class or by the torch.optim optimizer of the same
         algorithm. Every tensor is checked against its parameter before anything changes."""

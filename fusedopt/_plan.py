@@ -75,6 +75,9 @@ class Bucket:
     # What a backend keeps between the calls of this launch, whose states do not change while
     # the plan lives: the compiled backends' state table (Note [cached state tables]).
     cache: dict = field(default_factory=dict)
+    # whether a step compares the states with `watched` (Note [state versions]): only when an
+    # entry of `states` does not count its changes in the optimizer's State
+    watch: bool = True
 
     @property
     def device(self) -> torch.device:
@@ -92,12 +95,14 @@ class Plan:
     def still_valid(self, groups: list[dict], params: list[torch.Tensor], version: int,
                     layouts: list[tuple]) -> bool:
         """Same groups, same params with gradients, same options that shape the launches, no
-        state replaced (Note [step plans])."""
+        state replaced (Note [step plans], Note [state versions])."""
         if (version != self.version or len(params) != len(self.params) or len(groups) != len(self.groups)
                 or not all(map(operator.is_, groups, self.groups)) or layouts != self.layouts
                 or not all(map(operator.is_, params, self.params))):
             return False
         for b in self.buckets:
+            if not b.watch:  # its states count their changes in `version`
+                continue
             for key, tensors in b.watched.items():
                 if not all(map(operator.is_, map(operator.itemgetter(key), b.states), tensors)):
                     return False

@@ -337,3 +337,66 @@ def test_split_step_refusals_change_nothing(backend):
         with pytest.raises((RuntimeError, ValueError), match="sums|phase"):
             be.step(**out, **kw)
         assert all(torch.equal(a, b) for a, b in zip(mutable(out), before)), kw
+
+
+def _replace_exp_avg(how, st, value):
+    """Replace st['exp_avg'] by `value` through one of a dict's mutators."""
+    if how == "setitem":
+        st["exp_avg"] = value
+    elif how == "update":
+        st.update(exp_avg=value)
+    elif how == "ior":
+        st |= {"exp_avg": value}
+    elif how == "pop-setdefault":
+        st.pop("exp_avg")
+        st.setdefault("exp_avg", value)
+    elif how == "del-setitem":
+        del st["exp_avg"]
+        st["exp_avg"] = value
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
+@pytest.mark.parametrize("how", ["setitem", "update", "ior", "pop-setdefault", "del-setitem", "entry",
+                                 "entry-then-edit", "load-then-setitem"])
+def test_state_tensor_replaced_between_steps_is_what_the_next_step_uses(backend, how):
+    """Note [state versions]: a state tensor replaced between steps by any of a dict's mutators,
+    after a checkpoint load too, or a whole entry assigned by hand (and edited later through the
+    caller's own reference), is what the next step reads, as torch.optim's; meanwhile a step plan
+    over untouched states is reused, without comparing them with the states, step after step."""
+    init = _groups(2, 3, 9, seed=5)
+    ours, theirs = _pair("Adam", init, [{}, {"lr": 0.01}], backend)
+    (opt, ps), (ref, qs) = ours, theirs
+    gen = torch.Generator().manual_seed(6)
+    edit_at = 4 if how == "entry-then-edit" else 3
+    entries = {}
+    for step in range(6):
+        grads = [torch.randn(9, generator=gen) for _ in range(6)]
+        if step == 1 and how == "load-then-setitem":
+            opt.load_state_dict(opt.state_dict())
+        if step == 3 and how.startswith("entry"):  # the caller's own dict as the whole entry
+            for i in (1, 4):
+                entries[i] = opt.state[ps[i]] = dict(opt.state[ps[i]])
+        if step == edit_at:
+            for i in (1, 4):
+                value = torch.full((9,), 0.25 * i)
+                ref.state[qs[i]]["exp_avg"] = value.clone()
+                if how.startswith("entry"):
+                    entries[i]["exp_avg"] = value
+                elif how in ("setitem", "load-then-setitem"):
+                    opt.state[ps[i]]["exp_avg"] = value
+                else:
+                    _replace_exp_avg(how, opt.state[ps[i]], value)
+        for o, params in ((opt, ps), (ref, qs)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            o.step()
+        if step == 1:
+            plan = opt._plan
+        if step == 2:  # untouched states made by the optimizer (or loaded) are not compared
+            assert opt._plan is plan, "a plan over untouched states is reused"
+            assert not any(b.watch for b in plan.buckets)
+        if step == edit_at:
+            assert opt._plan is not plan, "a replaced state rebuilds the plan"
+    _assert_match(ours, theirs, f"Adam [{backend}] exp_avg replaced by {how}")
+    assert any(b.watch for b in opt._plan.buckets) == how.startswith("entry"), \
+        "only an entry assigned by hand is compared before each step"
