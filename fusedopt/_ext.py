@@ -11,16 +11,19 @@ Op schemas (``docs/kernel-interface.md``): one op per algorithm of
 ``lookahead``::
 
     <algo>(Tensor(a!)[] params, Tensor[] grads, Tensor table, Tensor steps, Tensor index,
-           Tensor hyper, bool[] flags, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()
-    state_table(Tensor[] params, Tensor[] s0, Tensor[] s1, Tensor[] s2, Tensor[]? master) -> Tensor
+           Tensor hyper, bool[] flags, Tensor? grad_scale=None, Tensor? found_inf=None,
+           Tensor(b!)? sums=None, int phase=0) -> ()
+    state_table(Tensor[] params, Tensor[] s0, Tensor[] s1, Tensor[] s2, Tensor[]? master,
+                Tensor[]? scales=None, Tensor? rounding=None, Tensor[]? grads=None) -> Tensor
     release_table(Tensor(a!) table) -> ()
-    lookahead(Tensor(a!)[] params, Tensor(b!)[] slow, float alpha) -> ()
+    lookahead(Tensor(a!)[] params, Tensor(b!)[] slow, float alpha, Tensor(c!)[]? master=None) -> ()
 
 ``table`` is an int64 CPU tensor ``[len(params) + 1, STATE_TABLE_COLS]`` made by ``state_table``
 from the state slots ``s0, s1, s2`` in the algorithm's ``SLOTS`` order (an unused or inactive one
 an empty list) and the master weights; the step op updates the tensors it describes. The table
-holds a reference to each param, so a step may pass an empty ``params`` (the table's own), until
-``release_table`` drops them. ``steps`` (float32, 1-D) and ``hyper`` (float64, ``[rows, len(HYPER)]``) live on
+holds a reference to each param, so a step may pass an empty ``params`` (the table's own), and,
+made with ``grads``, to each grad, so a step may pass both lists empty, until ``release_table``
+drops them. ``steps`` (float32, 1-D) and ``hyper`` (float64, ``[rows, len(HYPER)]``) live on
 the params' device, ``index`` (int64, ``[len(params), 2]``: each param's step slot and hyper row)
 on the CPU; ``flags`` follow ``FLAGS``.
 """
@@ -37,7 +40,7 @@ from .algorithms import ALGORITHMS
 STEP_OPS = tuple(ALGORITHMS)
 OPS = STEP_OPS + ("state_table", "release_table", "lookahead")
 # The columns of a state table (csrc/include/fusedopt/tensor_info.h, table::kCols).
-STATE_TABLE_COLS = 14
+STATE_TABLE_COLS = 15
 
 _cpu_error: str | None = None
 _cuda_error: str | None = None
@@ -80,7 +83,7 @@ def _fake(*args, **kwargs):
     return None
 
 
-def _fake_state_table(params, s0, s1, s2, master=None, scales=None, rounding=None):
+def _fake_state_table(params, s0, s1, s2, master=None, scales=None, rounding=None, grads=None):
     return torch.empty(len(params) + 1, STATE_TABLE_COLS, dtype=torch.int64, device="cpu")
 
 

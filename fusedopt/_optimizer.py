@@ -16,6 +16,7 @@ from torch.optim import Optimizer
 
 from . import _checkpoint, _distributed, backends
 from ._checkpoint import ParamState, State
+from .backends._compiled import drop_owned_grads
 from ._plan import HyperTables, Plan, build, layout
 from ._states import check_storage_options, draw_seed, init_states
 from ._prologue import prologue
@@ -278,6 +279,15 @@ class FusedOptimizer(Optimizer):
         b.backend.step(*args, sums=sums, phase=1, **kw)
         _distributed.all_reduce_sums(sums, b.sums)
         b.backend.step(*args, sums=sums, phase=2, **kw)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch.optim's ``zero_grad``; with ``set_to_none`` the compiled backends also let go of
+        grads their state tables hold (Note [owned grads] in ``fusedopt/backends/_compiled.py``),
+        so the old grads are not kept alive through the next backward."""
+        super().zero_grad(set_to_none)
+        if set_to_none and self._plan is not None:
+            for b in self._plan.buckets:
+                drop_owned_grads(b.cache)
 
     def launch_replay(self):
         """For benchmarks: a function that makes the backend calls of the last step again (same

@@ -109,7 +109,7 @@ def test_every_algorithm_has_an_op():
             in str(torch.ops.fusedopt.lookahead.default._schema))
     schema = str(torch.ops.fusedopt.state_table.default._schema)
     assert ("(Tensor[] params, Tensor[] s0, Tensor[] s1, Tensor[] s2, Tensor[]? master, "
-            "Tensor[]? scales=None, Tensor? rounding=None) -> Tensor") in schema
+            "Tensor[]? scales=None, Tensor? rounding=None, Tensor[]? grads=None) -> Tensor") in schema
     assert "(Tensor(a!) table) -> ()" in str(torch.ops.fusedopt.release_table.default._schema)
 
 
@@ -473,6 +473,98 @@ def test_state_table_owns_its_params_until_released():
         getattr(torch.ops.fusedopt, spec.name)(*args)
 
 
+def test_state_table_owns_grads_when_asked():
+    """Note [owned grads]: a table made with grads keeps each alive until release_table; a step
+    with both lists empty reads the table's params and grads, bit for bit as a step given them;
+    a table without grads, or released, refuses such a call; a grad that does not fit its param
+    is refused when the table is made."""
+    spec, call = _call("Adam", torch.float32, n=(5, 300))
+    want = clone_call(call)
+    getattr(torch.ops.fusedopt, spec.name)(*_op_args(want))
+    got = clone_call(call)
+    table = torch.ops.fusedopt.state_table(*_table_args(got), None, None, got["grads"])
+    assert table.shape == (3, _ext.STATE_TABLE_COLS) and int(table[0, 9]) == 1
+    args = [[], [], table, got["steps"], got["index"], got["hyper"], list(got["flags"])]
+    getattr(torch.ops.fusedopt, spec.name)(*args)
+    for a, b in zip(mutable(got), mutable(want)):
+        assert torch.equal(a, b)
+    probe = torch.randn(4)
+    watch = weakref.ref(probe)
+    probe_table = torch.ops.fusedopt.state_table([torch.zeros(4)], [torch.zeros(4)], [torch.zeros(4)], [], None,
+                                                 None, None, [probe])
+    del probe
+    gc.collect()
+    assert watch() is not None  # the table's reference keeps the grad alive
+    torch.ops.fusedopt.release_table(probe_table)
+    gc.collect()
+    assert watch() is None
+    torch.ops.fusedopt.release_table(table)
+    with pytest.raises(RuntimeError, match="state table was released"):
+        getattr(torch.ops.fusedopt, spec.name)(*args)
+    plain = torch.ops.fusedopt.state_table(*_table_args(got))
+    with pytest.raises(RuntimeError, match="params and grads are empty but the state table holds no grads"):
+        getattr(torch.ops.fusedopt, spec.name)([], [], plain, *args[3:])
+    bad = list(got["grads"])
+    bad[1] = bad[1][:-1]
+    with pytest.raises(RuntimeError, match="grad 1 must be a dense tensor of its param's dtype and shape"):
+        torch.ops.fusedopt.state_table(*_table_args(got), None, None, bad)
+    with pytest.raises(RuntimeError, match="1 grads for 2 params"):
+        torch.ops.fusedopt.state_table(*_table_args(got), None, None, bad[:1])
+
+
+def test_backend_owns_grads_that_stay_the_same_tensors():
+    """Note [owned grads]: from the second call with the very same first grad, the cached table
+    owns the grads and a call passes no lists; the first call with other grads drops it (the old
+    grads are freed) and the cache does not own grads again; results are those of uncached calls."""
+    spec, call = _call("Adam", torch.float32, n=(10, 4097))
+    want, got, cache = clone_call(call), clone_call(call), {}
+    for step in range(5):
+        if step == 3:  # other grad tensors from now on
+            old = weakref.ref(got["grads"][1])
+            got["grads"] = [g.clone() for g in got["grads"]]
+            want["grads"] = [g.clone() for g in want["grads"]]
+        _cpu().step(**want)
+        _cpu().step(**got, cache=cache)
+        entry = cache["state_table"]
+        assert (entry.grads is got["grads"]) == (step in (1, 2)), step
+        if step == 3:
+            gc.collect()
+            assert old() is None, "the grads the table owned are let go"
+            assert cache["grads_vary"]
+        for a, b in zip(mutable(got), mutable(want)):
+            assert torch.equal(a, b), step
+
+
+def test_optimizer_owns_persistent_grads_and_zero_grad_lets_them_go():
+    """Grads kept from step to step (zero_grad(set_to_none=False), filled in place) are owned by
+    the state table from the second step; zero_grad() (set_to_none) drops them at once; every
+    step matches torch.optim's AdamW throughout."""
+    ps = [torch.randn(n, requires_grad=True) for n in (10, 300, 7)]
+    ref = [p.detach().clone().requires_grad_(True) for p in ps]
+    opt, topt = fusedopt.AdamW(ps, lr=0.01, backend="cpu"), torch.optim.AdamW(ref, lr=0.01)
+    gen = torch.Generator().manual_seed(3)
+    for step in range(6):
+        if step == 4:
+            watch = weakref.ref(ps[0].grad)
+            opt.zero_grad()
+            topt.zero_grad()
+            gc.collect()
+            assert watch() is None, "zero_grad(set_to_none=True) lets the owned grads go"
+        for p, r in zip(ps, ref):
+            g = torch.randn(p.shape, generator=gen)
+            if p.grad is None:
+                p.grad, r.grad = g.clone(), g.clone()
+            else:
+                p.grad.copy_(g)
+                r.grad.copy_(g)
+        opt.step()
+        topt.step()
+        owns = opt._plan.buckets[0].cache["state_table"].grads is not None
+        assert owns == (step in (1, 2, 3, 5)), step
+        for p, r in zip(ps, ref):
+            torch.testing.assert_close(p.detach(), r.detach(), msg=f"step {step}")
+
+
 def test_owned_params_see_a_param_re_pointed():
     """A param whose storage is replaced between steps (`p.data = ...`) is updated in its new
     storage by a step through a cached table, as torch.optim updates it."""
@@ -504,6 +596,7 @@ def test_backend_caches_the_state_table_per_lists():
     entry = cache["state_table"]
     assert entry.states is got["states"] and entry.master is got["master"] and entry.params is got["params"]
     assert_calls_match(got, want, "cached")
+    got["grads"] = [g.clone() for g in got["grads"]]  # new grads: the same table
     _cpu().step(**got, cache=cache)
     assert cache["state_table"] is entry
     other = clone_call(call)
@@ -520,7 +613,7 @@ def test_optimizer_keeps_one_table_per_plan():
     opt.step()
     bucket = opt._plan.buckets[0]
     entry = bucket.cache["state_table"]
-    ps[1].grad = torch.randn_like(ps[1])  # a new grad tensor: the same plan and table
+    ps[0].grad = torch.randn_like(ps[0])  # a new grad tensor: the same plan and table
     opt.step()
     assert opt._plan.buckets[0] is bucket and bucket.cache["state_table"] is entry
     ps[0].grad = None  # another set of params: a new plan, a new table
@@ -612,7 +705,7 @@ def _op_samples():
                                                (torch.float16, torch.float32, False, {"found_inf": fi})):
             spec, call = _call(name, dtype, n=(5, 3, 1), state_dtype=state_dtype, master=master)
             yield spec.name, tuple(_op_args(call)), kw
-            yield "state_table", _table_args(call), {}
+            yield "state_table", _table_args(call), {"grads": call["grads"]} if master else {}
             if spec.REDUCES:  # Note [split steps]: its two traversals as two calls
                 for phase in (1, 2):
                     sums = torch.zeros(3, 2, dtype=torch.float64)

@@ -88,9 +88,9 @@ PlanKeys plan_keys(const host::StepTables& tables, size_t n, int counters) {
 
 Tensor state_table(const TensorList& params, const TensorList& s0, const TensorList& s1, const TensorList& s2,
                    const std::optional<TensorList>& master, const std::optional<TensorList>& scales,
-                   const std::optional<Tensor>& rounding) {
+                   const std::optional<Tensor>& rounding, const std::optional<TensorList>& grads) {
   const TensorList* slots[kMaxSlots] = {&s0, &s1, &s2};
-  return host::state_table(params, slots, master, host::codes().cpu, scales, rounding, /*lowbit=*/true);
+  return host::state_table(params, slots, master, host::codes().cpu, scales, rounding, /*lowbit=*/true, grads);
 }
 
 // Lookahead's slow-weight update: the rule of algos/lookahead.h on the one traversal, one plan

@@ -29,7 +29,7 @@ struct Step {
 // fusedopt::state_table for CPU tensors (tensor_info.h, Note [state tables]).
 Tensor state_table(const TensorList& params, const TensorList& s0, const TensorList& s1, const TensorList& s2,
                    const std::optional<TensorList>& master, const std::optional<TensorList>& scales,
-                   const std::optional<Tensor>& rounding);
+                   const std::optional<Tensor>& rounding, const std::optional<TensorList>& grads);
 
 // fusedopt::lookahead for CPU tensors (the rule of algos/lookahead.h).
 void lookahead(const TensorList& params, const TensorList& slow, double alpha,

@@ -388,9 +388,9 @@ void lookahead(const TensorList& params, const TensorList& slow, double alpha,
 // (lowbit.cuh, multi_tensor.cuh).
 Tensor state_table(const TensorList& params, const TensorList& s0, const TensorList& s1, const TensorList& s2,
                    const std::optional<TensorList>& master, const std::optional<TensorList>& scales,
-                   const std::optional<Tensor>& rounding) {
+                   const std::optional<Tensor>& rounding, const std::optional<TensorList>& grads) {
   const TensorList* slots[host::kStateSlots] = {&s0, &s1, &s2};
-  return host::state_table(params, slots, master, codes().cuda, scales, rounding, /*lowbit=*/true);
+  return host::state_table(params, slots, master, codes().cuda, scales, rounding, /*lowbit=*/true, grads);
 }
 
 }  // namespace

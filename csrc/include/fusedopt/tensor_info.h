@@ -177,16 +177,22 @@ inline Info check_table(const std::string& name, const torch::stable::Tensor& t,
 // own, stored in the row), so that a steady step can pass an empty params list: the op then
 // checks and reads each param through its handle, which sees a param re-pointed since
 // (`p.data = ...`) as the param it now is. That saves torch's boxing of the params list (about a
-// quarter of the host cost of a 10,000-tensor call). Grads are not owned: they are often new
-// tensors every step, and a reference kept between steps would keep the old ones alive.
+// quarter of the host cost of a 10,000-tensor call).
+//
+// Note [owned grads]: grads are often new tensors every step, and a reference kept between steps
+// would keep the old ones alive, so a table owns them only when asked (state_table's `grads`):
+// for grads that stay the same tensors from step to step (zero_grad(set_to_none=False), grads
+// that are views of a flat buffer or of DDP's buckets). A call with both lists empty then checks
+// and reads each grad through the table's handle, and passes nothing per tensor through torch's
+// boxing. The caller must drop such a table as soon as the grads are other tensors.
 // fusedopt::release_table drops the references; the owner calls it once, when it drops the table.
 constexpr int kStateSlots = 3;
 using TensorList = std::vector<torch::stable::Tensor>;
 
 namespace table {
-constexpr int64_t kCols = 14;
+constexpr int64_t kCols = 15;
 // "fusedopT" and the layout's version in the low byte.
-constexpr int64_t kMagic = 0x667573656f705403;
+constexpr int64_t kMagic = 0x667573656f705404;
 // Row 0, the header.
 enum Header : int64_t {
   kMagicCol = 0,
@@ -198,6 +204,7 @@ enum Header : int64_t {
   kDeviceType = 6,   // the device type code of every tensor
   kDeviceIndex = 7,  // its index (-1 when n == 0)
   kRounds = 8,       // 1: the params are stored by stochastic rounding (kSeed, kOffset below)
+  kOwnsGrads = 9,    // 1: the rows hold the table's own grad handles (kGrad, Note [owned grads])
 };
 // Row 1 + t, tensor t. Columns 0..2 are the state slots' addresses (0: inactive slot).
 enum Row : int64_t {
@@ -210,6 +217,7 @@ enum Row : int64_t {
   kScale0 = 9,      // 8-bit states (state dtype uint8): the float32 block scales of slots 0..2, or 0
   kSeed = 12,       // stochastic rounding: the seed (uint64 bits) and the param's element offset
   kOffset = 13,
+  kGrad = 14,       // the table's own AtenTensorHandle of the grad (Note [owned grads]), or 0
 };
 }  // namespace table
 
@@ -249,7 +257,8 @@ inline torch::stable::Tensor state_table(const TensorList& params, const TensorL
                                          const std::optional<TensorList>& master, int32_t device_type,
                                          const std::optional<TensorList>& scales = std::nullopt,
                                          const std::optional<torch::stable::Tensor>& rounding = std::nullopt,
-                                         bool lowbit = false) {
+                                         bool lowbit = false,
+                                         const std::optional<TensorList>& grads = std::nullopt) {
   const std::string name = "fusedopt::state_table";
   const Codes& c = codes();
   const size_t n = params.size();
@@ -379,12 +388,28 @@ inline torch::stable::Tensor state_table(const TensorList& params, const TensorL
   head[table::kRounds] = seeds != nullptr ? 1 : 0;
   if (seeds != nullptr && sdtype == c.bf16)  // not compiled (dtype.h): the reference backend serves it
     fail(name + ": stochastic rounding with bfloat16 states runs on the reference backend");
-  // Only now that every check passed: a refused call leaves no reference behind.
-  for (size_t t = 0; t < n; ++t) {
-    AtenTensorHandle own = nullptr;
-    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_new_tensor_handle(params[t].get(), &own));
-    rows[(t + 1) * table::kCols + table::kParam] = static_cast<int64_t>(reinterpret_cast<uintptr_t>(own));
+  if (grads.has_value()) {  // Note [owned grads]: each a grad its param's step can read
+    STD_TORCH_CHECK(grads->size() == n, name, ": ", grads->size(), " grads for ", n, " params");
+    for (size_t t = 0; t < n; ++t) {
+      bool sparse = false;
+      const bool fits = grad_matches(params[t].get(), (*grads)[t].get(), &sparse);
+      const Info gi = fits ? info((*grads)[t]) : Info{};
+      if (!fits || gi.dtype != pdtype || !on_device(gi))
+        fail(name + ": grad " + std::to_string(t) + " must be a dense tensor of its param's dtype and shape on its "
+             "device");
+    }
   }
+  // Only now that every check passed: a refused call leaves no reference behind.
+  auto own = [](const torch::stable::Tensor& t) {
+    AtenTensorHandle h = nullptr;
+    STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_new_tensor_handle(t.get(), &h));
+    return static_cast<int64_t>(reinterpret_cast<uintptr_t>(h));
+  };
+  for (size_t t = 0; t < n; ++t) {
+    rows[(t + 1) * table::kCols + table::kParam] = own(params[t]);
+    if (grads.has_value()) rows[(t + 1) * table::kCols + table::kGrad] = own((*grads)[t]);
+  }
+  head[table::kOwnsGrads] = grads.has_value() ? 1 : 0;
   return out;
 }
 
@@ -422,7 +447,7 @@ inline DType dtype_of(int32_t code) {
 // The state table of a step op: an int64 [n + 1, kCols] CPU tensor of fusedopt::state_table for
 // `n` params and kernels on `device_type`; its rows.
 inline const int64_t* check_state_table(const std::string& name, const torch::stable::Tensor& t, size_t n,
-                                        int32_t device_type, bool owned_params) {
+                                        int32_t device_type, bool owned_params, bool owned_grads) {
   const Codes& c = codes();
   const std::string what = "a state table of fusedopt::state_table (a contiguous int64 CPU tensor of shape [" +
                            std::to_string(n + 1) + ", " + std::to_string(table::kCols) + "] for " +
@@ -438,6 +463,9 @@ inline const int64_t* check_state_table(const std::string& name, const torch::st
     fail(name + ": the state table describes tensors of another device type than this kernel's");
   if (owned_params && n > 0 && rows[table::kCols + table::kParam] == 0)
     fail(name + ": params is empty but the state table was released (fusedopt::release_table)");
+  if (owned_grads && n > 0 && (rows[table::kOwnsGrads] == 0 || rows[table::kCols + table::kGrad] == 0))
+    fail(name + ": params and grads are empty but the state table holds no grads (state_table's grads) or was "
+         "released (fusedopt::release_table)");
   return rows;
 }
 
@@ -460,11 +488,13 @@ inline void release_table(const torch::stable::Tensor& t) {
   if (info(t).numel != static_cast<int64_t>(n + 1) * table::kCols)
     fail(name + ": table must be a state table of fusedopt::state_table");
   for (size_t r = 1; r <= n; ++r) {
-    int64_t& cell = rows[r * table::kCols + table::kParam];
-    if (cell != 0) {
-      AtenTensorHandle own = reinterpret_cast<AtenTensorHandle>(static_cast<uintptr_t>(cell));
-      cell = 0;
-      STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_delete_tensor_object(own));
+    for (int64_t col : {table::kParam, table::kGrad}) {
+      int64_t& cell = rows[r * table::kCols + col];
+      if (cell != 0) {
+        AtenTensorHandle own = reinterpret_cast<AtenTensorHandle>(static_cast<uintptr_t>(cell));
+        cell = 0;
+        STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_delete_tensor_object(own));
+      }
     }
   }
 }
@@ -486,9 +516,9 @@ constexpr size_t kParallelChecks = 2048;
 // sharing it), each grad dense and of its param's shape, dtype and device (Note [parallel
 // checks]).
 inline CheckedCall check_tensors(const std::string& name, const TensorList& params, const TensorList& grads,
-                                 const int64_t* rows, int required) {
-  const size_t n = grads.size();
+                                 const int64_t* rows, int required, size_t n) {
   const bool owned = params.empty();  // the table's own params (Note [owned params])
+  const bool owned_grads = grads.empty();  // and grads (Note [owned grads])
   CheckedCall out;
   out.tensors.resize(n);
   const int32_t pdtype = static_cast<int32_t>(rows[table::kParamDtype]);
@@ -506,6 +536,10 @@ inline CheckedCall check_tensors(const std::string& name, const TensorList& para
     return owned ? reinterpret_cast<AtenTensorHandle>(static_cast<uintptr_t>(rows[(t + 1) * table::kCols + table::kParam]))
                  : params[t].get();
   };
+  auto grad_handle = [&](size_t t) {
+    return owned_grads ? reinterpret_cast<AtenTensorHandle>(static_cast<uintptr_t>(rows[(t + 1) * table::kCols + table::kGrad]))
+                       : grads[t].get();
+  };
   // Tensor t checked, and its addresses in out.tensors[t]: true, or false when a check refuses it
   // and `report` is false; with `report`, a refusal fails the call with its message.
   auto check = [&](size_t t, bool report) -> bool {
@@ -517,7 +551,7 @@ inline CheckedCall check_tensors(const std::string& name, const TensorList& para
     auto which = [t] { return std::to_string(t); };
     const int64_t* row = rows + (t + 1) * table::kCols;
     AtenTensorHandle ph = param_handle(t);
-    AtenTensorHandle gh = grads[t].get();
+    AtenTensorHandle gh = grad_handle(t);
     bool sparse = false;
     if (!grad_matches(ph, gh, &sparse))
       return refuse([&] {
@@ -696,11 +730,13 @@ CheckedStep check_step(const TensorList& params, const TensorList& grads, const 
                        const std::optional<torch::stable::Tensor>& found_inf,
                        const std::optional<torch::stable::Tensor>& sums, int64_t phase, int32_t device_type) {
   const std::string name = std::string("fusedopt::") + A::kName;
-  // An empty params list with grads: the table's own params (Note [owned params]).
-  const bool owned = params.empty() && !grads.empty();
-  const size_t n = owned ? grads.size() : params.size();
-  STD_TORCH_CHECK(grads.size() == n, name, ": ", n, " params but ", grads.size(), " grads");
-  const int64_t* rows = check_state_table(name, table, n, device_type, owned);
+  // An empty params list with grads: the table's own params (Note [owned params]); both lists
+  // empty: its own params and grads (Note [owned grads]).
+  const bool owned_grads = params.empty() && grads.empty();
+  const bool owned = params.empty() && (!grads.empty() || owned_grads);
+  const size_t n = owned_grads ? state_table_count(name, table) : owned ? grads.size() : params.size();
+  STD_TORCH_CHECK(owned_grads || grads.size() == n, name, ": ", n, " params but ", grads.size(), " grads");
+  const int64_t* rows = check_state_table(name, table, n, device_type, owned, owned_grads);
   const int present = static_cast<int>(rows[table::kSlots]);
   CheckedStep out;
   out.variant = A::call_variant(flag_bits(name, flags, A::kNumFlags), present);
@@ -712,7 +748,7 @@ CheckedStep check_step(const TensorList& params, const TensorList& grads, const 
                     needed ? " is required by the flags but the state table has none"
                            : " must be empty for these flags but the state table has it");
   }
-  out.call = check_tensors(name, params, grads, rows, required);
+  out.call = check_tensors(name, params, grads, rows, required, n);
   const int32_t device = out.call.device_index;
   out.tables = check_tables(name, n, steps, index, hyper, A::kNumHyper, A::kNumCounters, device_type, device);
   out.grad_scale = scalar_tensor(name, grad_scale, "grad_scale", device_type, device);

@@ -9,7 +9,8 @@
 
 // The schema of every step op after its name: the states and master weights it updates come
 // from `table`, made by fusedopt::state_table (Note [state tables] in tensor_info.h); an empty
-// `params` with grads means the table's own params (Note [owned params]). `phase` 1 and 2 split
+// `params` with grads means the table's own params (Note [owned params]), both lists empty its own
+// params and grads (Note [owned grads]). `phase` 1 and 2 split
 // a reducing algorithm's step in its two traversals, the per-tensor sums in `sums` between them
 // (Note [split steps] in tensor_info.h).
 #define FUSEDOPT_STEP_SCHEMA                                                                \
@@ -23,7 +24,7 @@
 #define FUSEDOPT_RELEASE_TABLE_SCHEMA "(Tensor(a!) table) -> ()"
 // The schema of fusedopt::state_table after its name (the state slots s0, s1, s2 in SLOTS order,
 // an unused one an empty list; 8-bit states' scales and stochastic rounding's (seed, offset) rows:
-// Note [8-bit states in the table] in tensor_info.h).
+// Note [8-bit states in the table] in tensor_info.h; grads the table is to own: Note [owned grads]).
 #define FUSEDOPT_STATE_TABLE_SCHEMA                                                          \
   "(Tensor[] params, Tensor[] s0, Tensor[] s1, Tensor[] s2, Tensor[]? master, "             \
-  "Tensor[]? scales=None, Tensor? rounding=None) -> Tensor"
+  "Tensor[]? scales=None, Tensor? rounding=None, Tensor[]? grads=None) -> Tensor"
