@@ -449,6 +449,23 @@ def test_state_table_layout():
     torch.ops.fusedopt.release_table(table)  # a second release does nothing
 
 
+def _assert_table_holds_until_released(what):
+    """A one-tensor table keeps its param (or, made with grads, its grad) alive, Python object
+    included, until release_table."""
+    probe = torch.randn(4)
+    watch = weakref.ref(probe)
+    param = probe if what == "param" else torch.zeros(4)
+    grads = [probe] if what == "grad" else None
+    probe_table = torch.ops.fusedopt.state_table([param], [torch.zeros(4)], [torch.zeros(4)], [], None, None, None,
+                                                 grads)
+    del probe, param, grads
+    gc.collect()
+    assert watch() is not None, f"the table's reference keeps its {what} alive"
+    torch.ops.fusedopt.release_table(probe_table)
+    gc.collect()
+    assert watch() is None
+
+
 def test_state_table_owns_its_params_until_released():
     """The table keeps each param alive (its own reference) until release_table; a step with an
     empty params list updates the table's params as a step given them explicitly does."""
@@ -459,15 +476,7 @@ def test_state_table_owns_its_params_until_released():
     args = [[], got["grads"], table, got["steps"], got["index"], got["hyper"], list(got["flags"])]
     getattr(torch.ops.fusedopt, spec.name)(*args)
     assert_calls_match(got, want, "owned params")
-    probe = torch.randn(4)
-    watch = weakref.ref(probe)
-    probe_table = torch.ops.fusedopt.state_table([probe], [torch.zeros(4)], [torch.zeros(4)], [], None)
-    del probe
-    gc.collect()
-    assert watch() is not None  # the table's reference keeps it (and its Python object) alive
-    torch.ops.fusedopt.release_table(probe_table)
-    gc.collect()
-    assert watch() is None
+    _assert_table_holds_until_released("param")
     torch.ops.fusedopt.release_table(table)
     with pytest.raises(RuntimeError, match="state table was released"):
         getattr(torch.ops.fusedopt, spec.name)(*args)
@@ -488,16 +497,7 @@ def test_state_table_owns_grads_when_asked():
     getattr(torch.ops.fusedopt, spec.name)(*args)
     for a, b in zip(mutable(got), mutable(want)):
         assert torch.equal(a, b)
-    probe = torch.randn(4)
-    watch = weakref.ref(probe)
-    probe_table = torch.ops.fusedopt.state_table([torch.zeros(4)], [torch.zeros(4)], [torch.zeros(4)], [], None,
-                                                 None, None, [probe])
-    del probe
-    gc.collect()
-    assert watch() is not None  # the table's reference keeps the grad alive
-    torch.ops.fusedopt.release_table(probe_table)
-    gc.collect()
-    assert watch() is None
+    _assert_table_holds_until_released("grad")
     torch.ops.fusedopt.release_table(table)
     with pytest.raises(RuntimeError, match="state table was released"):
         getattr(torch.ops.fusedopt, spec.name)(*args)
