@@ -17,7 +17,7 @@ from torch.optim import Optimizer
 from . import _checkpoint, _distributed, backends
 from ._checkpoint import ParamState, State
 from .backends._compiled import drop_owned_grads
-from ._plan import HyperTables, Plan, build, layout
+from ._plan import GroupSnapshot, HyperTables, Plan, build, layout
 from ._states import check_storage_options, draw_seed, init_states
 from ._prologue import prologue
 from ._steps import StepArena
@@ -102,6 +102,7 @@ class FusedOptimizer(Optimizer):
         self._plan: Plan | None = None
         self._arenas: dict[torch.device, StepArena] = {}
         self._hyper = HyperTables()
+        self._groups_seen = GroupSnapshot()
         self._not_skipped: dict[torch.device, torch.Tensor] = {}
 
     # -- groups and validation ---------------------------------------------------------
@@ -171,10 +172,11 @@ class FusedOptimizer(Optimizer):
     # launch, so a bad one changes nothing; a reused plan leaves the checks to the compiled backends' ops (which check every tensor
     # before writing) and checks in Python only for the others. So in the steady state a bad
     # gradient of a later launch is refused after earlier launches of that step have run.
-    def _current_plan(self, groups, with_grads, flat) -> Plan:
+    def _current_plan(self, groups, with_grads, flat, unchanged=False) -> Plan:
         algo = self.algorithm
-        layouts = [layout(algo, g) for g in groups]
         plan = self._plan
+        # Note [group snapshots]
+        layouts = plan.layouts if unchanged and plan is not None else [layout(algo, g) for g in groups]
         if plan is not None and plan.still_valid(groups, flat, self.state.version, layouts):
             for b in plan.buckets:
                 if not b.backend.checks_tensors:
@@ -227,7 +229,8 @@ class FusedOptimizer(Optimizer):
             self.step_skipped = self._skipped(None, groups[0]["params"][0].device)
             return
         flat = [p for ps in with_grads for p in ps]
-        plan = self._current_plan(groups, with_grads, flat)
+        unchanged = self._groups_seen.unchanged(groups)  # Note [group snapshots]
+        plan = self._current_plan(groups, with_grads, flat, unchanged)
         pro = prologue(self, grads, flat[0].device)
         if pro is None:  # an overflow seen on the host: nothing happens
             self.step_skipped = torch.ones(())
@@ -238,7 +241,7 @@ class FusedOptimizer(Optimizer):
             device = b.device
             scale, found_inf = pro.on(device)
             if device not in per_device:  # an overflow step does not count
-                per_device[device] = (self._hyper.get(algo, groups, device),
+                per_device[device] = (self._hyper.get(algo, groups, device, unchanged),
                                       1.0 if found_inf is None else 1.0 - found_inf)
             hyper, advance = per_device[device]
             b.arena.advance(b.slots, advance)
@@ -255,6 +258,7 @@ class FusedOptimizer(Optimizer):
                     b.arena.data.index_copy_(0, b.scalar_cells, kept)
                 raise
         self.step_skipped = self._skipped(pro.found_inf, flat[0].device)
+        self._groups_seen.commit()
 
     def _launch(self, b, hyper: torch.Tensor, grads: list[torch.Tensor], scale=None, found_inf=None) -> None:
         """One backend call: bucket ``b``'s tensors with this step's gradients (``grads``: those

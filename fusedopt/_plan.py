@@ -200,6 +200,46 @@ def _rounding(groups, members, position) -> list[tuple[int, int]]:
             for gi, _, p, _ in members]
 
 
+# Note [group snapshots]: a step computes each param group's layout (what shapes its launches)
+# and hyperparameter row only when an option may have changed since the last step: when every
+# option of every group is the very object it was then, and each is immutable (None, a bool,
+# number or string, or a tuple of those), nothing can have changed, and the last step's layouts
+# and tables serve again. A scheduler assigns a new lr (a new object); an option that could
+# change in place (a tensor lr, a list of betas) makes every step compute them all, as before.
+# For 1,000 x 4K AdamW params in 100 groups on the 2-core development machine, the step went from
+# 1.24-1.29x to 1.09-1.10x the time of the same params in one group.
+def _frozen(value) -> bool:
+    if value is None or type(value) in (bool, int, float, str):
+        return True
+    return type(value) is tuple and all(map(_frozen, value))
+
+
+class GroupSnapshot:
+    """Whether the options of the param groups are the very objects of the last completed step
+    (Note [group snapshots]); the params are not options (the step reads them every time). A
+    step that does not complete (refused, or an overflow seen on the host) leaves no snapshot,
+    so the next one computes everything."""
+
+    _NOT_OPTIONS = ("params", "param_names")
+
+    def __init__(self):
+        self.values: list[tuple] | None = None
+        self._pending: list[tuple] | None = None
+
+    def unchanged(self, groups: list[dict]) -> bool:
+        values = [tuple(g.values()) for g in groups]
+        last, self.values = self.values, None  # until commit()
+        same = (last is not None and len(values) == len(last)
+                and all(len(a) == len(b) and all(map(operator.is_, a, b)) for a, b in zip(values, last)))
+        frozen = same or all(_frozen(v) for g in groups for k, v in g.items() if k not in self._NOT_OPTIONS)
+        self._pending = values if frozen else None
+        return same
+
+    def commit(self) -> None:
+        """The step that called unchanged() completed: its options are the snapshot."""
+        self.values, self._pending = self._pending, None
+
+
 class HyperTables:
     """The per-group hyperparameter table of each device, float64 ``[groups, len(HYPER)]``,
     rebuilt only when a host value changes. A tensor lr on an accelerator is copied into its
@@ -210,7 +250,12 @@ class HyperTables:
         self.rows: list | None = None
         self.tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
 
-    def get(self, algo: Algorithm, groups: list[dict], device: torch.device) -> torch.Tensor:
+    def get(self, algo: Algorithm, groups: list[dict], device: torch.device, unchanged: bool = False) -> torch.Tensor:
+        """The table for ``groups`` on ``device``; ``unchanged``: the groups' options are those
+        of the last call (Note [group snapshots])."""
+        got = self.tables.get(device) if unchanged else None
+        if got is not None and got[1] is None:
+            return got[0]
         rows = [algo.hyper_row(g) for g in groups]
         # tensor cells are None here, so where they are is part of what must not change
         host = [[None if isinstance(v, torch.Tensor) else v for v in row] for row in rows]

@@ -400,3 +400,49 @@ def test_state_tensor_replaced_between_steps_is_what_the_next_step_uses(backend,
     _assert_match(ours, theirs, f"Adam [{backend}] exp_avg replaced by {how}")
     assert any(b.watch for b in opt._plan.buckets) == how.startswith("entry"), \
         "only an entry assigned by hand is compared before each step"
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "triton"])
+def test_group_options_changed_in_place_replaced_or_after_a_refused_step_take_effect(backend, monkeypatch):
+    """Note [group snapshots]: the last step's hyperparameter table and layouts serve again only
+    while every option is the very immutable object it was; a new lr, betas given as a list and
+    changed in place, a CPU tensor lr filled in place, an lr changed before a refused step: each
+    next step uses what the group says, as torch.optim does."""
+    init = _groups(3, 2, 9, seed=8)
+    kws = [{"betas": [0.9, 0.99]}, {"lr": torch.tensor(0.01)}, {"amsgrad": False}]
+    ours, theirs = _pair("Adam", init, kws, backend)
+    (opt, ps), (ref, qs) = ours, theirs
+    rows = []
+    algo_cls = type(opt.algorithm)
+    original = algo_cls.hyper_row
+    monkeypatch.setattr(algo_cls, "hyper_row", lambda self, g: rows.append(1) or original(self, g))
+    gen = torch.Generator().manual_seed(9)
+    for step in range(9):
+        grads = [torch.randn(9, generator=gen) for _ in range(6)]
+        for o in (opt, ref):
+            g0, g1, g2 = o.param_groups
+            if step == 2:
+                g0["betas"][1] = 0.9  # in place
+            if step == 3:
+                g1["lr"].fill_(0.05)  # in place
+            if step == 4:
+                g2["lr"] = 0.002  # replaced
+            if step == 5:  # every option immutable from now on: the snapshots serve
+                g0["betas"], g1["lr"] = (0.9, 0.9), 0.05
+            if step == 6:
+                g2["lr"] = 0.003
+        if step == 6:  # refused (a grad of the wrong shape) after an option changed
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+            ps[5].grad.data = torch.zeros(3, 3)  # same numel, other shape
+            with pytest.raises((RuntimeError, ValueError)):
+                opt.step()
+        for o, params in ((opt, ps), (ref, qs)):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            o.step()
+    _assert_match(ours, theirs, f"Adam [{backend}] options changed")
+    rows.clear()  # the same options, all immutable: no row is computed again
+    opt.step()
+    opt.step()
+    assert rows == [], "unchanged immutable options reuse the last step's tables"
