@@ -7,7 +7,9 @@ and every state tensor match.
 """
 from __future__ import annotations
 
+import gc
 import itertools
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -354,3 +356,34 @@ def compile_for_sm90(script: str, tmp_path) -> str:
                          timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
+
+
+def assert_owned_grads_steps(device: str, backend: str) -> None:
+    """Note [owned grads]: AdamW on `device` with grads filled in place step after step (owned by
+    the backend's state table from the second step), then zero_grad() (which frees them at
+    once) and new grads filled in place again; every step matches torch.optim's AdamW."""
+    gen = torch.Generator().manual_seed(3)
+    ps = [torch.randn(n, generator=gen).to(device).requires_grad_(True) for n in (10, 3000, 7)]
+    ref = [p.detach().clone().requires_grad_(True) for p in ps]
+    opt = fusedopt.AdamW(ps, lr=0.01, backend=backend)
+    topt = torch.optim.AdamW(ref, lr=0.01, foreach=False)
+    for step in range(6):
+        if step == 4:
+            watch = weakref.ref(ps[0].grad)
+            opt.zero_grad()
+            topt.zero_grad()
+            gc.collect()
+            assert watch() is None, "zero_grad(set_to_none=True) lets the owned grads go"
+        for p, r in zip(ps, ref):
+            g = torch.randn(p.shape, generator=gen).to(device)
+            if p.grad is None:
+                p.grad, r.grad = g.clone(), g.clone()
+            else:
+                p.grad.copy_(g)
+                r.grad.copy_(g)
+        opt.step()
+        topt.step()
+        owns = opt._plan.buckets[0].cache["state_table"].grads is not None
+        assert owns == (step in (1, 2, 3, 5)), step
+        for p, r in zip(ps, ref):
+            torch.testing.assert_close(p.detach(), r.detach(), msg=f"step {step}")

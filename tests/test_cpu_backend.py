@@ -27,8 +27,9 @@ from fusedopt import _ext
 from fusedopt.algorithms import ALGORITHMS
 from fusedopt.backends import get_backend
 from parity import (CASES, MIXED_PRECISION, MIXED_PRECISION_IDS, MIXED_ROWS, ODD_SIZES, REPRESENTATIVE, TOL,
-                    assert_calls_match, case_id, clone_call, exact_scalars_call, interface_problem, make_problem,
-                    mutable, random_state, run_call, run_parity, set_counters, set_rows)
+                    assert_calls_match, assert_owned_grads_steps, case_id, clone_call, exact_scalars_call,
+                    interface_problem, make_problem, mutable, random_state, run_call, run_parity, set_counters,
+                    set_rows)
 
 _OK, _WHY = _ext.cpu_status()
 if not _OK:
@@ -537,32 +538,9 @@ def test_backend_owns_grads_that_stay_the_same_tensors():
 
 def test_optimizer_owns_persistent_grads_and_zero_grad_lets_them_go():
     """Grads kept from step to step (zero_grad(set_to_none=False), filled in place) are owned by
-    the state table from the second step; zero_grad() (set_to_none) drops them at once; every
-    step matches torch.optim's AdamW throughout."""
-    ps = [torch.randn(n, requires_grad=True) for n in (10, 300, 7)]
-    ref = [p.detach().clone().requires_grad_(True) for p in ps]
-    opt, topt = fusedopt.AdamW(ps, lr=0.01, backend="cpu"), torch.optim.AdamW(ref, lr=0.01)
-    gen = torch.Generator().manual_seed(3)
-    for step in range(6):
-        if step == 4:
-            watch = weakref.ref(ps[0].grad)
-            opt.zero_grad()
-            topt.zero_grad()
-            gc.collect()
-            assert watch() is None, "zero_grad(set_to_none=True) lets the owned grads go"
-        for p, r in zip(ps, ref):
-            g = torch.randn(p.shape, generator=gen)
-            if p.grad is None:
-                p.grad, r.grad = g.clone(), g.clone()
-            else:
-                p.grad.copy_(g)
-                r.grad.copy_(g)
-        opt.step()
-        topt.step()
-        owns = opt._plan.buckets[0].cache["state_table"].grads is not None
-        assert owns == (step in (1, 2, 3, 5)), step
-        for p, r in zip(ps, ref):
-            torch.testing.assert_close(p.detach(), r.detach(), msg=f"step {step}")
+    the state table from the second step; zero_grad() (set_to_none) drops them at once (they are
+    freed); every step matches torch.optim's AdamW throughout."""
+    assert_owned_grads_steps("cpu", "cpu")
 
 
 def test_owned_params_see_a_param_re_pointed():

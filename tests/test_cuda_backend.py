@@ -247,30 +247,10 @@ def test_one_launch_per_step():
 
 @cuda
 def test_owned_grads_on_the_gpu_match_torch_and_zero_grad_lets_them_go():
-    """Note [owned grads]: grads filled in place step after step are owned by the CUDA step's
-    state table from the second step (a step passes no lists); zero_grad() drops them; every step
-    matches torch.optim's AdamW on the GPU."""
-    gen = torch.Generator().manual_seed(5)
-    ps = [torch.randn(n, generator=gen).cuda().requires_grad_(True) for n in (10, 3000, 7)]
-    ref = [p.detach().clone().requires_grad_(True) for p in ps]
-    opt = fusedopt.AdamW(ps, lr=0.01, backend="cuda")
-    topt = torch.optim.AdamW(ref, lr=0.01, foreach=False)
-    for step in range(6):
-        if step == 4:
-            opt.zero_grad()
-            topt.zero_grad()
-        for p, r in zip(ps, ref):
-            g = torch.randn(p.shape, generator=gen).cuda()
-            if p.grad is None:
-                p.grad, r.grad = g.clone(), g.clone()
-            else:
-                p.grad.copy_(g)
-                r.grad.copy_(g)
-        opt.step()
-        topt.step()
-        assert (opt._plan.buckets[0].cache["state_table"].grads is not None) == (step in (1, 2, 3, 5)), step
-        for p, r in zip(ps, ref):
-            torch.testing.assert_close(p.detach(), r.detach(), msg=f"step {step}")
+    """Note [owned grads] on the GPU: grads filled in place step after step are owned by the CUDA
+    step's state table from the second step; zero_grad() drops them; every step matches
+    torch.optim's AdamW."""
+    assert_owned_grads_steps("cuda", "cuda")
 
 
 @cuda
