@@ -89,7 +89,7 @@ def _table(cache, params, grads, states, master, scales, rounding) -> StateTable
         cache["grads_vary"] = True
     last = cache.get("grad0")
     steady = (bool(grads) and last is not None and last() is grads[0] and not cache.get("grads_vary")
-              and (entry is None or entry.grads is None) and (entry is None or entry.params is params))
+              and (entry is None or (entry.grads is None and entry.params is params)))
     cache["grad0"] = weakref.ref(grads[0]) if grads else None
     if entry is not None and entry.describes(states, master, scales, rounding) and not steady:
         return entry
