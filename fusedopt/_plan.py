@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
+from itertools import chain
 
 import torch
 
@@ -223,14 +224,15 @@ class GroupSnapshot:
     _NOT_OPTIONS = ("params", "param_names")
 
     def __init__(self):
-        self.values: list[tuple] | None = None
-        self._pending: list[tuple] | None = None
+        # each group's number of entries, and every entry's value, group after group
+        self.values: tuple[list[int], list] | None = None
+        self._pending: tuple[list[int], list] | None = None
 
     def unchanged(self, groups: list[dict]) -> bool:
-        values = [tuple(g.values()) for g in groups]
+        values = (list(map(len, groups)), list(chain.from_iterable(map(dict.values, groups))))
         last, self.values = self.values, None  # until commit()
-        same = (last is not None and len(values) == len(last)
-                and all(len(a) == len(b) and all(map(operator.is_, a, b)) for a, b in zip(values, last)))
+        same = (last is not None and values[0] == last[0] and len(values[1]) == len(last[1])
+                and all(map(operator.is_, values[1], last[1])))
         frozen = same or all(_frozen(v) for g in groups for k, v in g.items() if k not in self._NOT_OPTIONS)
         self._pending = values if frozen else None
         return same

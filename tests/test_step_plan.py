@@ -446,3 +446,39 @@ def test_group_options_changed_in_place_replaced_or_after_a_refused_step_take_ef
     opt.step()
     opt.step()
     assert rows == [], "unchanged immutable options reuse the last step's tables"
+
+
+def test_grads_read_in_one_pass_keep_each_groups_params_and_grads_in_order():
+    """fusedopt._grads.read_grads reads every group's grads in one pass: with grads missing
+    (first and last of a group, a whole group, an empty group) each group keeps its params that
+    have one, in order, and the grads line up with them; with none missing, every param."""
+    from fusedopt._grads import read_grads
+    ps = [torch.zeros(2, requires_grad=True) for _ in range(9)]
+    for i in (1, 2, 4, 8):
+        ps[i].grad = torch.full((2,), float(i))
+    groups = [{"params": ps[0:3]}, {"params": []}, {"params": ps[3:4]}, {"params": ps[4:9]}]
+    index = {id(p): i for i, p in enumerate(ps)}
+    got = read_grads(groups)
+    assert [[index[id(p)] for p in w] for w in got.with_grads] == [[1, 2], [], [], [4, 8]]
+    assert [index[id(p)] for p in got.flat] == [1, 2, 4, 8]
+    assert [int(g[0]) for g in got.grads] == [1, 2, 4, 8]
+    for i, p in enumerate(ps):
+        p.grad = torch.full((2,), float(i))
+    got = read_grads(groups)
+    assert [[index[id(p)] for p in w] for w in got.with_grads] == [[0, 1, 2], [], [3], [4, 5, 6, 7, 8]]
+    assert [index[id(p)] for p in got.flat] == list(range(9))
+    assert [int(g[0]) for g in got.grads] == list(range(9))
+
+
+def test_group_snapshot_sees_an_option_moved_between_groups():
+    """Note [group snapshots]: the same option objects in the same order, but one group's
+    entry moved to the next group, is a change."""
+    from fusedopt._plan import GroupSnapshot
+    first, second, lr = [], [], 0.5
+    snap = GroupSnapshot()
+    groups = [{"params": first, "lr": lr}, {"params": second}]
+    assert not snap.unchanged(groups)
+    snap.commit()
+    assert snap.unchanged(groups)
+    snap.commit()
+    assert not snap.unchanged([{"params": first}, {"lr": lr, "params": second}])
