@@ -6,8 +6,26 @@ and grads allocated one by one ("scattered", as a model's are) and as views of o
     python benchmarks/small_tensors.py big-first   # after 11 steps of a 1000 x 32K AdamW in the
                                                    # same process (where small tensors land in
                                                    # memory changes)
+    python benchmarks/small_tensors.py groups      # 1000 x 4K AdamW in one group against the
+                                                   # same in 100 groups with their own lr
 """
 import sys, time, statistics, torch, fusedopt
+if sys.argv[1:] == ["groups"]:
+    def in_groups(count, n=1000, size=4096):
+        g = torch.Generator().manual_seed(0)
+        ps = [torch.randn(size, generator=g).requires_grad_(True) for _ in range(n)]
+        for p in ps: p.grad = torch.randn(size, generator=g)
+        k = n // count
+        return fusedopt.AdamW([{"params": ps[i * k:(i + 1) * k], "lr": 1e-3 * (1 + i / count)} for i in range(count)],
+                              weight_decay=0.01, backend="cpu")
+    opts = {1: in_groups(1), 100: in_groups(100)}
+    times = {k: [] for k in opts}
+    for r in range(63):
+        for k, opt in opts.items():
+            t = time.perf_counter(); opt.step(); times[k].append((time.perf_counter() - t) * 1e3)
+    one, many = (statistics.median(times[k][3:]) for k in (1, 100))
+    print(f"1000 x 4K AdamW: one group {one:.2f} ms, 100 groups {many:.2f} ms, ratio {many / one:.3f}")
+    sys.exit()
 N, S = 10000, 1024
 def make(contiguous, seed=0):
     g = torch.Generator().manual_seed(seed)
