@@ -8,7 +8,8 @@
 #                 dist/fusedopt-*.whl if there is one (unchanged, --no-deps), else build it here
 #                 with the CUDA extension; fail unless the cuda backend is available.
 #   tests         tests-cuda, then tests-triton
-#   tests-cuda    pytest tests/test_cuda_backend.py tests/test_lowbit_kernels.py tests/test_features.py -> pytest-cuda.log
+#   tests-cuda    pytest tests/test_cuda_backend.py tests/test_lowbit_kernels.py tests/test_features.py
+#                 tests/test_step_sequences.py -> pytest-cuda.log
 #   tests-triton  pytest tests/test_triton_backend.py tests/test_triton_lowbit.py tests/test_lowbit_calls.py,
 #                 compiled Triton kernels (test_lowbit_calls.py: cpu, triton and cuda) -> pytest-triton.log
 #   memcheck      benchmarks/memcheck_step.py under compute-sanitizer memcheck -> memcheck.log,
@@ -232,7 +233,8 @@ stage_tests_cuda() {
     need_gpu tests/cuda || return
     check_imports_installed || return
     # conftest.py sets TRITON_INTERPRET=1 (by setdefault) for these modules.
-    pytest_step tests/cuda 300 pytest-cuda.log -- test_cuda_backend.py test_lowbit_kernels.py test_features.py
+    pytest_step tests/cuda 300 pytest-cuda.log -- test_cuda_backend.py test_lowbit_kernels.py test_features.py \
+        test_step_sequences.py
 }
 
 stage_tests_triton() {

@@ -16,9 +16,11 @@ import pytest
 import torch
 
 import fusedopt
-from parity import TOL, assert_same_state
+from parity import TOL, assert_same_state, cuda_skip_reason
 
-BACKENDS = [b for b in ("reference", "cpu", "triton") if b in fusedopt.available_backends("cpu")]
+# (backend, device); cuda runs where there is a GPU (benchmarks/gpu_check.sh)
+BACKENDS = [(b, "cpu") for b in ("reference", "cpu", "triton") if b in fusedopt.available_backends("cpu")] + [
+    pytest.param(("cuda", "cuda"), marks=pytest.mark.skipif(bool(cuda_skip_reason()), reason=cuda_skip_reason()))]
 SIZES = (1, 7, 33, 130, 5, 64)
 
 # name -> (constructor options, the group options a sequence may change, state entries it may
@@ -37,8 +39,9 @@ class Twin:
     """One side of the comparison: its params (the initial groups' and those added later) and
     optimizer."""
 
-    def __init__(self, make, init):
-        self.ps = [p.clone().requires_grad_(True) for p in init]
+    def __init__(self, make, init, device):
+        self.device = device
+        self.ps = [p.to(device, copy=True).requires_grad_(True) for p in init]
         self.opt = make([{"params": self.ps[:3], "lr": 0.02}, {"params": self.ps[3:]}])
         self.flat = None
 
@@ -46,7 +49,7 @@ class Twin:
         """``grads[i]``: the new gradient of param i, or None for none."""
         if how == "flat":  # views of one buffer, kept from step to step while "in_place" follows
             total = sum(g.numel() for g in grads if g is not None)
-            self.flat = torch.empty(total)
+            self.flat = torch.empty(total, device=self.device)
             at = 0
             for p, g in zip(self.ps, grads):
                 if g is None:
@@ -103,7 +106,7 @@ def _event(rng: random.Random, name: str, twins, gen: torch.Generator, added: li
     if kind == "add_group" and len(added) < 2:
         init = [torch.randn(s, generator=gen) for s in (3, 40)]
         for t in twins:
-            new = [p.clone().requires_grad_(True) for p in init]
+            new = [p.to(t.device, copy=True).requires_grad_(True) for p in init]
             t.ps += new
             t.opt.add_param_group({"params": new, "lr": 0.03})
         added.append(len(added))
@@ -125,15 +128,16 @@ def _event(rng: random.Random, name: str, twins, gen: torch.Generator, added: li
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_random_sequences_of_changes_between_steps_match_torch(name, backend):
+@pytest.mark.parametrize("backend_device", BACKENDS, ids=lambda bd: bd[0])
+def test_random_sequences_of_changes_between_steps_match_torch(name, backend_device):
+    backend, device = backend_device
     kwargs = CASES[name][0]
     steps = 12 if backend == "triton" else 30  # the interpreter is slow
     for seed in (0, 1):
         rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
         init = [torch.randn(s, generator=gen) for s in SIZES]
-        twins = (Twin(lambda groups: getattr(fusedopt, name)(groups, backend=backend, **kwargs), init),
-                 Twin(lambda groups: getattr(torch.optim, name)(groups, foreach=False, **kwargs), init))
+        twins = (Twin(lambda groups: getattr(fusedopt, name)(groups, backend=backend, **kwargs), init, device),
+                 Twin(lambda groups: getattr(torch.optim, name)(groups, foreach=False, **kwargs), init, device))
         added: list[int] = []
         done = []
         for step in range(steps):
@@ -142,7 +146,8 @@ def test_random_sequences_of_changes_between_steps_match_torch(name, backend):
                 "accumulate" if what == "zero_grad(set_to_none=False)" else rng.choice(("fresh", "in_place"))
             n = len(twins[0].ps)
             missing = {i for i in range(n) if rng.random() < 0.3} if how == "missing" else set()
-            grads = [None if i in missing else torch.randn(twins[0].ps[i].shape, generator=gen) for i in range(n)]
+            grads = [None if i in missing else torch.randn(twins[0].ps[i].shape, generator=gen).to(device)
+                     for i in range(n)]
             for t in twins:
                 t.set_grads(grads, "fresh" if how == "missing" else how)
             for t in twins:
