@@ -19,7 +19,7 @@ from fusedopt.bench import cli, main, report, timing
 from fusedopt.bench.impls import CASES, Impl, triton_interpreted
 from fusedopt.bench.report import COLUMNS
 from fusedopt.bench.timing import CpuSnapshot, bytes_per_param, interleave, other_cpu_use, time_calls
-from fusedopt.bench.workloads import describe, in_groups, workload_groups, workload_shapes
+from fusedopt.bench.workloads import build, describe, in_groups, workload_groups, workload_shapes
 
 F32, BF16 = torch.float32, torch.bfloat16
 
@@ -228,6 +228,51 @@ def test_interleave_stops_at_the_time_cap_with_equal_samples(monkeypatch):
     # a round over the cap on its own: still 3 rounds, the fewest that show a spread
     t = interleave([step(10), step(300)], torch.device("cpu"), [10, 300], repeats=100, max_seconds=0.2)
     assert [len(x.samples_ms) for x in t] == [3, 3]
+
+
+def test_interleave_calls_each_hook_untimed_right_before_its_function(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(timing, "time", clock)
+    log = []
+
+    def step(name, ms):
+        def fn():
+            log.append(name)
+            clock.now += ms / 1e3
+        return fn
+
+    def hook():
+        log.append("before a")
+        clock.now += 1.0  # a second: not part of a's samples
+    t = interleave([step("a", 10), step("b", 20)], torch.device("cpu"), [10, 20], repeats=3, before=[hook, None])
+    assert t[0].median == pytest.approx(10) and t[1].median == pytest.approx(20)
+    assert log.count("a") == log.count("before a") == 3 == log.count("b")
+    assert all(log[i - 1] == "before a" for i, x in enumerate(log) if x == "a")
+
+
+@pytest.mark.parametrize("grads", ["new", "kept"])
+def test_grads_new_gives_every_step_other_grad_tensors(grads):
+    """--grads new: each step of a contender, warm-up included, reads other grad tensors than its
+    step before (as after zero_grad(set_to_none=True)); --grads kept: always the same ones."""
+    seen = []
+
+    def make(groups, case, master):
+        params = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
+
+        class Recorder:
+            state = {}
+
+            def step(self):
+                seen.append(tuple(id(p.grad) for p in params))
+        return Recorder()
+    base_params, base_grads = build(workload_shapes("3x8"), torch.float32, torch.device("cpu"))
+    row = {"workload": "3x8"}
+    contender = cli.Contender(row, Impl("x", "fake", make), CASES["adam"], 0)
+    cli.measure_batch([contender], base_params, base_grads, False, torch.device("cpu"),
+                      {"warmup": 2, "repeats": 4, "grads": grads}, False, None)
+    assert row["status"] == "ok" and len(seen) == 2 + 4
+    assert all((a != b) == (grads == "new") for a, b in zip(seen, seen[1:])), seen
+    assert all(len(set(s)) == 3 for s in seen)
 
 
 def test_spread_is_shown_beside_the_median(fake_bench, capsys):

@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "never fewer than 3 rounds (default cpu "
                          f"{DEFAULTS['cpu']['max_seconds']:g}, cuda {DEFAULTS['cuda']['max_seconds']:g}; "
                          "0 = no cap, always --repeats)")
+    ap.add_argument("--grads", choices=("kept", "new"), default="kept",
+                    help="kept (default): every step reads the same grad tensors, as after "
+                         "zero_grad(set_to_none=False) or with grads that are views of a flat buffer; new: "
+                         "every timed step gets other grad tensors than the step before (two sets taking turns, "
+                         "assigned before the timer starts), as after zero_grad(set_to_none=True), torch's "
+                         "default")
     ap.add_argument("--copy-mib", type=int, default=None,
                     help="size of the copy-bandwidth tensors in MiB (default cpu 256, cuda 1024)")
     ap.add_argument("--threads", type=int, default=None,
@@ -180,6 +186,17 @@ def _error(e: Exception) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
+def _grad_turns(params, grad_sets):
+    """A function that gives ``params`` the next of ``grad_sets`` as their grads (``--grads new``)."""
+    turn = [0]
+
+    def next_grads():
+        turn[0] = (turn[0] + 1) % len(grad_sets)
+        for p, g in zip(params, grad_sets[turn[0]]):
+            p.grad = g
+    return next_grads
+
+
 def measure_batch(batch: list[Contender], base_params, base_grads, master: bool, device, cfg,
                   kernel: bool, max_seconds: float | None, storage: dict | None = None) -> None:
     """Time a batch of contenders interleaved and fill in their rows.
@@ -188,14 +205,18 @@ def measure_batch(batch: list[Contender], base_params, base_grads, master: bool,
     its warm-up; fusedopt's also its backend call alone (the 'backend call ms' column), a
     contender of its own in the rounds. Then :func:`interleave` takes every contender's samples
     in the same rounds. A contender that cannot be created or fails its warm-up gets its
-    status and reason, the others go on.
+    status and reason, the others go on. With ``cfg["grads"] == "new"`` every step, warm-up
+    included, gets the other of two grad sets, assigned untimed.
     """
-    fns, ests, owners = [], [], []  # the bound opt.step keeps the optimizer and its params alive
+    fns, ests, owners, befores = [], [], [], []  # the bound opt.step keeps the optimizer and its params alive
     share = max_seconds * 1e3 / len(batch) if max_seconds else None  # a contender's warm-up cap
+    grad_sets = [base_grads, [g.clone() for g in base_grads]] if cfg.get("grads") == "new" else None
     for c in batch:
         try:
             params, opt = _make(c, base_params, base_grads, master, storage or {})
-            ests.append(warm_up(opt.step, device, cfg["warmup"], share))
+            turn = None if grad_sets is None else _grad_turns(params, grad_sets)
+            step = opt.step if turn is None else (lambda turn=turn, step=opt.step: (turn(), step()))
+            ests.append(warm_up(step, device, cfg["warmup"], share))
         except Skip as e:
             c.row.update(status="skipped", note=str(e))
             continue
@@ -203,6 +224,7 @@ def measure_batch(batch: list[Contender], base_params, base_grads, master: bool,
             c.row.update(status="error", note=_error(e))
             continue
         fns.append(opt.step)
+        befores.append(turn)
         owners.append((c, "ms"))
         sdts = observed_state_dtypes(opt, params[0])
         if sdts is None:  # keeps its state elsewhere: assume the nominal states in the param dtype
@@ -215,13 +237,14 @@ def measure_batch(batch: list[Contender], base_params, base_grads, master: bool,
                 if fn is not None:
                     ests.append(warm_up(fn, device, 1, share))
                     fns.append(fn)
+                    befores.append(turn)
                     owners.append((c, "kernel"))
             except Exception:  # noqa: BLE001 - the optimizer's internals moved on: no column
                 pass
     if not fns:
         return
     try:
-        timings = interleave(fns, device, ests, repeats=cfg["repeats"], max_seconds=max_seconds)
+        timings = interleave(fns, device, ests, repeats=cfg["repeats"], max_seconds=max_seconds, before=befores)
     except Exception as e:  # noqa: BLE001
         for c, _ in owners:
             c.row.update(status="error", note=f"in the interleaved rounds: {_error(e)}")
@@ -253,6 +276,7 @@ def resolve(args) -> tuple[torch.device, dict]:
         v = getattr(args, key)
         if v is not None:
             cfg[key] = v
+    cfg["grads"] = args.grads
     cfg["algorithms"] = args.algorithms or list(CASES)
     for a in cfg["algorithms"]:
         if a not in CASES:
@@ -388,6 +412,9 @@ def run(args) -> tuple[list[dict], dict]:
                 f"interleaved: up to {cfg['repeats']} rounds of one step each in a shuffled order (at least 3"
                 + (f", capped at about {cfg['max_seconds']:g} s per workload and mode" if cfg["max_seconds"] else "")
                 + ")"
+                + ("; every step with other grad tensors than the step before (--grads new: two sets taking "
+                   "turns, assigned before the timer starts)" if cfg["grads"] == "new" else
+                   "; every step with the same grad tensors (--grads kept)")
                 + (f"; torch threads {threads}" if device.type == "cpu" else "")
                 + f"; wall time {time.perf_counter() - t0:.0f} s")
     ctx = dict(device=device, cfg=cfg, notes=notes, settings=settings,

@@ -77,9 +77,10 @@ def warm_up(fn: Callable[[], object], device: torch.device, warmup: int = 2,
 
 def interleave(fns: list[Callable[[], object]], device: torch.device, est_ms: list[float], *,
                repeats: int = 10, min_repeats: int = 3, max_seconds: float | None = None,
-               seed: int = 0) -> list[Timing]:
+               seed: int = 0, before: list[Callable[[], object] | None] | None = None) -> list[Timing]:
     """Time the warmed-up ``fns`` in rounds; each round calls every function once, in an order
-    shuffled per round (seeded: the same run makes the same orders), one sample per call.
+    shuffled per round (seeded: the same run makes the same orders), one sample per call;
+    ``before[i]``, where given, is called right before each call of ``fns[i]``, untimed.
 
     Rounds go on until there are ``repeats`` of them or, with ``max_seconds``, until the next
     round (as long as the last, at first the sum of ``est_ms``) would take the rounds past
@@ -96,6 +97,7 @@ def interleave(fns: list[Callable[[], object]], device: torch.device, est_ms: li
     order = list(range(len(fns)))
     samples: list[list[float]] = [[] for _ in fns]
     spent = 0.0
+    before = before or [None] * len(fns)
     while len(samples[0]) < repeats and (len(samples[0]) < min_repeats or budget is None or spent + last <= budget):
         rng.shuffle(order)
         synchronize(device)
@@ -104,6 +106,8 @@ def interleave(fns: list[Callable[[], object]], device: torch.device, est_ms: li
             events = []
             for i in order:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                if before[i] is not None:
+                    before[i]()
                 start.record()
                 fns[i]()
                 end.record()
@@ -113,6 +117,8 @@ def interleave(fns: list[Callable[[], object]], device: torch.device, est_ms: li
                 samples[i].append(start.elapsed_time(end))
         else:
             for i in order:
+                if before[i] is not None:
+                    before[i]()
                 t = time.perf_counter()
                 fns[i]()
                 samples[i].append((time.perf_counter() - t) * 1e3)
