@@ -53,20 +53,19 @@ class Twin:
         self.device = device
         self.ps = [p.to(device, copy=True).requires_grad_(True) for p in init]
         self.opt = make([{"params": self.ps[:3], "lr": 0.02}, {"params": self.ps[3:]}])
-        self.flat = None
 
     def set_grads(self, grads, how):
         """``grads[i]``: the new gradient of param i, or None for none."""
         if how == "flat":  # views of one buffer, kept from step to step while "in_place" follows
             total = sum(g.numel() for g in grads if g is not None)
             dtype = next(g.dtype for g in grads if g is not None)
-            self.flat = torch.empty(total, dtype=dtype, device=self.device)
+            flat = torch.empty(total, dtype=dtype, device=self.device)  # the views keep it alive
             at = 0
             for p, g in zip(self.ps, grads):
                 if g is None:
                     p.grad = None
                     continue
-                view = self.flat[at: at + g.numel()].view(g.shape)
+                view = flat[at: at + g.numel()].view(g.shape)
                 view.copy_(g)
                 p.grad, at = view, at + g.numel()
             return
